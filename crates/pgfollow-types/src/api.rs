@@ -1,0 +1,316 @@
+//! Requests and responses of the control plane's public HTTP API
+//! (`/v1/...`). The CLI prints these; `--json` prints them as they are.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::names::Color;
+
+/// Every error answer: one line that says what is wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApiError {
+    pub error: String,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServerStatus {
+    pub version: String,
+    pub hosts: Vec<HostSummary>,
+}
+
+/// A machine with an agent on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HostSummary {
+    pub name: String,
+    pub zone: Option<String>,
+    /// The PostgreSQL binaries the agent uses.
+    pub pg_bin: String,
+    /// Their major version, `15`.
+    pub pg_version: String,
+    /// Add-on names of the databases on this host.
+    pub databases: Vec<String>,
+}
+
+/// `POST /v1/apps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateApp {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct App {
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    /// Add-on names of the databases the app owns.
+    pub databases: Vec<String>,
+}
+
+/// An app's config vars, database URLs included.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConfigVars {
+    pub vars: BTreeMap<String, String>,
+}
+
+/// `PATCH /v1/apps/{app}/config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConfigChange {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub unset: Vec<String>,
+}
+
+/// `POST /v1/apps/{app}/addons`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateAddon {
+    /// A plan name from `GET /v1/plans`.
+    pub plan: String,
+    /// The database to follow, in any form a database can be named.
+    #[serde(default)]
+    pub follow: Option<String>,
+}
+
+/// What a database is doing, as users see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum DatabaseState {
+    /// Being created (or, for a follower, catching up).
+    Preparing,
+    Available,
+    /// Expected to run but not answering.
+    Unavailable,
+    /// Gave up; `status_detail` says why.
+    Failed,
+    /// Being removed.
+    Deprovisioning,
+}
+
+impl DatabaseState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseState::Preparing => "preparing",
+            DatabaseState::Available => "available",
+            DatabaseState::Unavailable => "unavailable",
+            DatabaseState::Failed => "failed",
+            DatabaseState::Deprovisioning => "deprovisioning",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            DatabaseState::Preparing,
+            DatabaseState::Available,
+            DatabaseState::Unavailable,
+            DatabaseState::Failed,
+            DatabaseState::Deprovisioning,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for DatabaseState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One database as `addons` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AddonSummary {
+    /// The add-on name, `postgresql-curved-48213`.
+    pub name: String,
+    pub color: Color,
+    /// The app that owns (and is billed for) the database.
+    pub app: String,
+    pub plan: String,
+    /// `$50/mo` or `free`.
+    pub price: String,
+    pub state: DatabaseState,
+    /// Config vars it is attached as, `DATABASE_URL` first.
+    pub attachments: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `POST /v1/apps/{app}/addons` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateAddonResponse {
+    pub database: AddonSummary,
+    pub operation: String,
+    /// What to tell the user, several lines.
+    pub message: String,
+}
+
+/// `DELETE /v1/apps/{app}/addons/{db}` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DestroyAddonResponse {
+    pub name: String,
+    pub color: Color,
+    pub operation: String,
+    pub message: String,
+}
+
+/// One database's `pg:info` block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DatabaseInfo {
+    pub name: String,
+    pub color: Color,
+    pub app: String,
+    /// Config vars it is attached as, `DATABASE_URL` first.
+    pub attachments: Vec<String>,
+    pub plan: String,
+    pub state: DatabaseState,
+    /// Why it failed, or what it is waiting for.
+    pub status_detail: Option<String>,
+    /// Progress of the current operation, when it reports one.
+    pub progress_percent: Option<u8>,
+    pub connections_used: Option<u32>,
+    pub connection_limit: u32,
+    /// Full server version, `15.18`.
+    pub pg_version: String,
+    pub created_at: DateTime<Utc>,
+    pub data_size_bytes: Option<u64>,
+    pub storage_limit_gb: u32,
+    pub tables: Option<u64>,
+    /// `Available`, `Temporarily Unavailable`, `Unavailable on followers`, ...
+    pub fork_follow: String,
+    pub host: String,
+    /// The leader's colour, on a follower.
+    #[serde(default)]
+    pub following: Option<String>,
+    /// Colours of this database's followers.
+    #[serde(default)]
+    pub followers: Vec<String>,
+}
+
+/// One backend in `pg:ps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Backend {
+    pub pid: i32,
+    pub user: String,
+    pub application_name: String,
+    pub client_addr: Option<String>,
+    pub state: String,
+    pub waiting: bool,
+    /// Seconds since the current query (or transaction) started.
+    pub running_for_secs: f64,
+    pub query: String,
+}
+
+/// `POST .../kill`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KillRequest {
+    pub pid: i32,
+    /// Terminate the connection instead of cancelling its query.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KillResponse {
+    pub pid: i32,
+    pub force: bool,
+    /// What PostgreSQL answered: true when the signal was sent.
+    pub signalled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KillAllResponse {
+    pub terminated: Vec<i32>,
+}
+
+/// How to connect to a database.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Credentials {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST .../credentials/rotate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Confirm {
+    /// The app's name, typed back.
+    pub confirm: String,
+}
+
+/// `GET /v1/apps/{app}/billing`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Billing {
+    pub app: String,
+    pub lines: Vec<BillingLine>,
+    /// Sum of `cost_usd`.
+    pub total_usd: f64,
+}
+
+/// What one database has cost so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BillingLine {
+    pub database: String,
+    pub color: Color,
+    pub plan: String,
+    pub price_per_month: u32,
+    pub started_at: DateTime<Utc>,
+    /// When it was destroyed; none while it runs.
+    pub ended_at: Option<DateTime<Utc>>,
+    pub seconds: i64,
+    pub cost_usd: f64,
+}
+
+/// A durable piece of work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Operation {
+    pub id: String,
+    /// `provision`, `destroy`, ...
+    pub kind: String,
+    /// Add-on name of the database it works on.
+    pub database: String,
+    /// `pending`, `running`, `done`, `failed`.
+    pub state: String,
+    /// The step it is at, or the last one it did.
+    pub step: String,
+    pub progress_percent: Option<u8>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}

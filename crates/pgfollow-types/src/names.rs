@@ -166,7 +166,9 @@ mod tests {
         assert_eq!(white.as_str(), "WHITE");
         assert_eq!(white.config_var(), "PGFOLLOW_POSTGRESQL_WHITE_URL");
         assert_eq!(
-            Color::first_free(&[white.clone()]).unwrap().as_str(),
+            Color::first_free(std::slice::from_ref(&white))
+                .unwrap()
+                .as_str(),
             "CHARCOAL"
         );
         assert_eq!(Color::first_free(&[]).unwrap(), white);

@@ -1,0 +1,28 @@
+//! How `pgfollow serve` is configured.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything `pgfollow serve` takes from its command line.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Catalog, API file and the local agent's clusters live here.
+    pub data_dir: PathBuf,
+    /// Where the HTTP API listens; loopback by default.
+    pub listen: SocketAddr,
+    /// PostgreSQL's bin directory; found by itself when none.
+    pub pg_bin: Option<PathBuf>,
+    /// The OS user postgres runs as when pgfollow runs as root.
+    pub os_user: String,
+    /// An operator's plan file (TOML).
+    pub plans_file: Option<PathBuf>,
+    /// `listen_addresses` of the databases.
+    pub pg_listen: String,
+    /// Ports handed to databases, inclusive.
+    pub pg_ports: (u16, u16),
+}
+
+/// `127.0.0.1:7480`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
+/// Ports handed to databases unless told otherwise.
+pub const DEFAULT_PG_PORTS: (u16, u16) = (15400, 15999);

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 pub mod dbref;
 pub mod lsn;
+pub mod model;
 pub mod names;
 pub mod plan;
 

@@ -1,0 +1,162 @@
+//! The control plane's state: what is wanted (spec) and what was last seen
+//! (status) of every app, database, operation and host. The catalog stores
+//! one [`State`] under a revision; every write is a compare-and-swap of it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::RoleSecret;
+use crate::api::DatabaseState;
+use crate::names::{AppName, Color};
+use crate::plan::Plan;
+
+/// Everything the control plane knows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub apps: BTreeMap<String, AppRecord>,
+    /// By database id.
+    pub databases: BTreeMap<String, DatabaseRecord>,
+    /// By operation id.
+    pub operations: BTreeMap<String, OperationRecord>,
+    /// By host name.
+    pub hosts: BTreeMap<String, HostRecord>,
+    /// Every database ever provisioned, for pro-rata billing.
+    pub billing: Vec<BillingRecord>,
+    /// Counter for ids, so they never repeat.
+    pub next_serial: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub name: AppName,
+    pub created_at: DateTime<Utc>,
+    /// Config vars set by the user (database URLs are derived, not stored).
+    pub config: BTreeMap<String, String>,
+    /// Attachment name (`DATABASE`, `PGFOLLOW_POSTGRESQL_WHITE`) → database id.
+    pub attachments: BTreeMap<String, String>,
+}
+
+/// Whether a database should exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    Running,
+    Absent,
+}
+
+/// One database: its spec (what it should be) and status (what it is).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseRecord {
+    /// Stable id, also the cluster's directory name: `db-000001-3f9a`.
+    pub id: String,
+    /// The add-on name users see: `postgresql-curved-48213`.
+    pub name: String,
+    /// The app that owns it.
+    pub app: AppName,
+    pub color: Color,
+    /// The plan as it was when the database was created.
+    pub plan: Plan,
+    pub host: String,
+    pub port: u16,
+    /// The app's database inside the cluster.
+    pub database: String,
+    pub owner: RoleSecret,
+    pub replication: RoleSecret,
+    pub pg_major: u32,
+    pub created_at: DateTime<Utc>,
+    pub desired: Desired,
+    pub state: DatabaseState,
+    /// Why it failed, or what it waits for.
+    pub status_detail: Option<String>,
+    /// `server_version` last seen.
+    pub pg_version: Option<String>,
+}
+
+/// What an operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperationKind {
+    Provision,
+    Destroy,
+}
+
+impl OperationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Provision => "provision",
+            OperationKind::Destroy => "destroy",
+        }
+    }
+}
+
+/// Where an operation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperationState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+impl OperationState {
+    pub fn is_active(self) -> bool {
+        matches!(self, OperationState::Pending | OperationState::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationState::Pending => "pending",
+            OperationState::Running => "running",
+            OperationState::Done => "done",
+            OperationState::Failed => "failed",
+        }
+    }
+}
+
+/// One durable, resumable piece of work on one database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperationRecord {
+    pub id: String,
+    pub kind: OperationKind,
+    pub database: String,
+    pub state: OperationState,
+    /// Steps completed, in order (names from the planner's actions).
+    pub done: Vec<String>,
+    /// Consecutive failures of the current step.
+    pub failures: u32,
+    pub last_error: Option<String>,
+    pub progress_percent: Option<u8>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl OperationRecord {
+    pub fn has_done(&self, step: &str) -> bool {
+        self.done.iter().any(|s| s == step)
+    }
+}
+
+/// A host with an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub name: String,
+    pub zone: Option<String>,
+    pub pg_bin: String,
+    pub pg_major: u32,
+    pub pg_version: String,
+}
+
+/// One database's life, for pro-rata billing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BillingRecord {
+    pub app: AppName,
+    pub database: String,
+    pub color: Color,
+    pub plan: String,
+    pub price_per_month: u32,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+}

@@ -73,8 +73,10 @@ mod contract {
         assert_eq!((read.next_serial, rev), (7, 1));
 
         // A writer that read revision 0 loses, and writes nothing.
-        let mut stale = State::default();
-        stale.next_serial = 99;
+        let stale = State {
+            next_serial: 99,
+            ..Default::default()
+        };
         match c.store(&stale, 0) {
             Err(CatalogError::Conflict {
                 expected: 0,

@@ -167,8 +167,10 @@ mod tests {
         let path = dir.path().join("c.db");
         {
             let c = SqliteCatalog::open(&path).unwrap();
-            let mut s = State::default();
-            s.next_serial = 42;
+            let s = State {
+                next_serial: 42,
+                ..Default::default()
+            };
             c.store(&s, 0).unwrap();
         }
         let c = SqliteCatalog::open(&path).unwrap();

@@ -1,0 +1,348 @@
+//! One decision per call, built from small named predicates.
+
+use pgfollow_types::agent::ClusterStatus;
+use pgfollow_types::api::DatabaseState;
+use pgfollow_types::model::{DatabaseRecord, Desired, OperationKind, OperationRecord};
+
+/// A step gives up after failing this many times in a row.
+pub const MAX_STEP_FAILURES: u32 = 3;
+
+/// What the executor saw of a database's cluster this tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// The agent of the database's host did not answer.
+    HostUnreachable(String),
+    Cluster(ClusterStatus),
+}
+
+/// The next step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create the data directory (initdb) and render its configuration.
+    Initialize,
+    /// Start postgres.
+    Start,
+    /// Create the owner and replication roles and the app's database.
+    Bootstrap,
+    /// The provision is complete: the database is available.
+    MarkAvailable,
+    /// Stop postgres and remove the cluster's files.
+    DestroyCluster,
+    /// The cluster is gone: drop the database's records.
+    Forget,
+    /// Give up: remove what was created and show the reason.
+    Fail(String),
+    /// The operation no longer applies (its database is being destroyed).
+    Cancel,
+    /// Nothing can be done this tick.
+    Wait,
+}
+
+impl Action {
+    /// The step name recorded in an operation once the action succeeded.
+    pub fn step(&self) -> &'static str {
+        match self {
+            Action::Initialize => "initialize",
+            Action::Start => "start",
+            Action::Bootstrap => "bootstrap",
+            Action::MarkAvailable => "mark-available",
+            Action::DestroyCluster => "destroy",
+            Action::Forget => "forget",
+            Action::Fail(_) => "fail",
+            Action::Cancel => "cancel",
+            Action::Wait => "wait",
+        }
+    }
+}
+
+/// A step and the sentence that explains it (logged once per tick).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    pub sentence: String,
+}
+
+fn decision(db: &DatabaseRecord, action: Action, why: impl AsRef<str>) -> Decision {
+    Decision {
+        sentence: format!("{} ({} of {}): {}", db.color, db.name, db.app, why.as_ref()),
+        action,
+    }
+}
+
+fn has_given_up(op: &OperationRecord) -> bool {
+    op.failures >= MAX_STEP_FAILURES
+}
+
+fn is_being_destroyed(db: &DatabaseRecord) -> bool {
+    db.desired == Desired::Absent
+}
+
+/// The next step of `op` on `db`.
+pub fn decide(db: &DatabaseRecord, op: &OperationRecord, observed: &Observed) -> Decision {
+    match op.kind {
+        OperationKind::Provision => decide_provision(db, op, observed),
+        OperationKind::Destroy => decide_destroy(db, op, observed),
+    }
+}
+
+fn decide_provision(db: &DatabaseRecord, op: &OperationRecord, observed: &Observed) -> Decision {
+    if is_being_destroyed(db) {
+        return decision(
+            db,
+            Action::Cancel,
+            "it is being destroyed; the provision stops",
+        );
+    }
+    if has_given_up(op) {
+        let reason = op
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "the provision failed".to_string());
+        return decision(
+            db,
+            Action::Fail(reason.clone()),
+            format!("giving up after {} failed attempts: {reason}", op.failures),
+        );
+    }
+    let cluster = match observed {
+        Observed::HostUnreachable(host) => {
+            return decision(
+                db,
+                Action::Wait,
+                format!("host {host} does not answer; waiting"),
+            )
+        }
+        Observed::Cluster(c) => c,
+    };
+    if !cluster.initialized {
+        return decision(
+            db,
+            Action::Initialize,
+            "no data directory yet; initializing one",
+        );
+    }
+    if !cluster.running {
+        return decision(
+            db,
+            Action::Start,
+            "initialized but not running; starting postgres",
+        );
+    }
+    if !op.has_done(Action::Bootstrap.step()) {
+        return decision(
+            db,
+            Action::Bootstrap,
+            "running; creating its roles and database",
+        );
+    }
+    decision(
+        db,
+        Action::MarkAvailable,
+        "running and bootstrapped; it is available",
+    )
+}
+
+fn decide_destroy(db: &DatabaseRecord, op: &OperationRecord, observed: &Observed) -> Decision {
+    let cluster = match observed {
+        Observed::HostUnreachable(host) => {
+            return decision(
+                db,
+                Action::Wait,
+                format!("host {host} does not answer; waiting to remove it"),
+            )
+        }
+        Observed::Cluster(c) => c,
+    };
+    if cluster.running || cluster.initialized || !op.has_done(Action::DestroyCluster.step()) {
+        return decision(
+            db,
+            Action::DestroyCluster,
+            "stopping postgres and removing its files",
+        );
+    }
+    decision(db, Action::Forget, "its files are gone; forgetting it")
+}
+
+/// What to do about a database no operation is working on, if anything:
+/// a database that should run but does not is started again.
+pub fn reconcile(db: &DatabaseRecord, observed: &Observed) -> Option<Decision> {
+    let settled = matches!(
+        db.state,
+        DatabaseState::Available | DatabaseState::Unavailable
+    );
+    if db.desired != Desired::Running || !settled {
+        return None;
+    }
+    match observed {
+        Observed::HostUnreachable(_) => None,
+        Observed::Cluster(c) if !c.initialized => None,
+        Observed::Cluster(c) if !c.running => Some(decision(
+            db,
+            Action::Start,
+            "should be running but is not; starting postgres",
+        )),
+        Observed::Cluster(_) if db.state == DatabaseState::Unavailable => Some(decision(
+            db,
+            Action::MarkAvailable,
+            "running again; it is available",
+        )),
+        Observed::Cluster(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use pgfollow_types::agent::RoleSecret;
+    use pgfollow_types::model::OperationState;
+    use pgfollow_types::plan::builtin_plans;
+    use pgfollow_types::{AppName, Color};
+
+    fn db(state: DatabaseState, desired: Desired) -> DatabaseRecord {
+        let role = RoleSecret {
+            name: "u".into(),
+            password: "p".into(),
+        };
+        DatabaseRecord {
+            id: "db-1".into(),
+            name: "postgresql-shiny-12345".into(),
+            app: AppName::parse("sushi").unwrap(),
+            color: Color::parse("WHITE").unwrap(),
+            plan: builtin_plans()[2].clone(),
+            host: "local".into(),
+            port: 5432,
+            database: "d".into(),
+            owner: role.clone(),
+            replication: role,
+            pg_major: 15,
+            created_at: Utc::now(),
+            desired,
+            state,
+            status_detail: None,
+            pg_version: None,
+        }
+    }
+
+    fn op(kind: OperationKind, done: &[&str], failures: u32) -> OperationRecord {
+        OperationRecord {
+            id: "op-1".into(),
+            kind,
+            database: "db-1".into(),
+            state: OperationState::Running,
+            done: done.iter().map(|s| s.to_string()).collect(),
+            failures,
+            last_error: Some("initdb: boom".into()),
+            progress_percent: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn seen(initialized: bool, running: bool) -> Observed {
+        Observed::Cluster(ClusterStatus {
+            id: "db-1".into(),
+            initialized,
+            running,
+            pid: running.then_some(42),
+        })
+    }
+
+    #[test]
+    fn provision_steps_follow_what_is_observed() {
+        use Action::*;
+        let preparing = db(DatabaseState::Preparing, Desired::Running);
+        let unreachable = Observed::HostUnreachable("h2".into());
+        let table: &[(&[&str], u32, Observed, Action)] = &[
+            (&[], 0, seen(false, false), Initialize),
+            (&["initialize"], 0, seen(true, false), Start),
+            (&["initialize", "start"], 0, seen(true, true), Bootstrap),
+            (
+                &["initialize", "start", "bootstrap"],
+                0,
+                seen(true, true),
+                MarkAvailable,
+            ),
+            // After a restart the record says bootstrapped, but postgres is down.
+            (
+                &["initialize", "start", "bootstrap"],
+                0,
+                seen(true, false),
+                Start,
+            ),
+            // An interrupted initdb leaves nothing that counts as initialized.
+            (&["initialize"], 0, seen(false, false), Initialize),
+            (&[], 0, unreachable, Wait),
+            (&[], 3, seen(false, false), Fail("initdb: boom".into())),
+        ];
+        for (done, failures, observed, want) in table {
+            let got = decide(
+                &preparing,
+                &op(OperationKind::Provision, done, *failures),
+                observed,
+            );
+            assert_eq!(
+                &got.action, want,
+                "done {done:?}, failures {failures}, {observed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_provision_of_a_database_being_destroyed_is_cancelled() {
+        let d = db(DatabaseState::Deprovisioning, Desired::Absent);
+        let got = decide(&d, &op(OperationKind::Provision, &[], 0), &seen(true, true));
+        assert_eq!(got.action, Action::Cancel);
+    }
+
+    #[test]
+    fn destroy_removes_then_forgets() {
+        let d = db(DatabaseState::Deprovisioning, Desired::Absent);
+        let table: &[(&[&str], Observed, Action)] = &[
+            (&[], seen(true, true), Action::DestroyCluster),
+            (&[], seen(false, false), Action::DestroyCluster),
+            (&["destroy"], seen(true, false), Action::DestroyCluster),
+            (&["destroy"], seen(false, false), Action::Forget),
+            (&[], Observed::HostUnreachable("h".into()), Action::Wait),
+        ];
+        for (done, observed, want) in table {
+            let got = decide(&d, &op(OperationKind::Destroy, done, 0), observed);
+            assert_eq!(&got.action, want, "done {done:?}, {observed:?}");
+        }
+    }
+
+    #[test]
+    fn settled_databases_are_kept_running() {
+        let available = db(DatabaseState::Available, Desired::Running);
+        let down = db(DatabaseState::Unavailable, Desired::Running);
+        let failed = db(DatabaseState::Failed, Desired::Running);
+        assert_eq!(reconcile(&available, &seen(true, true)), None);
+        assert_eq!(
+            reconcile(&available, &seen(true, false)).map(|d| d.action),
+            Some(Action::Start)
+        );
+        assert_eq!(
+            reconcile(&down, &seen(true, true)).map(|d| d.action),
+            Some(Action::MarkAvailable)
+        );
+        assert_eq!(reconcile(&failed, &seen(true, false)), None);
+        assert_eq!(
+            reconcile(&available, &Observed::HostUnreachable("h".into())),
+            None
+        );
+    }
+
+    #[test]
+    fn the_sentence_names_the_database_and_the_reason() {
+        let d = db(DatabaseState::Preparing, Desired::Running);
+        let got = decide(
+            &d,
+            &op(OperationKind::Provision, &[], 0),
+            &seen(false, false),
+        );
+        assert_eq!(
+            got.sentence,
+            "WHITE (postgresql-shiny-12345 of sushi): no data directory yet; initializing one"
+        );
+    }
+}

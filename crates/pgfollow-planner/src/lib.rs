@@ -1,0 +1,9 @@
+//! The planner decides; it never acts. Given a database's record, the
+//! operation working on it and what its agent last observed, it returns the
+//! one next step and a sentence saying why. It is synchronous and has no I/O,
+//! so every decision is tested as a table of plain values; the control plane's
+//! executor carries the step out and records the result.
+
+mod decide;
+
+pub use decide::{decide, reconcile, Action, Decision, Observed, MAX_STEP_FAILURES};

@@ -1,0 +1,426 @@
+//! The typed client: one method per route of the control plane's `/v1` API.
+//! Every request carries `Authorization: Bearer <token>`; path segments (app
+//! names, database references such as `other::DATABASE_URL`) are
+//! percent-encoded, and the server resolves database references itself.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use pgfollow_types::api::{
+    AddonSummary, ApiError, App, Backend, Billing, ConfigChange, ConfigVars, Confirm, CreateAddon,
+    CreateAddonResponse, CreateApp, Credentials, DatabaseInfo, DestroyAddonResponse,
+    KillAllResponse, KillRequest, KillResponse, Operation, ServerStatus,
+};
+use pgfollow_types::Plan;
+use reqwest::{Method, RequestBuilder};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::endpoint::{self, non_empty_env, resolve_endpoint, ENV_API, ENV_TOKEN};
+use crate::error::{root_cause, ClientError};
+
+/// Everything but the unreserved characters of RFC 3986 is encoded.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// How long to wait for a TCP connection before calling the API unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound of one request, answer included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A client of one control plane.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base_url: String,
+    token: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client of the API at `base_url` (`http://127.0.0.1:7480`; a bare
+    /// `host:port` gets `http://`).
+    pub fn new(base_url: impl Into<String>, token: impl Into<String>) -> Self {
+        let mut base_url: String = base_url.into().trim().trim_end_matches('/').to_string();
+        if !base_url.contains("://") {
+            base_url = format!("http://{base_url}");
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("pgfollow/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        Self {
+            http,
+            base_url,
+            token: token.into(),
+        }
+    }
+
+    /// Finds the API the way every CLI command does: PGFOLLOW_API and
+    /// PGFOLLOW_TOKEN override; otherwise the API file in `data_dir` (or
+    /// PGFOLLOW_DATA_DIR, or the default data directory).
+    pub fn discover(data_dir: Option<PathBuf>) -> Result<Self, ClientError> {
+        let dir = endpoint::data_dir(data_dir);
+        let found = resolve_endpoint(non_empty_env(ENV_API), non_empty_env(ENV_TOKEN), &dir)?;
+        Ok(Self::new(found.url, found.token))
+    }
+
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<ServerStatus, ClientError> {
+        self.get(&["v1", "status"]).await
+    }
+
+    /// `GET /v1/plans`.
+    pub async fn plans(&self) -> Result<Vec<Plan>, ClientError> {
+        self.get(&["v1", "plans"]).await
+    }
+
+    /// `GET /v1/apps`.
+    pub async fn apps(&self) -> Result<Vec<App>, ClientError> {
+        self.get(&["v1", "apps"]).await
+    }
+
+    /// `POST /v1/apps`.
+    pub async fn create_app(&self, name: &str) -> Result<App, ClientError> {
+        let body = CreateApp {
+            name: name.to_string(),
+        };
+        self.send(self.request(Method::POST, &["v1", "apps"]).json(&body))
+            .await
+    }
+
+    /// `DELETE /v1/apps/{app}?confirm=NAME`.
+    pub async fn destroy_app(&self, app: &str, confirm: &str) -> Result<App, ClientError> {
+        let req = self
+            .request(Method::DELETE, &["v1", "apps", app])
+            .query(&[("confirm", confirm)]);
+        self.send(req).await
+    }
+
+    /// `GET /v1/apps/{app}/config`.
+    pub async fn config(&self, app: &str) -> Result<ConfigVars, ClientError> {
+        self.get(&["v1", "apps", app, "config"]).await
+    }
+
+    /// `PATCH /v1/apps/{app}/config`.
+    pub async fn change_config(
+        &self,
+        app: &str,
+        change: &ConfigChange,
+    ) -> Result<ConfigVars, ClientError> {
+        self.send_json(Method::PATCH, &["v1", "apps", app, "config"], change)
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/addons`.
+    pub async fn addons(&self, app: &str) -> Result<Vec<AddonSummary>, ClientError> {
+        self.get(&["v1", "apps", app, "addons"]).await
+    }
+
+    /// `POST /v1/apps/{app}/addons`.
+    pub async fn create_addon(
+        &self,
+        app: &str,
+        req: &CreateAddon,
+    ) -> Result<CreateAddonResponse, ClientError> {
+        self.send_json(Method::POST, &["v1", "apps", app, "addons"], req)
+            .await
+    }
+
+    /// `DELETE /v1/apps/{app}/addons/{db}?confirm=APP`.
+    pub async fn destroy_addon(
+        &self,
+        app: &str,
+        db: &str,
+        confirm: &str,
+    ) -> Result<DestroyAddonResponse, ClientError> {
+        let req = self
+            .request(Method::DELETE, &["v1", "apps", app, "addons", db])
+            .query(&[("confirm", confirm)]);
+        self.send(req).await
+    }
+
+    /// `GET /v1/apps/{app}/info`: every database of the app.
+    pub async fn info(&self, app: &str) -> Result<Vec<DatabaseInfo>, ClientError> {
+        self.get(&["v1", "apps", app, "info"]).await
+    }
+
+    /// `GET /v1/apps/{app}/databases/{db}`.
+    pub async fn database(&self, app: &str, db: &str) -> Result<DatabaseInfo, ClientError> {
+        self.get(&["v1", "apps", app, "databases", db]).await
+    }
+
+    /// `GET /v1/apps/{app}/databases/{db}/ps`.
+    pub async fn ps(&self, app: &str, db: &str) -> Result<Vec<Backend>, ClientError> {
+        self.get(&["v1", "apps", app, "databases", db, "ps"]).await
+    }
+
+    /// `POST /v1/apps/{app}/databases/{db}/kill`.
+    pub async fn kill(
+        &self,
+        app: &str,
+        db: &str,
+        req: &KillRequest,
+    ) -> Result<KillResponse, ClientError> {
+        self.send_json(
+            Method::POST,
+            &["v1", "apps", app, "databases", db, "kill"],
+            req,
+        )
+        .await
+    }
+
+    /// `POST /v1/apps/{app}/databases/{db}/killall` (no body).
+    pub async fn killall(&self, app: &str, db: &str) -> Result<KillAllResponse, ClientError> {
+        let path = ["v1", "apps", app, "databases", db, "killall"];
+        self.send(self.request(Method::POST, &path)).await
+    }
+
+    /// `GET /v1/apps/{app}/databases/{db}/credentials`.
+    pub async fn credentials(&self, app: &str, db: &str) -> Result<Credentials, ClientError> {
+        self.get(&["v1", "apps", app, "databases", db, "credentials"])
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/databases/{db}/credentials/rotate`.
+    pub async fn rotate_credentials(
+        &self,
+        app: &str,
+        db: &str,
+        confirm: &str,
+    ) -> Result<Credentials, ClientError> {
+        let body = Confirm {
+            confirm: confirm.to_string(),
+        };
+        let path = ["v1", "apps", app, "databases", db, "credentials", "rotate"];
+        self.send_json(Method::POST, &path, &body).await
+    }
+
+    /// `GET /v1/apps/{app}/billing`.
+    pub async fn billing(&self, app: &str) -> Result<Billing, ClientError> {
+        self.get(&["v1", "apps", app, "billing"]).await
+    }
+
+    /// `GET /v1/operations/{id}`.
+    pub async fn operation(&self, id: &str) -> Result<Operation, ClientError> {
+        self.get(&["v1", "operations", id]).await
+    }
+
+    /// `GET /openapi.json`.
+    pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
+        self.get(&["openapi.json"]).await
+    }
+
+    /// The URL of a path whose segments are percent-encoded one by one.
+    pub fn url(&self, segments: &[&str]) -> String {
+        let mut url = self.base_url.clone();
+        for s in segments {
+            url.push('/');
+            url.extend(utf8_percent_encode(s, SEGMENT));
+        }
+        url
+    }
+
+    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+        self.http
+            .request(method, self.url(segments))
+            .bearer_auth(&self.token)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<T, ClientError> {
+        self.send(self.request(Method::GET, segments)).await
+    }
+
+    async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.request(method, segments).json(body)).await
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let status = resp.status();
+        let url = resp.url().to_string();
+        let body = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        if !status.is_success() {
+            return Err(api_error(status.as_u16(), &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+            url,
+            cause: e.to_string(),
+        })
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> ClientError {
+        let cause = root_cause(&e);
+        if e.is_connect() || e.is_timeout() {
+            let cause = if e.is_timeout() && !e.is_connect() {
+                "timed out".to_string()
+            } else {
+                cause
+            };
+            ClientError::Unreachable {
+                url: self.base_url.clone(),
+                cause,
+            }
+        } else {
+            ClientError::Http {
+                url: self.base_url.clone(),
+                cause,
+            }
+        }
+    }
+}
+
+/// The error of a non-2xx answer: the server's `ApiError` message, or a
+/// description of a body that is not one.
+fn api_error(status: u16, body: &[u8]) -> ClientError {
+    let message = match serde_json::from_slice::<ApiError>(body) {
+        Ok(e) => e.error,
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if text.is_empty() {
+                format!("the pgfollow API answered HTTP {status} without a message")
+            } else {
+                let short: String = text.chars().take(200).collect();
+                format!("the pgfollow API answered HTTP {status}: {short}")
+            }
+        }
+    };
+    ClientError::Api { status, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use axum::extract::Path;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::get;
+    use axum::{Json, Router};
+
+    /// A throwaway server on a free loopback port; answers until dropped.
+    async fn serve(router: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_becomes_its_message() {
+        let router = Router::new().route(
+            "/v1/apps",
+            get(|| async {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    Json(ApiError {
+                        error: "wrong token: use the one in api.json".into(),
+                    }),
+                )
+            }),
+        );
+        let client = Client::new(serve(router).await, "nope");
+        let e = client.apps().await.unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Api { status: 401, message } if message == "wrong token: use the one in api.json"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "wrong token: use the one in api.json");
+    }
+
+    #[tokio::test]
+    async fn token_and_encoded_segments_reach_the_server() {
+        async fn echo(
+            Path((app, db)): Path<(String, String)>,
+            headers: HeaderMap,
+        ) -> Json<Vec<Backend>> {
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            Json(vec![Backend {
+                pid: 1,
+                user: app,
+                application_name: db,
+                client_addr: None,
+                state: auth,
+                waiting: false,
+                running_for_secs: 0.0,
+                query: String::new(),
+            }])
+        }
+        let router = Router::new().route("/v1/apps/{app}/databases/{db}/ps", get(echo));
+        let client = Client::new(serve(router).await, "s3cret");
+        let seen = client.ps("sushi", "other::DATABASE_URL").await.unwrap();
+        assert_eq!(seen[0].user, "sushi");
+        assert_eq!(seen[0].application_name, "other::DATABASE_URL");
+        assert_eq!(seen[0].state, "Bearer s3cret");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let client = Client::new(format!("http://{addr}"), "t");
+        let e = client.status().await.unwrap_err();
+        assert!(matches!(e, ClientError::Unreachable { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "cannot reach the pgfollow API at http://{addr}: is `pgfollow serve` running? ("
+            )),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        let c = Client::new("127.0.0.1:7480/", "t");
+        assert_eq!(
+            c.url(&["v1", "apps", "sushi", "databases", "other::DATABASE_URL"]),
+            "http://127.0.0.1:7480/v1/apps/sushi/databases/other%3A%3ADATABASE_URL"
+        );
+        assert_eq!(
+            c.url(&["v1", "x", "a b/c"]),
+            "http://127.0.0.1:7480/v1/x/a%20b%2Fc"
+        );
+    }
+
+    #[test]
+    fn a_non_json_error_body_is_described() {
+        let e = api_error(502, b"Bad Gateway");
+        assert_eq!(
+            e.to_string(),
+            "the pgfollow API answered HTTP 502: Bad Gateway"
+        );
+        let e = api_error(500, b"");
+        assert_eq!(e.status(), Some(500));
+    }
+}

@@ -2,15 +2,17 @@
 //! databases and operations, and the loop that plans and executes each
 //! operation through the agents. `serve` runs it all with an embedded agent.
 
+pub mod api;
 pub mod config;
+mod error;
+mod executor;
+mod hosts;
+mod provision;
+mod resolve;
+mod server;
+mod store;
+mod views;
 
+pub use api::openapi_json;
 pub use config::ServeConfig;
-
-use tokio_util::sync::CancellationToken;
-
-/// Runs the control plane until `shutdown` is cancelled. Prints one line
-/// saying where the API listens once it does.
-pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _ = (config, shutdown);
-    anyhow::bail!("not yet")
-}
+pub use server::{load_plans, serve, LOCAL_HOST};

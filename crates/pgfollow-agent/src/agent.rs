@@ -1,0 +1,228 @@
+//! The local agent: a directory of clusters, the PostgreSQL binaries and the
+//! OS user they run as.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pgfollow_postgres::{Cluster, OsUser, PgBinaries, PgError, StopMode};
+use pgfollow_types::agent::{ClusterSpec, ClusterStats, ClusterStatus, RoleSecret};
+use pgfollow_types::api::Backend;
+use pgfollow_types::model::HostRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Postgres(#[from] PgError),
+    #[error("invalid cluster id {0:?}")]
+    InvalidId(String),
+    #[error("cannot prepare {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("OS user {user} cannot reach {path}: make it and every parent directory traversable (chmod o+x), or choose a --data-dir under /var/lib")]
+    Unreachable { user: String, path: PathBuf },
+}
+
+impl AgentError {
+    /// A port conflict, which the control plane answers by moving the database.
+    pub fn port_in_use(&self) -> Option<u16> {
+        match self {
+            AgentError::Postgres(PgError::PortInUse { port }) => Some(*port),
+            _ => None,
+        }
+    }
+
+    /// No such backend, for `pg:kill`.
+    pub fn is_no_such_backend(&self) -> bool {
+        matches!(self, AgentError::Postgres(PgError::NoSuchBackend(_)))
+    }
+}
+
+/// How an agent is set up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    pub zone: Option<String>,
+    /// The address apps use to reach this host's databases.
+    pub address: String,
+    /// Every cluster lives in a directory below this one.
+    pub clusters_dir: PathBuf,
+    pub pg_bin: Option<PathBuf>,
+    pub os_user: String,
+}
+
+pub struct Agent {
+    name: String,
+    zone: Option<String>,
+    address: String,
+    clusters_dir: PathBuf,
+    bin: Arc<PgBinaries>,
+    user: Arc<OsUser>,
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 40
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+impl Agent {
+    /// Finds PostgreSQL and the OS user, and makes the clusters directory
+    /// (reachable, not listable, by that user).
+    pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
+        let bin = PgBinaries::discover(config.pg_bin.as_deref())?;
+        let user = OsUser::resolve(&config.os_user)?;
+        make_traversable_dir(&config.clusters_dir)?;
+        if !user.can_reach(&config.clusters_dir) {
+            return Err(AgentError::Unreachable {
+                user: user.name.clone(),
+                path: config.clusters_dir,
+            });
+        }
+        Ok(Self {
+            name: config.name,
+            zone: config.zone,
+            address: config.address,
+            clusters_dir: config.clusters_dir,
+            bin: Arc::new(bin),
+            user: Arc::new(user),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pg_major(&self) -> u32 {
+        self.bin.major
+    }
+
+    /// This host as the catalog records it.
+    pub fn host_record(&self) -> HostRecord {
+        HostRecord {
+            name: self.name.clone(),
+            zone: self.zone.clone(),
+            address: self.address.clone(),
+            pg_bin: self.bin.bindir.display().to_string(),
+            pg_major: self.bin.major,
+            pg_version: self.bin.version.clone(),
+        }
+    }
+
+    fn cluster(&self, id: &str) -> Result<Cluster, AgentError> {
+        if !valid_id(id) {
+            return Err(AgentError::InvalidId(id.to_string()));
+        }
+        Ok(Cluster::new(
+            self.clusters_dir.join(id),
+            self.bin.clone(),
+            self.user.clone(),
+        ))
+    }
+
+    /// What the cluster's files say, without connecting.
+    pub fn status(&self, id: &str) -> Result<ClusterStatus, AgentError> {
+        Ok(self.cluster(id)?.status(id))
+    }
+
+    pub async fn initialize(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
+        Ok(self.cluster(&spec.id)?.initialize(spec).await?)
+    }
+
+    /// Renders the configuration from `spec` (port and plan may have
+    /// changed) and starts postgres.
+    pub async fn start(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
+        let cluster = self.cluster(&spec.id)?;
+        cluster.write_config(spec)?;
+        Ok(cluster.start().await?)
+    }
+
+    pub async fn bootstrap(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
+        Ok(self.cluster(&spec.id)?.bootstrap(spec).await?)
+    }
+
+    pub async fn stats(&self, id: &str, database: &str) -> Result<ClusterStats, AgentError> {
+        Ok(self.cluster(id)?.stats(database).await?)
+    }
+
+    pub async fn backends(&self, id: &str, database: &str) -> Result<Vec<Backend>, AgentError> {
+        Ok(self.cluster(id)?.backends(database).await?)
+    }
+
+    pub async fn kill(
+        &self,
+        id: &str,
+        database: &str,
+        pid: i32,
+        force: bool,
+    ) -> Result<bool, AgentError> {
+        Ok(self.cluster(id)?.kill(database, pid, force).await?)
+    }
+
+    pub async fn kill_all(&self, id: &str, database: &str) -> Result<Vec<i32>, AgentError> {
+        Ok(self.cluster(id)?.kill_all(database).await?)
+    }
+
+    pub async fn set_password(&self, id: &str, role: &RoleSecret) -> Result<(), AgentError> {
+        Ok(self.cluster(id)?.set_password(role).await?)
+    }
+
+    /// Stops postgres and removes the cluster's files.
+    pub async fn destroy(&self, id: &str) -> Result<(), AgentError> {
+        Ok(self.cluster(id)?.destroy().await?)
+    }
+
+    /// Stops every running cluster of this host (fast shutdown), for an
+    /// orderly stop of the agent. Failures are logged, not returned.
+    pub async fn stop_all(&self) {
+        let entries = match std::fs::read_dir(&self.clusters_dir) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("cannot list {}: {e}", self.clusters_dir.display());
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Ok(cluster) = self.cluster(&id) else {
+                continue;
+            };
+            if cluster.status(&id).running {
+                match cluster.stop(StopMode::Fast).await {
+                    Ok(()) => tracing::info!("stopped cluster {id}"),
+                    Err(e) => tracing::warn!("could not stop cluster {id}: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Creates `dir` (and parents) and makes it mode 0711: the OS user postgres
+/// runs as may pass through it but not list it.
+fn make_traversable_dir(dir: &Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| AgentError::Directory {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_plain_directory_names() {
+        assert!(valid_id("db-000001-3f9a"));
+        for bad in ["", "../etc", "a/b", "UPPER", ".", &"x".repeat(41)] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The agent of one host. It owns the PostgreSQL clusters under its
+//! directory and carries out, one idempotent step at a time, what the control
+//! plane asks: initialize, start, bootstrap, report, stop, destroy. It keeps
+//! no state of its own beyond the clusters' files, so after its own restart it
+//! finds its running clusters again through their `postmaster.pid`.
+
+mod agent;
+
+pub use agent::{Agent, AgentConfig, AgentError};

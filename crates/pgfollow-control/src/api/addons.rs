@@ -1,0 +1,143 @@
+//! Databases as add-ons of an app: list, create, destroy.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::Utc;
+use pgfollow_types::api::{AddonSummary, CreateAddon, CreateAddonResponse, DestroyAddonResponse};
+use pgfollow_types::model::Desired;
+
+use super::apps::{check_confirm, ConfirmQuery};
+use super::{changed, Shared};
+use crate::error::ApiErr;
+use crate::provision::{add_database, remove_database, NewDatabase};
+use crate::resolve::{find_app, resolve_db};
+use crate::views;
+
+/// The databases the app owns or has attached.
+#[utoipa::path(get, path = "/v1/apps/{app}/addons", params(("app" = String, Path)),
+    responses((status = 200, body = Vec<AddonSummary>), (status = 404, body = pgfollow_types::api::ApiError)))]
+pub async fn list(
+    State(ctx): Shared,
+    Path(app): Path<String>,
+) -> Result<Json<Vec<AddonSummary>>, ApiErr> {
+    let state = ctx.store.read()?;
+    let a = find_app(&state, &app)?;
+    let dbs = state
+        .databases
+        .values()
+        .filter(|d| d.desired == Desired::Running)
+        .filter(|d| d.app == a.name || a.attachments.values().any(|id| *id == d.id))
+        .map(|d| views::addon_summary(&state, d))
+        .collect();
+    Ok(Json(dbs))
+}
+
+/// Provisions a database; answers at once, the work goes on in the background.
+#[utoipa::path(post, path = "/v1/apps/{app}/addons", params(("app" = String, Path)), request_body = CreateAddon,
+    responses((status = 202, body = CreateAddonResponse), (status = 400, body = pgfollow_types::api::ApiError), (status = 404, body = pgfollow_types::api::ApiError)))]
+pub async fn create(
+    State(ctx): Shared,
+    Path(app): Path<String>,
+    Json(req): Json<CreateAddon>,
+) -> Result<(StatusCode, Json<CreateAddonResponse>), ApiErr> {
+    let plan = ctx.plans.get(&req.plan).ok_or_else(|| {
+        ApiErr::bad_request(format!(
+            "unknown plan {:?}; see `pgfollow plans` for the plans there are",
+            req.plan
+        ))
+    })?;
+    if req.follow.is_some() {
+        return Err(ApiErr::bad_request(
+            "this server cannot create followers yet; create the database without --follow",
+        ));
+    }
+    let (id, op) = changed(
+        &ctx,
+        ctx.store.update(|state| {
+            find_app(state, &app)?;
+            let host = state.hosts.values().next().cloned().ok_or_else(|| {
+                ApiErr::unavailable("no host has an agent; start `pgfollow agent`")
+            })?;
+            add_database(
+                state,
+                &NewDatabase {
+                    app: &app,
+                    plan,
+                    host: &host,
+                    port_range: ctx.port_range,
+                    now: Utc::now(),
+                },
+            )
+        }),
+    )?;
+    let state = ctx.store.read()?;
+    let db = state
+        .databases
+        .get(&id)
+        .ok_or_else(|| ApiErr::internal("the new database vanished"))?;
+    let summary = views::addon_summary(&state, db);
+    tracing::info!(
+        "{} ({} of {app}): provisioning on plan {}",
+        db.color,
+        db.name,
+        plan.name
+    );
+    let message = format!(
+        "Creating {plan} on {app}... {price}\n\
+         The database is being created and will be available shortly.\n\
+         Created {name} as {vars}\n\
+         Use `pgfollow pg:wait --app {app}` to track status.",
+        plan = plan.name,
+        price = plan.price_label(),
+        name = db.name,
+        vars = summary.attachments.join(" and "),
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(CreateAddonResponse {
+            database: summary,
+            operation: op,
+            message,
+        }),
+    ))
+}
+
+/// Stops a database and removes its files and config vars.
+#[utoipa::path(delete, path = "/v1/apps/{app}/addons/{db}", params(("app" = String, Path), ("db" = String, Path), ConfirmQuery),
+    responses((status = 200, body = DestroyAddonResponse), (status = 400, body = pgfollow_types::api::ApiError), (status = 404, body = pgfollow_types::api::ApiError)))]
+pub async fn destroy(
+    State(ctx): Shared,
+    Path((app, reference)): Path<(String, String)>,
+    Query(q): Query<ConfirmQuery>,
+) -> Result<Json<DestroyAddonResponse>, ApiErr> {
+    let answer = changed(
+        &ctx,
+        ctx.store.update(|state| {
+            let db = resolve_db(state, &app, &reference)?.clone();
+            check_confirm(&app, q.confirm.as_deref())?;
+            if db.app.as_str() != app {
+                return Err(ApiErr::bad_request(format!(
+                    "{} belongs to app {}; destroy it from there (--app {})",
+                    db.name, db.app, db.app
+                )));
+            }
+            let op = remove_database(state, &db.id, Utc::now())?;
+            Ok(DestroyAddonResponse {
+                name: db.name.clone(),
+                color: db.color.clone(),
+                operation: op,
+                message: format!(
+                    "Destroying {} ({}) on {app}... done; its cluster and files are being removed",
+                    db.name, db.color
+                ),
+            })
+        }),
+    )?;
+    tracing::info!(
+        "{} ({} of {app}): destroy requested",
+        answer.color,
+        answer.name
+    );
+    Ok(Json(answer))
+}

@@ -1,0 +1,233 @@
+//! One database: `pg:info`, `pg:ps`, `pg:kill`, `pg:killall` and credentials.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use pgfollow_types::api::{
+    Backend, Confirm, Credentials, DatabaseInfo, DatabaseState, KillAllResponse, KillRequest,
+    KillResponse,
+};
+use pgfollow_types::model::{DatabaseRecord, Desired, State as Catalog};
+use pgfollow_types::Tier;
+
+use super::apps::check_confirm;
+use super::{Ctx, Shared};
+use crate::error::ApiErr;
+use crate::executor::active_operation;
+use crate::provision::secret;
+use crate::resolve::{find_app, resolve_db};
+use crate::views;
+
+/// How long `pg:info` waits for a database's own numbers.
+const STATS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `Fork/Follow` of a leader.
+fn fork_follow(db: &DatabaseRecord) -> String {
+    if db.plan.tier == Tier::Hobby {
+        "Unsupported on the hobby tier".to_string()
+    } else if db.state == DatabaseState::Available {
+        "Available".to_string()
+    } else {
+        "Temporarily Unavailable".to_string()
+    }
+}
+
+async fn info_of(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> DatabaseInfo {
+    let agent = ctx.hosts.get(&db.host);
+    let running = agent
+        .and_then(|a| a.status(&db.id).ok())
+        .is_some_and(|s| s.running);
+    let stats = match agent {
+        Some(a) if running && db.state != DatabaseState::Preparing => {
+            tokio::time::timeout(STATS_TIMEOUT, a.stats(&db.id, &db.database))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+        _ => None,
+    };
+    let mut status = db.state;
+    let mut detail = db.status_detail.clone();
+    if status == DatabaseState::Available && !running {
+        status = DatabaseState::Unavailable;
+        detail = Some("postgres is not running; pgfollow is starting it".into());
+    }
+    let op = active_operation(state, &db.id);
+    if status == DatabaseState::Preparing {
+        if let Some(e) = op.and_then(|o| o.last_error.clone()) {
+            detail = Some(format!("retrying after: {e}"));
+        }
+    }
+    DatabaseInfo {
+        name: db.name.clone(),
+        color: db.color.clone(),
+        app: db.app.to_string(),
+        attachments: views::owner_attachment_vars(state, db),
+        plan: db.plan.name.clone(),
+        state: status,
+        status_detail: detail,
+        progress_percent: op.and_then(|o| o.progress_percent),
+        connections_used: stats.as_ref().map(|s| s.connections_used),
+        connection_limit: db.plan.connection_limit,
+        pg_version: stats
+            .as_ref()
+            .map(|s| s.server_version.clone())
+            .or_else(|| db.pg_version.clone())
+            .unwrap_or_else(|| db.pg_major.to_string()),
+        created_at: db.created_at,
+        data_size_bytes: stats.as_ref().map(|s| s.data_size_bytes),
+        storage_limit_gb: db.plan.storage_limit_gb,
+        tables: stats.as_ref().map(|s| s.tables),
+        fork_follow: fork_follow(db),
+        host: db.host.clone(),
+        following: None,
+        followers: Vec::new(),
+    }
+}
+
+/// `pg:info` of every database of the app.
+#[utoipa::path(get, path = "/v1/apps/{app}/info", params(("app" = String, Path)),
+    responses((status = 200, body = Vec<DatabaseInfo>), (status = 404, body = pgfollow_types::api::ApiError)))]
+pub async fn info_all(
+    State(ctx): Shared,
+    Path(app): Path<String>,
+) -> Result<Json<Vec<DatabaseInfo>>, ApiErr> {
+    let state = ctx.store.read()?;
+    let a = find_app(&state, &app)?;
+    let mut dbs: Vec<&DatabaseRecord> = state
+        .databases
+        .values()
+        .filter(|d| d.desired == Desired::Running)
+        .filter(|d| d.app == a.name || a.attachments.values().any(|id| *id == d.id))
+        .collect();
+    // The main database first, then by creation.
+    let main = a.attachments.get(views::MAIN_ATTACHMENT).cloned();
+    dbs.sort_by_key(|d| (Some(&d.id) != main.as_ref(), d.created_at));
+    let mut out = Vec::with_capacity(dbs.len());
+    for d in dbs {
+        out.push(info_of(&ctx, &state, d).await);
+    }
+    Ok(Json(out))
+}
+
+/// `pg:info` of one database.
+#[utoipa::path(get, path = "/v1/apps/{app}/databases/{db}", params(("app" = String, Path), ("db" = String, Path)),
+    responses((status = 200, body = DatabaseInfo), (status = 404, body = pgfollow_types::api::ApiError)))]
+pub async fn info(
+    State(ctx): Shared,
+    Path((app, reference)): Path<(String, String)>,
+) -> Result<Json<DatabaseInfo>, ApiErr> {
+    let state = ctx.store.read()?;
+    let db = resolve_db(&state, &app, &reference)?;
+    Ok(Json(info_of(&ctx, &state, db).await))
+}
+
+fn available(db: &DatabaseRecord) -> Result<(), ApiErr> {
+    if db.state == DatabaseState::Available {
+        Ok(())
+    } else {
+        Err(ApiErr::conflict(format!(
+            "{} is {}, not available; wait with `pgfollow pg:wait --app {}`",
+            db.color, db.state, db.app
+        )))
+    }
+}
+
+/// The database's running queries.
+#[utoipa::path(get, path = "/v1/apps/{app}/databases/{db}/ps", params(("app" = String, Path), ("db" = String, Path)),
+    responses((status = 200, body = Vec<Backend>), (status = 404, body = pgfollow_types::api::ApiError)))]
+pub async fn ps(
+    State(ctx): Shared,
+    Path((app, reference)): Path<(String, String)>,
+) -> Result<Json<Vec<Backend>>, ApiErr> {
+    let db = resolve_db(&ctx.store.read()?, &app, &reference)?.clone();
+    available(&db)?;
+    let agent = ctx.hosts.agent(&db.host)?;
+    Ok(Json(agent.backends(&db.id, &db.database).await?))
+}
+
+/// Cancels a backend's query, or with `force` ends its connection.
+#[utoipa::path(post, path = "/v1/apps/{app}/databases/{db}/kill", params(("app" = String, Path), ("db" = String, Path)), request_body = KillRequest,
+    responses((status = 200, body = KillResponse), (status = 404, body = pgfollow_types::api::ApiError)))]
+pub async fn kill(
+    State(ctx): Shared,
+    Path((app, reference)): Path<(String, String)>,
+    Json(req): Json<KillRequest>,
+) -> Result<Json<KillResponse>, ApiErr> {
+    let db = resolve_db(&ctx.store.read()?, &app, &reference)?.clone();
+    available(&db)?;
+    let agent = ctx.hosts.agent(&db.host)?;
+    match agent.kill(&db.id, &db.database, req.pid, req.force).await {
+        Ok(signalled) => Ok(Json(KillResponse {
+            pid: req.pid,
+            force: req.force,
+            signalled,
+        })),
+        Err(e) if e.is_no_such_backend() => Err(ApiErr::not_found(format!(
+            "{} has no connection with pid {}; see `pgfollow pg:ps --app {app}`",
+            db.color, req.pid
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Ends every connection to the database.
+#[utoipa::path(post, path = "/v1/apps/{app}/databases/{db}/killall", params(("app" = String, Path), ("db" = String, Path)),
+    responses((status = 200, body = KillAllResponse), (status = 404, body = pgfollow_types::api::ApiError)))]
+pub async fn kill_all(
+    State(ctx): Shared,
+    Path((app, reference)): Path<(String, String)>,
+) -> Result<Json<KillAllResponse>, ApiErr> {
+    let db = resolve_db(&ctx.store.read()?, &app, &reference)?.clone();
+    available(&db)?;
+    let agent = ctx.hosts.agent(&db.host)?;
+    let terminated = agent.kill_all(&db.id, &db.database).await?;
+    tracing::info!(
+        "{} ({}): ended {} connections",
+        db.color,
+        db.name,
+        terminated.len()
+    );
+    Ok(Json(KillAllResponse { terminated }))
+}
+
+/// How to connect to the database.
+#[utoipa::path(get, path = "/v1/apps/{app}/databases/{db}/credentials", params(("app" = String, Path), ("db" = String, Path)),
+    responses((status = 200, body = Credentials), (status = 404, body = pgfollow_types::api::ApiError)))]
+pub async fn credentials(
+    State(ctx): Shared,
+    Path((app, reference)): Path<(String, String)>,
+) -> Result<Json<Credentials>, ApiErr> {
+    let state = ctx.store.read()?;
+    let db = resolve_db(&state, &app, &reference)?;
+    Ok(Json(views::credentials(&state, db)))
+}
+
+/// Gives the owner role a new password; the old one stops working.
+#[utoipa::path(post, path = "/v1/apps/{app}/databases/{db}/credentials/rotate", params(("app" = String, Path), ("db" = String, Path)), request_body = Confirm,
+    responses((status = 200, body = Credentials), (status = 400, body = pgfollow_types::api::ApiError), (status = 404, body = pgfollow_types::api::ApiError)))]
+pub async fn rotate(
+    State(ctx): Shared,
+    Path((app, reference)): Path<(String, String)>,
+    Json(req): Json<Confirm>,
+) -> Result<Json<Credentials>, ApiErr> {
+    let db = resolve_db(&ctx.store.read()?, &app, &reference)?.clone();
+    check_confirm(&app, Some(&req.confirm))?;
+    available(&db)?;
+    let mut owner = db.owner.clone();
+    owner.password = secret();
+    let agent = ctx.hosts.agent(&db.host)?;
+    agent.set_password(&db.id, &owner).await?;
+    let creds = ctx.store.update(|state| {
+        let d = state
+            .databases
+            .get_mut(&db.id)
+            .ok_or_else(|| ApiErr::not_found("the database was destroyed meanwhile"))?;
+        d.owner = owner.clone();
+        let d = d.clone();
+        Ok(views::credentials(state, &d))
+    })?;
+    tracing::info!("{} ({}): rotated the owner's password", db.color, db.name);
+    Ok(Json(creds))
+}

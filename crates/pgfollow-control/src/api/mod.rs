@@ -1,0 +1,171 @@
+//! The public HTTP API under `/v1`, its token check and its OpenAPI
+//! document (generated from the handlers and types, served at
+//! `/openapi.json`).
+
+mod addons;
+mod apps;
+mod databases;
+mod misc;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pgfollow_types::PlanCatalog;
+use tokio::sync::Notify;
+use utoipa::OpenApi;
+
+use crate::error::ApiErr;
+use crate::hosts::Hosts;
+use crate::store::Store;
+
+/// What every handler may use.
+pub struct Ctx {
+    pub store: Store,
+    pub hosts: Hosts,
+    pub plans: PlanCatalog,
+    pub token: String,
+    pub port_range: (u16, u16),
+    /// Wakes the executor after a write that gives it work.
+    pub wake: Arc<Notify>,
+}
+
+pub type Shared = State<Arc<Ctx>>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "pgfollow", description = "Follower databases on your own machines: the control plane API. Every request carries `Authorization: Bearer <token>`."),
+    paths(
+        misc::status, misc::plans, misc::billing, misc::operation,
+        apps::list, apps::create, apps::destroy, apps::config, apps::change_config,
+        addons::list, addons::create, addons::destroy,
+        databases::info_all, databases::info, databases::ps, databases::kill,
+        databases::kill_all, databases::credentials, databases::rotate,
+    ),
+    components(schemas(pgfollow_types::api::ApiError)),
+    modifiers(&BearerAuth),
+    security(("token" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document as JSON.
+pub fn openapi_json() -> serde_json::Value {
+    serde_json::to_value(ApiDoc::openapi()).unwrap_or_default()
+}
+
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    let v1 = Router::new()
+        .route("/status", get(misc::status))
+        .route("/plans", get(misc::plans))
+        .route("/operations/{id}", get(misc::operation))
+        .route("/apps", get(apps::list).post(apps::create))
+        .route("/apps/{app}", axum::routing::delete(apps::destroy))
+        .route(
+            "/apps/{app}/config",
+            get(apps::config).patch(apps::change_config),
+        )
+        .route("/apps/{app}/billing", get(misc::billing))
+        .route("/apps/{app}/addons", get(addons::list).post(addons::create))
+        .route(
+            "/apps/{app}/addons/{db}",
+            axum::routing::delete(addons::destroy),
+        )
+        .route("/apps/{app}/info", get(databases::info_all))
+        .route("/apps/{app}/databases/{db}", get(databases::info))
+        .route("/apps/{app}/databases/{db}/ps", get(databases::ps))
+        .route("/apps/{app}/databases/{db}/kill", post(databases::kill))
+        .route(
+            "/apps/{app}/databases/{db}/killall",
+            post(databases::kill_all),
+        )
+        .route(
+            "/apps/{app}/databases/{db}/credentials",
+            get(databases::credentials),
+        )
+        .route(
+            "/apps/{app}/databases/{db}/credentials/rotate",
+            post(databases::rotate),
+        );
+    Router::new()
+        .nest("/v1", v1)
+        .route("/openapi.json", get(|| async { Json(openapi_json()) }))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            require_token,
+        ))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(ctx)
+}
+
+/// Refuses every request whose bearer token is not the server's.
+async fn require_token(State(ctx): Shared, req: Request, next: Next) -> Result<Response, ApiErr> {
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), ctx.token.as_bytes()) => Ok(next.run(req).await),
+        Some(_) => Err(ApiErr::unauthorized(
+            "the API token is wrong; use the one in the data directory's api.json (or PGFOLLOW_TOKEN)",
+        )),
+        None => Err(ApiErr::unauthorized(
+            "this API needs a token: send `Authorization: Bearer <token>` (the CLI reads it from the data directory's api.json)",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Runs a change and wakes the executor.
+pub fn changed<T>(ctx: &Ctx, r: Result<T, ApiErr>) -> Result<T, ApiErr> {
+    if r.is_ok() {
+        ctx.wake.notify_one();
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn the_document_lists_every_route() {
+        let doc = openapi_json();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            "/v1/apps",
+            "/v1/apps/{app}/addons",
+            "/v1/apps/{app}/databases/{db}/credentials/rotate",
+            "/v1/plans",
+        ] {
+            assert!(paths.contains_key(p), "{p} missing from {:?}", paths.keys());
+        }
+        assert!(doc["components"]["schemas"]["DatabaseInfo"].is_object());
+    }
+}

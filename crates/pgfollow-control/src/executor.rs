@@ -1,0 +1,349 @@
+//! The executor: each tick it reads the state, asks the planner for every
+//! database's next step, logs the decision as a sentence, carries the step
+//! out through the database's agent and records the result. Steps run
+//! concurrently across databases, one at a time per database; every step is
+//! idempotent, so a control plane killed at any point resumes where it was.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use pgfollow_planner::{decide, reconcile, Action, Decision, Observed};
+use pgfollow_types::api::DatabaseState;
+use pgfollow_types::model::{DatabaseRecord, OperationRecord, OperationState, State};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiErr;
+use crate::hosts::Hosts;
+use crate::provision::{cluster_spec, pick_port};
+use crate::store::Store;
+
+/// How often the executor looks, when nothing wakes it sooner.
+const TICK: Duration = Duration::from_millis(250);
+/// How long a database that failed to start waits before the next try.
+const RESTART_BACKOFF: Duration = Duration::from_secs(3);
+/// How long shutdown waits for steps in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+pub struct Executor {
+    store: Store,
+    hosts: Hosts,
+    port_range: (u16, u16),
+    wake: Arc<Notify>,
+    busy: Mutex<HashSet<String>>,
+    backoff: Mutex<HashMap<String, Instant>>,
+    last_sentence: Mutex<HashMap<String, String>>,
+}
+
+impl Executor {
+    pub fn new(store: Store, hosts: Hosts, port_range: (u16, u16), wake: Arc<Notify>) -> Self {
+        Self {
+            store,
+            hosts,
+            port_range,
+            wake,
+            busy: Mutex::default(),
+            backoff: Mutex::default(),
+            last_sentence: Mutex::default(),
+        }
+    }
+
+    /// Runs until `cancel`, then waits (bounded) for steps in flight.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            while tasks.try_join_next().is_some() {}
+            if let Err(e) = self.tick(&mut tasks) {
+                tracing::warn!("executor tick failed: {e}");
+            }
+        }
+        if tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!("steps still running after {SHUTDOWN_GRACE:?}; abandoning them (they resume at the next start)");
+            tasks.abort_all();
+        }
+    }
+
+    fn tick(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<(), ApiErr> {
+        let state = self.store.read()?;
+        for db in state.databases.values() {
+            if lock(&self.busy).contains(&db.id) {
+                continue;
+            }
+            let op = active_operation(&state, &db.id);
+            let observed = self.observe(db);
+            let decision = match &op {
+                Some(op) => Some(decide(db, op, &observed)),
+                None if self.backing_off(&db.id) => None,
+                None => reconcile(db, &observed),
+            };
+            let Some(decision) = decision else { continue };
+            self.log_once(&db.id, &decision);
+            if decision.action == Action::Wait {
+                continue;
+            }
+            lock(&self.busy).insert(db.id.clone());
+            let me = self.clone();
+            let (db, op) = (db.clone(), op.cloned());
+            let spec = cluster_spec(&state, &db);
+            tasks.spawn(async move {
+                me.carry_out(&db, op.as_ref(), decision.action, spec).await;
+                lock(&me.busy).remove(&db.id);
+                me.wake.notify_one();
+            });
+        }
+        Ok(())
+    }
+
+    fn observe(&self, db: &DatabaseRecord) -> Observed {
+        match self.hosts.get(&db.host) {
+            None => Observed::HostUnreachable(db.host.clone()),
+            Some(agent) => match agent.status(&db.id) {
+                Ok(s) => Observed::Cluster(s),
+                Err(_) => Observed::HostUnreachable(db.host.clone()),
+            },
+        }
+    }
+
+    fn backing_off(&self, id: &str) -> bool {
+        lock(&self.backoff)
+            .get(id)
+            .is_some_and(|until| Instant::now() < *until)
+    }
+
+    fn log_once(&self, id: &str, d: &Decision) {
+        let mut last = lock(&self.last_sentence);
+        if last.get(id) != Some(&d.sentence) {
+            tracing::info!("{}", d.sentence);
+            last.insert(id.to_string(), d.sentence.clone());
+        }
+    }
+
+    async fn carry_out(
+        &self,
+        db: &DatabaseRecord,
+        op: Option<&OperationRecord>,
+        action: Action,
+        spec: pgfollow_types::agent::ClusterSpec,
+    ) {
+        let step = action.step();
+        let result = self.act(db, &action, &spec).await;
+        let recorded = match (&result, op) {
+            (Ok(()), Some(op)) => self.record_success(db, op, &action),
+            (Ok(()), None) => self.record_reconciled(db, &action),
+            (Err(e), Some(op)) => {
+                tracing::warn!("{} ({}): step {step} failed: {e}", db.color, db.name);
+                self.record_failure(db, op, &e.message)
+            }
+            (Err(e), None) => {
+                tracing::warn!("{} ({}): {step} failed: {e}", db.color, db.name);
+                lock(&self.backoff).insert(db.id.clone(), Instant::now() + RESTART_BACKOFF);
+                self.record_unavailable(db, &e.message)
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::warn!("could not record step {step} of {}: {e}", db.name);
+        }
+    }
+
+    /// Carries one step out through the agent.
+    async fn act(
+        &self,
+        db: &DatabaseRecord,
+        action: &Action,
+        spec: &pgfollow_types::agent::ClusterSpec,
+    ) -> Result<(), ApiErr> {
+        let agent = self.hosts.agent(&db.host)?;
+        match action {
+            Action::Initialize => agent.initialize(spec).await?,
+            Action::Start => {
+                if let Err(e) = agent.start(spec).await {
+                    if let Some(port) = e.port_in_use() {
+                        let moved = self.move_port(db)?;
+                        return Err(ApiErr::unavailable(format!(
+                            "port {port} was taken by another program; moved the database to port {moved}"
+                        )));
+                    }
+                    return Err(e.into());
+                }
+            }
+            Action::Bootstrap => agent.bootstrap(spec).await?,
+            Action::DestroyCluster => agent.destroy(&db.id).await?,
+            Action::Fail(_) => {
+                if let Err(e) = agent.destroy(&db.id).await {
+                    tracing::warn!("could not remove the files of failed {}: {e}", db.name);
+                }
+            }
+            Action::MarkAvailable | Action::Forget | Action::Cancel | Action::Wait => {}
+        }
+        Ok(())
+    }
+
+    fn move_port(&self, db: &DatabaseRecord) -> Result<u16, ApiErr> {
+        let range = self.port_range;
+        self.store.update(|state| {
+            let address = state
+                .hosts
+                .get(&db.host)
+                .map(|h| h.address.clone())
+                .unwrap_or_else(|| "127.0.0.1".into());
+            let port = pick_port(state, range, &address)?;
+            if let Some(d) = state.databases.get_mut(&db.id) {
+                d.port = port;
+            }
+            Ok(port)
+        })
+    }
+
+    fn record_success(
+        &self,
+        db: &DatabaseRecord,
+        op: &OperationRecord,
+        action: &Action,
+    ) -> Result<(), ApiErr> {
+        let now = Utc::now();
+        self.store.update(|state| {
+            let Some(o) = state.operations.get_mut(&op.id) else {
+                return Ok(());
+            };
+            o.updated_at = now;
+            o.failures = 0;
+            o.last_error = None;
+            o.state = OperationState::Running;
+            o.done.push(action.step().to_string());
+            match action {
+                Action::MarkAvailable => {
+                    o.state = OperationState::Done;
+                    o.progress_percent = Some(100);
+                    if let Some(d) = state.databases.get_mut(&db.id) {
+                        d.state = DatabaseState::Available;
+                        d.status_detail = None;
+                    }
+                }
+                Action::Fail(reason) => {
+                    o.state = OperationState::Failed;
+                    o.last_error = Some(reason.clone());
+                    if let Some(d) = state.databases.get_mut(&db.id) {
+                        d.state = DatabaseState::Failed;
+                        d.status_detail = Some(reason.clone());
+                    }
+                    end_billing(state, &db.name, now);
+                }
+                Action::Cancel => {
+                    o.state = OperationState::Failed;
+                    o.last_error = Some("cancelled: the database is being destroyed".into());
+                }
+                Action::Forget => {
+                    o.state = OperationState::Done;
+                    forget(state, &db.id, now);
+                }
+                _ => {}
+            }
+            Ok(())
+        })?;
+        if matches!(action, Action::Bootstrap) {
+            self.record_version(db);
+        }
+        Ok(())
+    }
+
+    fn record_version(&self, db: &DatabaseRecord) {
+        let Some(agent) = self.hosts.get(&db.host).cloned() else {
+            return;
+        };
+        let (store, id, database) = (self.store.clone(), db.id.clone(), db.database.clone());
+        tokio::spawn(async move {
+            if let Ok(stats) = agent.stats(&id, &database).await {
+                let _ = store.update(|state| {
+                    if let Some(d) = state.databases.get_mut(&id) {
+                        d.pg_version = Some(stats.server_version.clone());
+                    }
+                    Ok(())
+                });
+            }
+        });
+    }
+
+    fn record_failure(
+        &self,
+        db: &DatabaseRecord,
+        op: &OperationRecord,
+        message: &str,
+    ) -> Result<(), ApiErr> {
+        let _ = db;
+        self.store.update(|state| {
+            if let Some(o) = state.operations.get_mut(&op.id) {
+                o.failures += 1;
+                o.last_error = Some(message.to_string());
+                o.updated_at = Utc::now();
+            }
+            Ok(())
+        })
+    }
+
+    fn record_reconciled(&self, db: &DatabaseRecord, action: &Action) -> Result<(), ApiErr> {
+        if *action != Action::MarkAvailable {
+            return Ok(());
+        }
+        self.store.update(|state| {
+            if let Some(d) = state.databases.get_mut(&db.id) {
+                d.state = DatabaseState::Available;
+                d.status_detail = None;
+            }
+            Ok(())
+        })
+    }
+
+    fn record_unavailable(&self, db: &DatabaseRecord, message: &str) -> Result<(), ApiErr> {
+        self.store.update(|state| {
+            if let Some(d) = state.databases.get_mut(&db.id) {
+                d.state = DatabaseState::Unavailable;
+                d.status_detail = Some(message.to_string());
+            }
+            Ok(())
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The oldest unfinished operation on database `id`.
+pub fn active_operation<'a>(state: &'a State, id: &str) -> Option<&'a OperationRecord> {
+    state
+        .operations
+        .values()
+        .filter(|o| o.database == id && o.state.is_active())
+        .min_by_key(|o| (o.created_at, o.id.clone()))
+}
+
+fn end_billing(state: &mut State, name: &str, now: chrono::DateTime<Utc>) {
+    for b in state.billing.iter_mut() {
+        if b.database == name && b.ended_at.is_none() {
+            b.ended_at = Some(now);
+        }
+    }
+}
+
+/// Drops a destroyed database's records; its operations stay as history.
+fn forget(state: &mut State, id: &str, now: chrono::DateTime<Utc>) {
+    if let Some(db) = state.databases.remove(id) {
+        end_billing(state, &db.name, now);
+    }
+    for app in state.apps.values_mut() {
+        app.attachments.retain(|_, d| d != id);
+    }
+}

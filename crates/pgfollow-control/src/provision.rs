@@ -1,0 +1,248 @@
+//! Adding a database to the state: names, port, secrets, attachments, the
+//! billing record and its provision operation, all in one catalog write.
+
+use std::net::TcpListener;
+
+use chrono::{DateTime, Utc};
+use pgfollow_types::agent::{ClusterSpec, PgSettings, RoleSecret};
+use pgfollow_types::api::DatabaseState;
+use pgfollow_types::model::{
+    BillingRecord, DatabaseRecord, Desired, HostRecord, OperationKind, OperationRecord,
+    OperationState, State,
+};
+use pgfollow_types::{Color, Plan};
+use rand::Rng;
+
+use crate::error::ApiErr;
+use crate::views::MAIN_ATTACHMENT;
+
+/// A random secret of 128 bits, as 32 hex digits.
+pub fn secret() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// A role or database name: a letter and 14 hex digits.
+fn identifier(prefix: char) -> String {
+    format!("{prefix}{}", &hex::encode(rand::random::<[u8; 7]>()))
+}
+
+const ADJECTIVES: &[&str] = &[
+    "amber", "brisk", "calm", "clear", "curved", "deep", "eager", "fair", "fluid", "gentle",
+    "quiet", "rapid", "round", "shiny", "silent", "solid", "steady", "swift", "tidy", "vast",
+];
+
+fn addon_name(state: &State) -> String {
+    let mut rng = rand::thread_rng();
+    loop {
+        let adj = ADJECTIVES[rng.gen_range(0..ADJECTIVES.len())];
+        let name = format!("postgresql-{adj}-{:05}", rng.gen_range(0..100_000));
+        if !state.databases.values().any(|d| d.name == name) {
+            return name;
+        }
+    }
+}
+
+/// A port in `range` that no database in the state uses and that nothing
+/// listens on at `address` right now.
+pub fn pick_port(state: &State, range: (u16, u16), address: &str) -> Result<u16, ApiErr> {
+    let (lo, hi) = range;
+    let span = u32::from(hi - lo) + 1;
+    let start = rand::thread_rng().gen_range(0..span);
+    for i in 0..span {
+        let port = lo + ((start + i) % span) as u16;
+        let used = state.databases.values().any(|d| d.port == port);
+        if !used && TcpListener::bind((address, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(ApiErr::unavailable(format!(
+        "no free port left in {lo}-{hi} on {address}; destroy unused databases or restart `pgfollow serve` with a wider --pg-ports"
+    )))
+}
+
+/// What `add_database` needs besides the state.
+pub struct NewDatabase<'a> {
+    pub app: &'a str,
+    pub plan: &'a Plan,
+    pub host: &'a HostRecord,
+    pub port_range: (u16, u16),
+    pub now: DateTime<Utc>,
+}
+
+/// Adds a database, its attachments, its billing record and its provision
+/// operation. Returns (database id, operation id).
+pub fn add_database(state: &mut State, new: &NewDatabase<'_>) -> Result<(String, String), ApiErr> {
+    let app = crate::resolve::find_app(state, new.app)?.clone();
+    let taken: Vec<Color> = state
+        .databases
+        .values()
+        .filter(|d| d.app == app.name)
+        .map(|d| d.color.clone())
+        .collect();
+    let color = Color::first_free(&taken).ok_or_else(|| {
+        ApiErr::conflict(format!(
+            "app {} has a database of every colour; destroy one first",
+            app.name
+        ))
+    })?;
+    let port = pick_port(state, new.port_range, &new.host.address)?;
+    state.next_serial += 1;
+    let serial = state.next_serial;
+    let id = format!("db-{serial:06}-{}", &hex::encode(rand::random::<[u8; 2]>()));
+    let op_id = format!("op-{serial:06}-{}", &hex::encode(rand::random::<[u8; 2]>()));
+    let db = DatabaseRecord {
+        id: id.clone(),
+        name: addon_name(state),
+        app: app.name.clone(),
+        color: color.clone(),
+        plan: new.plan.clone(),
+        host: new.host.name.clone(),
+        port,
+        database: identifier('d'),
+        owner: RoleSecret {
+            name: identifier('u'),
+            password: secret(),
+        },
+        replication: RoleSecret {
+            name: identifier('r'),
+            password: secret(),
+        },
+        pg_major: new.host.pg_major,
+        created_at: new.now,
+        desired: Desired::Running,
+        state: DatabaseState::Preparing,
+        status_detail: None,
+        pg_version: None,
+    };
+    state.billing.push(BillingRecord {
+        app: app.name.clone(),
+        database: db.name.clone(),
+        color: color.clone(),
+        plan: new.plan.name.clone(),
+        price_per_month: new.plan.price_per_month,
+        started_at: new.now,
+        ended_at: None,
+    });
+    let app_rec = state
+        .apps
+        .get_mut(app.name.as_str())
+        .ok_or_else(|| ApiErr::internal("app vanished"))?;
+    app_rec.attachments.insert(
+        format!("{}{}", pgfollow_types::names::COLOR_VAR_PREFIX, color),
+        id.clone(),
+    );
+    if !app_rec.attachments.contains_key(MAIN_ATTACHMENT) {
+        app_rec
+            .attachments
+            .insert(MAIN_ATTACHMENT.to_string(), id.clone());
+    }
+    state.databases.insert(id.clone(), db);
+    state.operations.insert(
+        op_id.clone(),
+        new_operation(&op_id, OperationKind::Provision, &id, new.now),
+    );
+    Ok((id, op_id))
+}
+
+pub fn new_operation(
+    id: &str,
+    kind: OperationKind,
+    database: &str,
+    now: DateTime<Utc>,
+) -> OperationRecord {
+    OperationRecord {
+        id: id.to_string(),
+        kind,
+        database: database.to_string(),
+        state: OperationState::Pending,
+        done: Vec::new(),
+        failures: 0,
+        last_error: None,
+        progress_percent: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Marks a database for removal: detaches it everywhere, stops its bill,
+/// cancels other operations on it and adds a destroy operation.
+pub fn remove_database(state: &mut State, id: &str, now: DateTime<Utc>) -> Result<String, ApiErr> {
+    let db = state
+        .databases
+        .get_mut(id)
+        .ok_or_else(|| ApiErr::not_found("no such database"))?;
+    db.desired = Desired::Absent;
+    db.state = DatabaseState::Deprovisioning;
+    let name = db.name.clone();
+    for app in state.apps.values_mut() {
+        app.attachments.retain(|_, d| d != id);
+    }
+    for b in state.billing.iter_mut() {
+        if b.database == name && b.ended_at.is_none() {
+            b.ended_at = Some(now);
+        }
+    }
+    state.next_serial += 1;
+    let op_id = format!(
+        "op-{:06}-{}",
+        state.next_serial,
+        &hex::encode(rand::random::<[u8; 2]>())
+    );
+    state.operations.insert(
+        op_id.clone(),
+        new_operation(&op_id, OperationKind::Destroy, id, now),
+    );
+    Ok(op_id)
+}
+
+/// The cluster the agent should make of `db`.
+pub fn cluster_spec(state: &State, db: &DatabaseRecord) -> ClusterSpec {
+    let listen_address = state
+        .hosts
+        .get(&db.host)
+        .map(|h| h.address.clone())
+        .unwrap_or_else(|| "127.0.0.1".to_string());
+    ClusterSpec {
+        id: db.id.clone(),
+        port: db.port,
+        listen_address,
+        settings: PgSettings::for_plan(&db.plan),
+        database: db.database.clone(),
+        owner: db.owner.clone(),
+        replication: db.replication.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_have_128_bits() {
+        let s = secret();
+        assert_eq!(s.len(), 32);
+        assert!(s.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(s, secret());
+    }
+
+    #[test]
+    fn identifiers_are_safe_sql_names() {
+        let u = identifier('u');
+        assert_eq!(u.len(), 15);
+        assert!(u.starts_with('u'));
+        assert!(u[1..].chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn ports_in_use_are_skipped() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let r = pick_port(&State::default(), (port, port), "127.0.0.1");
+        assert!(r.is_err());
+        drop(held);
+        assert_eq!(
+            pick_port(&State::default(), (port, port), "127.0.0.1").unwrap(),
+            port
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! `pgfollow serve`: lock the data directory, open the catalog, start the
+//! embedded agent, the executor and the HTTP API; on shutdown stop them in
+//! order and stop the databases.
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use nix::fcntl::{Flock, FlockArg};
+use pgfollow_agent::{Agent, AgentConfig};
+use pgfollow_catalog::SqliteCatalog;
+use pgfollow_client::ApiFile;
+use pgfollow_types::plan::PlanFile;
+use pgfollow_types::PlanCatalog;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{router, Ctx};
+use crate::config::ServeConfig;
+use crate::executor::Executor;
+use crate::hosts::Hosts;
+use crate::provision::secret;
+use crate::store::Store;
+
+/// Name of the embedded agent's host.
+pub const LOCAL_HOST: &str = "local";
+
+/// Runs the control plane until `shutdown` is cancelled.
+pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let data_dir = &config.data_dir;
+    prepare_data_dir(data_dir)?;
+    let _lock = lock_data_dir(data_dir)?;
+    let plans = load_plans(config.plans_file.as_deref())?;
+    if config.pg_ports.0 > config.pg_ports.1 {
+        bail!(
+            "--pg-ports {}-{} is empty; give the lower port first",
+            config.pg_ports.0,
+            config.pg_ports.1
+        );
+    }
+    let token = match ApiFile::load(data_dir) {
+        Ok(f) if !f.token.is_empty() => f.token,
+        _ => secret() + &secret(),
+    };
+
+    let catalog = SqliteCatalog::open(&data_dir.join("catalog.sqlite"))
+        .with_context(|| format!("cannot open the catalog in {}", data_dir.display()))?;
+    let store = Store::new(Arc::new(catalog));
+
+    let agent = Agent::new(AgentConfig {
+        name: LOCAL_HOST.to_string(),
+        zone: None,
+        address: config.pg_listen.clone(),
+        clusters_dir: data_dir.join("clusters"),
+        pg_bin: config.pg_bin.clone(),
+        os_user: config.os_user.clone(),
+    })?;
+    let host = agent.host_record();
+    store.update(|state| {
+        state.hosts.insert(host.name.clone(), host.clone());
+        Ok(())
+    })?;
+    let agent = Arc::new(agent);
+    let hosts = Hosts::new([agent.clone()]);
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e}; pass --listen with a free address (e.g. 127.0.0.1:0)",
+                config.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    ApiFile {
+        url: url.clone(),
+        token: token.clone(),
+    }
+    .store(data_dir)?;
+
+    let wake = Arc::new(Notify::new());
+    let ctx = Arc::new(Ctx {
+        store: store.clone(),
+        hosts: hosts.clone(),
+        plans,
+        token,
+        port_range: config.pg_ports,
+        wake: wake.clone(),
+    });
+    let executor = Arc::new(Executor::new(store, hosts, config.pg_ports, wake));
+    let exec_cancel = shutdown.child_token();
+    let exec_task = tokio::spawn(executor.run(exec_cancel.clone()));
+
+    println!(
+        "pgfollow serve: API listening on {url} (data dir {}, PostgreSQL {} in {})",
+        data_dir.display(),
+        host.pg_version,
+        host.pg_bin
+    );
+    tracing::info!("listening on {url}");
+
+    let app = router(ctx);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+
+    tracing::info!("shutting down: stopping the executor");
+    exec_cancel.cancel();
+    if let Err(e) = exec_task.await {
+        tracing::warn!("executor ended badly: {e}");
+    }
+    tracing::info!("stopping databases");
+    agent.stop_all().await;
+    tracing::info!("stopped");
+    served.context("the API server failed")
+}
+
+/// Creates the data directory: mode 0711, so the OS user postgres runs as
+/// can reach its clusters but not list or read anything else.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    if !dir.is_dir() {
+        bail!(
+            "{} is not a directory; choose another --data-dir",
+            dir.display()
+        );
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+    Ok(())
+}
+
+/// One `serve` per data directory: an exclusive lock held while it runs.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<Flock<File>> {
+    let path = dir.join("serve.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        anyhow::anyhow!(
+            "the data directory {} is in use by another `pgfollow serve`; stop that one or choose another --data-dir",
+            dir.display()
+        )
+    })
+}
+
+/// The built-in plans, changed by the operator's file when there is one.
+pub fn load_plans(file: Option<&Path>) -> anyhow::Result<PlanCatalog> {
+    let Some(path) = file else {
+        return Ok(PlanCatalog::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the plan file {}", path.display()))?;
+    let parsed: PlanFile = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "the plan file {} is not valid: {}",
+            path.display(),
+            e.message()
+        )
+    })?;
+    PlanCatalog::with_file(parsed)
+        .map_err(|e| anyhow::anyhow!("the plan file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_files_extend_the_builtins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plans.toml");
+        std::fs::write(
+            &path,
+            r#"
+[[plan]]
+name = "standard-4"
+tier = "standard"
+connection_limit = 500
+shared_buffers_mb = 1024
+work_mem_mb = 16
+storage_limit_gb = 750
+price_per_month = 750
+"#,
+        )
+        .unwrap();
+        let plans = load_plans(Some(&path)).unwrap();
+        assert_eq!(plans.get("standard-4").unwrap().price_per_month, 750);
+        assert!(plans.get("hobby-dev").is_some());
+
+        std::fs::write(&path, "[[plan]]\nname = 3\n").unwrap();
+        let e = load_plans(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("is not valid"), "{e}");
+    }
+
+    #[test]
+    fn a_second_serve_on_one_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = lock_data_dir(dir.path()).unwrap();
+        let e = lock_data_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("in use by another"), "{e}");
+    }
+}

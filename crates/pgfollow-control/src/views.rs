@@ -1,0 +1,158 @@
+//! What the API shows of the state: config vars with their database URLs,
+//! add-on summaries, credentials and bills. Pure functions of a snapshot.
+
+use chrono::{DateTime, Utc};
+use pgfollow_types::api::{AddonSummary, Billing, BillingLine, ConfigVars, Credentials};
+use pgfollow_types::dbref::attachment_var;
+use pgfollow_types::model::{AppRecord, DatabaseRecord, State};
+
+/// The attachment that makes a database the app's main one.
+pub const MAIN_ATTACHMENT: &str = "DATABASE";
+
+/// How to reach `db`.
+pub fn credentials(state: &State, db: &DatabaseRecord) -> Credentials {
+    let host = state
+        .hosts
+        .get(&db.host)
+        .map(|h| h.address.clone())
+        .unwrap_or_else(|| "127.0.0.1".to_string());
+    let url = format!(
+        "postgres://{}:{}@{}:{}/{}",
+        db.owner.name,
+        db.owner.password,
+        url_host(&host),
+        db.port,
+        db.database
+    );
+    Credentials {
+        url,
+        host,
+        port: db.port,
+        database: db.database.clone(),
+        user: db.owner.name.clone(),
+        password: db.owner.password.clone(),
+    }
+}
+
+fn url_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// The config vars `db` is attached as in `app`, `DATABASE_URL` first.
+pub fn attachment_vars(app: &AppRecord, db: &DatabaseRecord) -> Vec<String> {
+    let mut names: Vec<&String> = app
+        .attachments
+        .iter()
+        .filter(|(_, id)| **id == db.id)
+        .map(|(name, _)| name)
+        .collect();
+    names.sort_by_key(|n| (n.as_str() != MAIN_ATTACHMENT, n.as_str()));
+    names.into_iter().map(|n| attachment_var(n)).collect()
+}
+
+/// The attachments of `db` in the app that owns it.
+pub fn owner_attachment_vars(state: &State, db: &DatabaseRecord) -> Vec<String> {
+    state
+        .apps
+        .get(db.app.as_str())
+        .map(|a| attachment_vars(a, db))
+        .unwrap_or_default()
+}
+
+/// The user's vars plus one URL per attachment.
+pub fn config_vars(state: &State, app: &AppRecord) -> ConfigVars {
+    let mut vars = app.config.clone();
+    for (name, id) in &app.attachments {
+        if let Some(db) = state.databases.get(id) {
+            vars.insert(attachment_var(name), credentials(state, db).url);
+        }
+    }
+    ConfigVars { vars }
+}
+
+pub fn addon_summary(state: &State, db: &DatabaseRecord) -> AddonSummary {
+    AddonSummary {
+        name: db.name.clone(),
+        color: db.color.clone(),
+        app: db.app.to_string(),
+        plan: db.plan.name.clone(),
+        price: db.plan.price_label(),
+        state: db.state,
+        attachments: owner_attachment_vars(state, db),
+        created_at: db.created_at,
+    }
+}
+
+/// What each database of `app` has cost so far, charged by the second.
+pub fn billing(state: &State, app: &str, now: DateTime<Utc>) -> Billing {
+    let lines: Vec<BillingLine> = state
+        .billing
+        .iter()
+        .filter(|b| b.app.as_str() == app)
+        .map(|b| {
+            let end = b.ended_at.unwrap_or(now);
+            let seconds = (end - b.started_at).num_seconds().max(0);
+            let cost_usd = f64::from(b.price_per_month) * seconds as f64
+                / pgfollow_types::plan::SECONDS_PER_BILLING_MONTH as f64;
+            BillingLine {
+                database: b.database.clone(),
+                color: b.color.clone(),
+                plan: b.plan.clone(),
+                price_per_month: b.price_per_month,
+                started_at: b.started_at,
+                ended_at: b.ended_at,
+                seconds,
+                cost_usd,
+            }
+        })
+        .collect();
+    let total_usd = lines.iter().map(|l| l.cost_usd).sum();
+    Billing {
+        app: app.to_string(),
+        lines,
+        total_usd,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgfollow_types::model::BillingRecord;
+    use pgfollow_types::{AppName, Color};
+
+    #[test]
+    fn billing_is_pro_rata_and_stops_at_destroy() {
+        let start: DateTime<Utc> = "2026-11-01T00:00:00Z".parse().unwrap();
+        let now: DateTime<Utc> = "2026-11-16T00:00:00Z".parse().unwrap();
+        let rec = |db: &str, price, ended: Option<&str>| BillingRecord {
+            app: AppName::parse("sushi").unwrap(),
+            database: db.into(),
+            color: Color::parse("WHITE").unwrap(),
+            plan: "standard-0".into(),
+            price_per_month: price,
+            started_at: start,
+            ended_at: ended.map(|e| e.parse().unwrap()),
+        };
+        let mut state = State::default();
+        state.billing.push(rec("a", 60, None));
+        state
+            .billing
+            .push(rec("b", 30, Some("2026-11-04T00:00:00Z")));
+        let mut other = rec("c", 1000, None);
+        other.app = AppName::parse("other").unwrap();
+        state.billing.push(other);
+        let b = billing(&state, "sushi", now);
+        assert_eq!(b.lines.len(), 2);
+        assert!(
+            (b.lines[0].cost_usd - 30.0).abs() < 1e-9,
+            "{:?}",
+            b.lines[0]
+        );
+        assert!((b.lines[1].cost_usd - 3.0).abs() < 1e-9, "{:?}", b.lines[1]);
+        assert!((b.total_usd - 33.0).abs() < 1e-9);
+    }
+}

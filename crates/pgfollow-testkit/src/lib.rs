@@ -1,0 +1,10 @@
+//! Test harness: starts `pgfollow serve` as a real process on loopback with
+//! its own temporary data directory and its own range of database ports, runs
+//! the `pgfollow` CLI against it, and on drop stops the server and every
+//! PostgreSQL it started and removes the directory, also when a test fails.
+
+mod ports;
+mod server;
+
+pub use ports::PortSlot;
+pub use server::{CliOutput, Server};

@@ -144,6 +144,8 @@ impl OperationRecord {
 pub struct HostRecord {
     pub name: String,
     pub zone: Option<String>,
+    /// The address apps use to reach this host's databases.
+    pub address: String,
     pub pg_bin: String,
     pub pg_major: u32,
     pub pg_version: String,

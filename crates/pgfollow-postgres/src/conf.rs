@@ -1,0 +1,371 @@
+//! Pure rendering of a cluster's configuration from its [`ClusterSpec`]:
+//! `pgfollow.conf` (included from `postgresql.conf`) and `pg_hba.conf`,
+//! plus the checks a spec must pass before it reaches PostgreSQL.
+
+use std::path::Path;
+
+use pgfollow_types::agent::ClusterSpec;
+
+use crate::error::PgError;
+
+/// The file, in the data directory, that holds every setting pgfollow owns.
+pub const CONF_FILE: &str = "pgfollow.conf";
+
+/// The line that makes `postgresql.conf` read [`CONF_FILE`]; later lines win.
+pub const INCLUDE_LINE: &str = "include 'pgfollow.conf'";
+
+/// `sizeof(sockaddr_un.sun_path)` is 108 on Linux, NUL included; PostgreSQL
+/// refuses socket paths that do not fit.
+pub const MAX_SOCKET_PATH: usize = 106;
+
+/// WAL kept for followers without a slot (e.g. during a base backup).
+const WAL_KEEP_SIZE: &str = "64MB";
+
+/// Renders `pgfollow.conf` for `spec`, with the Unix socket in `socket_dir`.
+pub fn render_conf(spec: &ClusterSpec, socket_dir: &Path) -> String {
+    let s = &spec.settings;
+    let socket_dir = socket_dir.display().to_string();
+    let settings: Vec<(&str, String)> = vec![
+        ("cluster_name", quote(&spec.id)),
+        ("port", spec.port.to_string()),
+        ("listen_addresses", quote(&spec.listen_address)),
+        ("unix_socket_directories", quote(&socket_dir)),
+        ("unix_socket_permissions", "0700".into()),
+        ("max_connections", s.max_connections.to_string()),
+        (
+            "shared_buffers",
+            quote(&format!("{}MB", s.shared_buffers_mb)),
+        ),
+        ("work_mem", quote(&format!("{}MB", s.work_mem_mb))),
+        (
+            "maintenance_work_mem",
+            quote(&format!("{}MB", s.maintenance_work_mem_mb)),
+        ),
+        (
+            "effective_cache_size",
+            quote(&format!("{}MB", s.effective_cache_size_mb)),
+        ),
+        ("password_encryption", quote("scram-sha-256")),
+        ("wal_level", "replica".into()),
+        ("max_wal_senders", "10".into()),
+        ("max_replication_slots", "10".into()),
+        ("hot_standby", "on".into()),
+        // pg_rewind (an old primary rejoining as a follower) needs this or checksums.
+        ("wal_log_hints", "on".into()),
+        ("wal_keep_size", quote(WAL_KEEP_SIZE)),
+        (
+            "max_slot_wal_keep_size",
+            quote(&format!("{}MB", s.max_slot_wal_keep_mb)),
+        ),
+        ("fsync", "on".into()),
+        ("logging_collector", "off".into()),
+        ("log_destination", quote("stderr")),
+        ("log_statement", quote("none")),
+        // A failed ALTER ROLE ... PASSWORD must never land in the log.
+        ("log_min_error_statement", "panic".into()),
+        ("log_line_prefix", quote("%m [%p] %q%u@%d ")),
+    ];
+    let mut out = String::from(
+        "# Written by pgfollow from the cluster's spec; every change here is overwritten.\n",
+    );
+    for (name, value) in settings {
+        out.push_str(&format!("{name} = {value}\n"));
+    }
+    out
+}
+
+/// Renders `pg_hba.conf`: trust only over the agent's own Unix socket
+/// (its directory is mode 0700, owned by the cluster's OS user), passwords
+/// (scram-sha-256) for everything over TCP, replication only for the
+/// replication role.
+pub fn render_hba(spec: &ClusterSpec) -> String {
+    format!(
+        "# Written by pgfollow; every change here is overwritten.\n\
+         # TYPE  DATABASE     USER  ADDRESS  METHOD\n\
+         local   all          all            trust\n\
+         host    all          all   all      scram-sha-256\n\
+         host    replication  \"{}\"  all  scram-sha-256\n",
+        spec.replication.name
+    )
+}
+
+/// `postgresql.conf` with [`INCLUDE_LINE`] appended, or `None` if it is
+/// there already.
+pub fn with_include(postgresql_conf: &str) -> Option<String> {
+    if postgresql_conf.lines().any(|l| l.trim() == INCLUDE_LINE) {
+        return None;
+    }
+    let mut out = postgresql_conf.to_string();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str("\n# Settings managed by pgfollow.\n");
+    out.push_str(INCLUDE_LINE);
+    out.push('\n');
+    Some(out)
+}
+
+/// The path of the Unix socket PostgreSQL creates for `port` in `socket_dir`,
+/// or an error if it is too long for a Unix socket.
+pub fn socket_path(socket_dir: &Path, port: u16) -> Result<String, PgError> {
+    let path = format!("{}/.s.PGSQL.{port}", socket_dir.display());
+    if path.len() > MAX_SOCKET_PATH {
+        return Err(PgError::SocketPathTooLong {
+            len: path.len(),
+            path,
+            max: MAX_SOCKET_PATH,
+        });
+    }
+    Ok(path)
+}
+
+/// The value of `name` in a configuration file's text (last one wins),
+/// without quotes. Only for files this crate wrote.
+pub fn read_setting(conf: &str, name: &str) -> Option<String> {
+    conf.lines()
+        .rev()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim().trim_matches('\'').to_string())
+}
+
+/// A string setting, single-quoted as `postgresql.conf` wants it.
+pub fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Checks what goes into configuration files and SQL identifiers.
+pub fn validate(spec: &ClusterSpec) -> Result<(), PgError> {
+    let bad = |msg: String| Err(PgError::InvalidSpec(msg));
+    if spec.id.is_empty()
+        || !spec
+            .id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return bad(format!("cluster id {:?} must be [a-z0-9-]+", spec.id));
+    }
+    if spec.port == 0 {
+        return bad("port must not be 0".into());
+    }
+    if spec.listen_address.is_empty()
+        || spec
+            .listen_address
+            .chars()
+            .any(|c| c.is_control() || c == '\'' || c == '\\')
+    {
+        return bad(format!(
+            "listen address {:?} is not valid",
+            spec.listen_address
+        ));
+    }
+    for (what, name) in [
+        ("database", &spec.database),
+        ("owner role", &spec.owner.name),
+        ("replication role", &spec.replication.name),
+    ] {
+        if let Some(why) = name_problem(name) {
+            return bad(format!("{what} name {name:?} {why}"));
+        }
+    }
+    if matches!(
+        spec.database.as_str(),
+        "postgres" | "template0" | "template1"
+    ) {
+        return bad(format!("database name {:?} is reserved", spec.database));
+    }
+    if spec.owner.name == spec.replication.name {
+        return bad("owner and replication roles must differ".into());
+    }
+    for (what, pw) in [
+        ("owner", &spec.owner.password),
+        ("replication", &spec.replication.password),
+    ] {
+        if pw.is_empty() || pw.contains('\0') {
+            return bad(format!(
+                "{what} password must be non-empty and contain no NUL"
+            ));
+        }
+    }
+    if spec.settings.max_connections < 5 {
+        return bad("max_connections must be at least 5".into());
+    }
+    Ok(())
+}
+
+/// Why `name` is not a usable role or database name, if it is not.
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > 63 {
+        return Some("must be 1 to 63 bytes");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Some("may only contain letters, digits, `_` and `-`");
+    }
+    if name.starts_with("pg_") || name == "postgres" || name == "public" || name == "all" {
+        return Some("is reserved");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgfollow_types::agent::{PgSettings, RoleSecret};
+
+    fn spec() -> ClusterSpec {
+        ClusterSpec {
+            id: "white-1".into(),
+            port: 54321,
+            listen_address: "127.0.0.1".into(),
+            settings: PgSettings {
+                max_connections: 25,
+                shared_buffers_mb: 128,
+                work_mem_mb: 4,
+                maintenance_work_mem_mb: 64,
+                effective_cache_size_mb: 512,
+                max_slot_wal_keep_mb: 1024,
+            },
+            database: "d_white".into(),
+            owner: RoleSecret {
+                name: "u_white".into(),
+                password: "s3cr'et".into(),
+            },
+            replication: RoleSecret {
+                name: "r_white".into(),
+                password: "r3pl".into(),
+            },
+        }
+    }
+
+    fn setting<'a>(conf: &'a str, name: &str) -> Option<&'a str> {
+        conf.lines()
+            .filter_map(|l| l.split_once(" = "))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn conf_carries_spec_and_fixed_settings() {
+        let conf = render_conf(&spec(), Path::new("/srv/c/run"));
+        for (name, want) in [
+            ("port", "54321"),
+            ("listen_addresses", "'127.0.0.1'"),
+            ("unix_socket_directories", "'/srv/c/run'"),
+            ("unix_socket_permissions", "0700"),
+            ("max_connections", "25"),
+            ("shared_buffers", "'128MB'"),
+            ("work_mem", "'4MB'"),
+            ("maintenance_work_mem", "'64MB'"),
+            ("effective_cache_size", "'512MB'"),
+            ("max_slot_wal_keep_size", "'1024MB'"),
+            ("password_encryption", "'scram-sha-256'"),
+            ("wal_level", "replica"),
+            ("max_wal_senders", "10"),
+            ("max_replication_slots", "10"),
+            ("hot_standby", "on"),
+            ("fsync", "on"),
+            ("logging_collector", "off"),
+            ("log_statement", "'none'"),
+            ("log_min_error_statement", "panic"),
+        ] {
+            assert_eq!(setting(&conf, name), Some(want), "{name} in\n{conf}");
+        }
+    }
+
+    #[test]
+    fn conf_never_contains_passwords() {
+        let conf = render_conf(&spec(), Path::new("/srv/c/run"));
+        assert!(!conf.contains("s3cr"));
+        assert!(!conf.contains("r3pl"));
+    }
+
+    #[test]
+    fn hba_trusts_only_the_local_socket() {
+        let hba = render_hba(&spec());
+        let rules: Vec<Vec<&str>> = hba
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rules,
+            vec![
+                vec!["local", "all", "all", "trust"],
+                vec!["host", "all", "all", "all", "scram-sha-256"],
+                vec!["host", "replication", "\"r_white\"", "all", "scram-sha-256"],
+            ]
+        );
+    }
+
+    #[test]
+    fn include_is_added_once() {
+        let first = with_include("max_connections = 100").unwrap();
+        assert!(first.starts_with("max_connections = 100\n"));
+        assert!(first.ends_with("include 'pgfollow.conf'\n"));
+        assert_eq!(with_include(&first), None);
+    }
+
+    #[test]
+    fn settings_read_back() {
+        let conf = render_conf(&spec(), Path::new("/srv/c/run"));
+        assert_eq!(read_setting(&conf, "port").as_deref(), Some("54321"));
+        assert_eq!(
+            read_setting(&conf, "listen_addresses").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(read_setting(&conf, "nonexistent"), None);
+    }
+
+    #[test]
+    fn quoting_doubles_single_quotes_and_backslashes() {
+        assert_eq!(quote("a'b\\c"), "'a''b\\\\c'");
+    }
+
+    #[test]
+    fn socket_path_length_is_checked() {
+        assert_eq!(
+            socket_path(Path::new("/r/run"), 5432).unwrap(),
+            "/r/run/.s.PGSQL.5432"
+        );
+        let long = format!("/{}", "x".repeat(100));
+        let err = socket_path(Path::new(&long), 5432).unwrap_err();
+        assert!(matches!(err, PgError::SocketPathTooLong { .. }), "{err}");
+    }
+
+    #[test]
+    fn valid_spec_passes() {
+        validate(&spec()).unwrap();
+    }
+
+    #[test]
+    fn bad_specs_are_refused() {
+        type Mutation = Box<dyn Fn(&mut ClusterSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("id", Box::new(|s| s.id = "White".into())),
+            ("port", Box::new(|s| s.port = 0)),
+            ("listen", Box::new(|s| s.listen_address = "x'; y".into())),
+            ("db quote", Box::new(|s| s.database = "a\"b".into())),
+            ("db reserved", Box::new(|s| s.database = "template1".into())),
+            ("role pg_", Box::new(|s| s.owner.name = "pg_monitor".into())),
+            (
+                "same roles",
+                Box::new(|s| s.replication.name = s.owner.name.clone()),
+            ),
+            ("empty pw", Box::new(|s| s.owner.password.clear())),
+            (
+                "nul pw",
+                Box::new(|s| s.replication.password = "a\0b".into()),
+            ),
+            ("long", Box::new(|s| s.database = "d".repeat(64))),
+            ("conns", Box::new(|s| s.settings.max_connections = 2)),
+        ];
+        for (what, mutate) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            assert!(validate(&s).is_err(), "{what} should be refused");
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The one error type of this crate. Every message says what failed and,
+//! where there is something to do about it, what the user can do.
+
+use std::io;
+use std::path::PathBuf;
+
+/// What can go wrong while managing a local PostgreSQL cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error(
+        "PostgreSQL binaries not found (looked in: {looked}): install PostgreSQL \
+         (e.g. `apt-get install postgresql`) or pass --pg-bin <dir with initdb, pg_ctl, postgres, pg_basebackup>"
+    )]
+    BinariesNotFound { looked: String },
+
+    #[error("could not read the PostgreSQL version from `{program}` (got {output:?}): pass --pg-bin with a working installation")]
+    Version { program: PathBuf, output: String },
+
+    #[error(
+        "OS user `{name}` does not exist: create it with `useradd --system {name}` or pass --os-user <existing user>; \
+         PostgreSQL refuses to run as root"
+    )]
+    NoSuchOsUser { name: String },
+
+    #[error("could not look up OS user `{name}`: {source}")]
+    UserLookup { name: String, source: nix::Error },
+
+    #[error("{what} `{}` failed: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+
+    #[error(
+        "OS user `{user}` cannot reach `{}` (a parent directory does not let it through): \
+         put the data directory somewhere `{user}` can traverse (not under /root or a 0700 temp dir), \
+         or `chmod o+x` the parents",
+        dir.display()
+    )]
+    Unreachable { user: String, dir: PathBuf },
+
+    #[error("could not run `{}`: {source}", program.display())]
+    Spawn { program: PathBuf, source: io::Error },
+
+    #[error("`{}` timed out after {secs} s", program.display())]
+    Timeout { program: PathBuf, secs: u64 },
+
+    #[error("{what} failed ({status}): {stderr}")]
+    Tool {
+        what: String,
+        status: String,
+        stderr: String,
+    },
+
+    #[error("cluster at `{}` is not initialized: initialize it first", root.display())]
+    NotInitialized { root: PathBuf },
+
+    #[error(
+        "`{}` exists but is not a complete PostgreSQL data directory: move it away, or destroy the cluster and create it again",
+        path.display()
+    )]
+    IncompleteDataDir { path: PathBuf },
+
+    #[error("cluster at `{}` is not running: start it first", root.display())]
+    NotRunning { root: PathBuf },
+
+    #[error("port {port} is already in use: pick another port for this cluster")]
+    PortInUse { port: u16 },
+
+    #[error("PostgreSQL did not start; last lines of its log:\n{log_tail}")]
+    StartFailed { log_tail: String },
+
+    #[error(
+        "Unix socket path `{path}` is {len} bytes, PostgreSQL allows at most {max}: \
+         use a shorter cluster root directory"
+    )]
+    SocketPathTooLong {
+        path: String,
+        len: usize,
+        max: usize,
+    },
+
+    #[error("invalid cluster spec: {0}")]
+    InvalidSpec(String),
+
+    #[error("could not connect to PostgreSQL over `{}`: {source}", socket_dir.display())]
+    Connect {
+        socket_dir: PathBuf,
+        source: tokio_postgres::Error,
+    },
+
+    #[error("connecting to PostgreSQL over `{}` timed out after {secs} s: is the server overloaded or stuck starting?", socket_dir.display())]
+    ConnectTimeout { socket_dir: PathBuf, secs: u64 },
+
+    #[error("{what} failed: {source}")]
+    Sql {
+        what: &'static str,
+        source: tokio_postgres::Error,
+    },
+
+    #[error("no client backend with pid {0} on this database: check `pg:ps` for current pids")]
+    NoSuchBackend(i32),
+}
+
+impl PgError {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        PgError::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        move |source| PgError::Sql { what, source }
+    }
+}

@@ -1,0 +1,34 @@
+//! One local PostgreSQL cluster, managed for the pgfollow agent: finding the
+//! PostgreSQL binaries, running them as an unprivileged OS user, `initdb`,
+//! rendering `postgresql.conf`/`pg_hba.conf` from a [`ClusterSpec`], start,
+//! stop and re-attaching to a cluster an earlier agent process started, and
+//! the SQL the agent needs (roles, passwords, statistics, `pg:ps`/`pg:kill`).
+//! Only this crate ever runs `postgres` or its tools.
+//!
+//! [`ClusterSpec`]: pgfollow_types::agent::ClusterSpec
+//!
+//! Modules:
+//! - [`binaries`]: where PostgreSQL is installed and which version it is.
+//! - [`user`]: the OS user PostgreSQL runs as.
+//! - [`process`]: running PostgreSQL's programs as that user.
+//! - [`conf`]: pure rendering of `pgfollow.conf` and `pg_hba.conf`.
+//! - [`files`]: directories and files owned by the OS user, atomic rewrites, log tails.
+//! - [`pidfile`]: reading `postmaster.pid`.
+//! - [`cluster`]: a cluster's files and lifecycle (initialize, start, stop, destroy).
+//! - [`sql`]: what the agent asks a running cluster (bootstrap, passwords, stats, backends).
+//! - [`error`]: [`PgError`], the one error type.
+
+pub mod binaries;
+pub mod cluster;
+pub mod conf;
+pub mod error;
+pub mod files;
+pub mod pidfile;
+pub mod process;
+pub mod sql;
+pub mod user;
+
+pub use binaries::PgBinaries;
+pub use cluster::{Cluster, StopMode};
+pub use error::PgError;
+pub use user::OsUser;

@@ -99,6 +99,9 @@ pub enum PgError {
         source: tokio_postgres::Error,
     },
 
+    #[error("role {0:?} does not exist in this cluster: bootstrap the cluster first")]
+    NoSuchRole(String),
+
     #[error("no client backend with pid {0} on this database: check `pg:ps` for current pids")]
     NoSuchBackend(i32),
 }

@@ -146,10 +146,7 @@ impl Cluster {
             .map_err(PgError::sql("looking up the role"))?
             .is_some();
         if !exists {
-            return Err(PgError::InvalidSpec(format!(
-                "role {:?} does not exist in this cluster: bootstrap the cluster first",
-                role.name
-            )));
+            return Err(PgError::NoSuchRole(role.name.clone()));
         }
         let stmt = format!(
             "ALTER ROLE {} PASSWORD {}",

@@ -7,4 +7,4 @@ mod ports;
 mod server;
 
 pub use ports::PortSlot;
-pub use server::{CliOutput, Server};
+pub use server::{run_bounded, CliOutput, Server};

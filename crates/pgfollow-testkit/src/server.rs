@@ -126,11 +126,15 @@ impl Server {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let mut child = Command::new(&self.bin)
-            .arg("serve")
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("serve")
             .arg("--data-dir")
             .arg(self.data_dir())
-            .args(["--listen", "127.0.0.1:0", "--pg-ports", &self.ports.arg()])
+            .args(["--listen", "127.0.0.1:0"]);
+        if !self.extra_args.iter().any(|a| a == "--pg-ports") {
+            cmd.args(["--pg-ports", &self.ports.arg()]);
+        }
+        let mut child = cmd
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .env_remove("PGFOLLOW_API")

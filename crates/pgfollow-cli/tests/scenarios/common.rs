@@ -1,0 +1,130 @@
+//! Shared steps of the scenarios.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub use pgfollow_testkit::{CliOutput, Server};
+
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_pgfollow"))
+}
+
+pub fn server() -> Server {
+    Server::start(bin()).expect("pgfollow serve starts")
+}
+
+/// Creates `app` and a database on `plan` in it, waits until it is
+/// available and returns its add-on name.
+pub fn app_with_database(s: &Server, app: &str, plan: &str) -> String {
+    s.cli(&["apps:create", app]).ok();
+    add_database(s, app, plan)
+}
+
+pub fn add_database(s: &Server, app: &str, plan: &str) -> String {
+    let out = s.cli(&["addons:create", plan, "--app", app, "--json"]).ok();
+    let name = out.json()["database"]["name"]
+        .as_str()
+        .expect("addons:create --json names the database")
+        .to_string();
+    wait_available(s, app);
+    name
+}
+
+pub fn wait_available(s: &Server, app: &str) {
+    s.cli(&["pg:wait", "--app", app, "--timeout", "120"]).ok();
+}
+
+/// `pg:psql -c SQL`, its output.
+pub fn psql(s: &Server, app: &str, db: &str, sql: &str) -> String {
+    s.cli(&["pg:psql", db, "--app", app, "-c", sql]).ok().stdout
+}
+
+/// Runs `psql URL -Atc SQL` directly, as an app would connect.
+pub fn psql_url(url: &str, sql: &str) -> CliOutput {
+    pgfollow_testkit::run_bounded(
+        Command::new("psql")
+            .arg(url)
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGCONNECT_TIMEOUT", "5"),
+        Duration::from_secs(60),
+    )
+    .expect("psql runs")
+}
+
+pub fn config_get(s: &Server, app: &str, var: &str) -> String {
+    s.cli(&["config:get", var, "--app", app])
+        .ok()
+        .stdout
+        .trim()
+        .to_string()
+}
+
+/// Polls `check` every 100 ms until it holds or `limit` passes.
+pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not so after {limit:?}");
+}
+
+/// The `pg:info --json` of every database of `app`.
+pub fn info(s: &Server, app: &str) -> Vec<serde_json::Value> {
+    s.cli(&["pg:info", "--app", app, "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Directories under the data dir's `clusters`.
+pub fn cluster_dirs(s: &Server) -> Vec<String> {
+    std::fs::read_dir(s.data_dir().join("clusters"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A raw HTTP GET, to see what the API answers without the CLI.
+pub fn http_get(url: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect to the API");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).expect("read");
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (status, body)
+}
+
+/// The token from the data directory's API file.
+pub fn token(s: &Server) -> String {
+    let text = std::fs::read_to_string(s.data_dir().join("api.json")).expect("api.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("api.json is JSON");
+    v["token"].as_str().expect("token").to_string()
+}

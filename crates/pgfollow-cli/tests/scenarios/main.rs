@@ -1,0 +1,11 @@
+//! Scenarios against real `pgfollow serve` processes and real PostgreSQL,
+//! named after what a user sees. Each test starts its own server (testkit)
+//! in a temporary directory; every wait is bounded.
+
+mod common;
+
+mod apps_and_config;
+mod bad_input;
+mod databases;
+mod durability;
+mod security;

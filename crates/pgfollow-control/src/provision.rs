@@ -210,6 +210,7 @@ pub fn cluster_spec(state: &State, db: &DatabaseRecord) -> ClusterSpec {
         database: db.database.clone(),
         owner: db.owner.clone(),
         replication: db.replication.clone(),
+        upstream: None,
     }
 }
 

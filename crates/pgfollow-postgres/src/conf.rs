@@ -237,6 +237,7 @@ mod tests {
                 name: "r_white".into(),
                 password: "r3pl".into(),
             },
+            upstream: None,
         }
     }
 

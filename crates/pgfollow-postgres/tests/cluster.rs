@@ -54,6 +54,7 @@ fn spec(port: u16) -> ClusterSpec {
             name: "app_repl".into(),
             password: "repl-pw".into(),
         },
+        upstream: None,
     }
 }
 

@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::lsn::Lsn;
 use crate::plan::Plan;
 
 /// A role and its password. `Debug` leaves the password out.
@@ -67,6 +68,71 @@ pub struct ClusterSpec {
     pub owner: RoleSecret,
     /// Used by followers to stream WAL.
     pub replication: RoleSecret,
+    /// Set on a follower: where it streams WAL from. Rendered as
+    /// `primary_conninfo` and `primary_slot_name`, with `standby.signal`.
+    #[serde(default)]
+    pub upstream: Option<Upstream>,
+}
+
+/// The leader a follower streams from.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    /// The leader's replication role.
+    pub user: String,
+    pub password: String,
+    /// The physical replication slot on the leader that keeps WAL for it.
+    pub slot: String,
+    /// `application_name` the follower connects with (its cluster id), so
+    /// the leader's `pg_stat_replication` names it.
+    pub application_name: String,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How far a follower has replayed, seen from the follower.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayStatus {
+    pub in_recovery: bool,
+    /// `pg_last_wal_replay_lsn()`.
+    pub replay_lsn: Option<Lsn>,
+    /// `pg_last_wal_receive_lsn()`.
+    pub receive_lsn: Option<Lsn>,
+    /// `pg_last_xact_replay_timestamp()`, as Unix milliseconds.
+    pub last_replay_unix_ms: Option<i64>,
+    /// A WAL receiver is streaming from the leader.
+    pub streaming: bool,
+}
+
+/// Commit records on a leader between a position and its current one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitCount {
+    /// `pg_current_wal_flush_lsn()` when counted.
+    pub current: Lsn,
+    /// Commit records counted.
+    pub commits: u64,
+    /// False when the gap was larger than the bound and only its start was
+    /// read: then there are *more than* `commits`.
+    pub complete: bool,
+}
+
+/// A physical replication slot on a leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotStatus {
+    pub active: bool,
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+    pub restart_lsn: Option<Lsn>,
 }
 
 /// What an agent sees of one cluster, cheaply (no connection).

@@ -1,10 +1,13 @@
 //! Pure rendering of a cluster's configuration from its [`ClusterSpec`]:
 //! `pgfollow.conf` (included from `postgresql.conf`) and `pg_hba.conf`,
 //! plus the checks a spec must pass before it reaches PostgreSQL.
+//!
+//! A follower's `pgfollow.conf` carries `primary_conninfo`, which holds the
+//! leader's replication password: the file is always written mode 0600.
 
 use std::path::Path;
 
-use pgfollow_types::agent::ClusterSpec;
+use pgfollow_types::agent::{ClusterSpec, Upstream};
 
 use crate::error::PgError;
 
@@ -20,6 +23,29 @@ pub const MAX_SOCKET_PATH: usize = 106;
 
 /// WAL kept for followers without a slot (e.g. during a base backup).
 const WAL_KEEP_SIZE: &str = "64MB";
+
+/// `sslmode` of a follower's connection to its leader: leaders are
+/// reached over the hosts' own network and do not offer TLS yet; `prefer`
+/// uses it as soon as they do.
+pub const UPSTREAM_SSLMODE: &str = "prefer";
+
+/// Seconds a follower (or `pg_basebackup`) waits for its leader to answer.
+pub const UPSTREAM_CONNECT_TIMEOUT_SECS: u32 = 10;
+
+/// Replication slot names PostgreSQL accepts: lower-case letters, digits
+/// and `_`, at most 63 bytes.
+pub fn slot_name_problem(slot: &str) -> Option<&'static str> {
+    if slot.is_empty() || slot.len() > 63 {
+        return Some("must be 1 to 63 bytes");
+    }
+    if !slot
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Some("may only contain lower-case letters, digits and `_`");
+    }
+    None
+}
 
 /// Renders `pgfollow.conf` for `spec`, with the Unix socket in `socket_dir`.
 pub fn render_conf(spec: &ClusterSpec, socket_dir: &Path) -> String {
@@ -71,7 +97,43 @@ pub fn render_conf(spec: &ClusterSpec, socket_dir: &Path) -> String {
     for (name, value) in settings {
         out.push_str(&format!("{name} = {value}\n"));
     }
+    if let Some(up) = &spec.upstream {
+        out.push_str("# Follower: streams WAL from its leader (with `standby.signal`).\n");
+        for (name, value) in [
+            ("primary_conninfo", quote(&conninfo(up))),
+            ("primary_slot_name", quote(&up.slot)),
+            ("hot_standby_feedback", "on".into()),
+        ] {
+            out.push_str(&format!("{name} = {value}\n"));
+        }
+    }
     out
+}
+
+/// The libpq connection string a follower streams with (without the
+/// `postgresql.conf` quoting; see [`quote`]). Holds the password.
+pub fn conninfo(up: &Upstream) -> String {
+    [
+        ("host", up.host.as_str()),
+        ("port", &up.port.to_string()),
+        ("user", &up.user),
+        ("password", &up.password),
+        ("application_name", &up.application_name),
+        ("sslmode", UPSTREAM_SSLMODE),
+        (
+            "connect_timeout",
+            &UPSTREAM_CONNECT_TIMEOUT_SECS.to_string(),
+        ),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{k}={}", conninfo_value(v)))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+/// A conninfo value, single-quoted with `\` and `'` backslash-escaped.
+pub fn conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// Renders `pg_hba.conf`: trust only over the agent's own Unix socket
@@ -190,6 +252,40 @@ pub fn validate(spec: &ClusterSpec) -> Result<(), PgError> {
     if spec.settings.max_connections < 5 {
         return bad("max_connections must be at least 5".into());
     }
+    if let Some(up) = &spec.upstream {
+        validate_upstream(up)?;
+    }
+    Ok(())
+}
+
+/// Checks a follower's upstream: everything in it lands in `primary_conninfo`.
+fn validate_upstream(up: &Upstream) -> Result<(), PgError> {
+    let bad = |msg: String| Err(PgError::InvalidSpec(msg));
+    if up.host.is_empty() || up.host.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return bad(format!("upstream host {:?} is not valid", up.host));
+    }
+    if up.port == 0 {
+        return bad("upstream port must not be 0".into());
+    }
+    if let Some(why) = name_problem(&up.user) {
+        return bad(format!("upstream user name {:?} {why}", up.user));
+    }
+    // A raw line break cannot appear inside a quoted `postgresql.conf` value.
+    if up.password.is_empty() || up.password.chars().any(|c| c.is_control()) {
+        return bad("upstream password must be non-empty and contain no control characters".into());
+    }
+    if let Some(why) = slot_name_problem(&up.slot) {
+        return bad(format!("replication slot name {:?} {why}", up.slot));
+    }
+    if up.application_name.is_empty()
+        || up.application_name.len() > 63
+        || up.application_name.chars().any(|c| c.is_control())
+    {
+        return bad(format!(
+            "upstream application_name {:?} must be 1 to 63 bytes without control characters",
+            up.application_name
+        ));
+    }
     Ok(())
 }
 
@@ -239,6 +335,41 @@ mod tests {
             },
             upstream: None,
         }
+    }
+
+    fn follower() -> ClusterSpec {
+        ClusterSpec {
+            upstream: Some(Upstream {
+                host: "10.0.0.7".into(),
+                port: 5433,
+                user: "r_white".into(),
+                password: "it's a \\ pass word".into(),
+                slot: "follower_charcoal_1".into(),
+                application_name: "charcoal-1".into(),
+            }),
+            ..spec()
+        }
+    }
+
+    /// What PostgreSQL's configuration file parser makes of a quoted value.
+    fn guc_unquote(value: &str) -> String {
+        let inner = value
+            .strip_prefix('\'')
+            .and_then(|v| v.strip_suffix('\''))
+            .unwrap();
+        let mut out = String::new();
+        let mut chars = inner.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => out.push(chars.next().unwrap()),
+                '\'' => {
+                    assert_eq!(chars.next(), Some('\''), "lone quote in {value}");
+                    out.push('\'');
+                }
+                c => out.push(c),
+            }
+        }
+        out
     }
 
     fn setting<'a>(conf: &'a str, name: &str) -> Option<&'a str> {
@@ -321,6 +452,57 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_has_no_standby_settings() {
+        let conf = render_conf(&spec(), Path::new("/srv/c/run"));
+        for name in [
+            "primary_conninfo",
+            "primary_slot_name",
+            "hot_standby_feedback",
+        ] {
+            assert_eq!(setting(&conf, name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_follower_streams_from_its_upstream_through_its_slot() {
+        let conf = render_conf(&follower(), Path::new("/srv/c/run"));
+        assert_eq!(
+            setting(&conf, "primary_slot_name"),
+            Some("'follower_charcoal_1'")
+        );
+        assert_eq!(setting(&conf, "hot_standby_feedback"), Some("on"));
+        assert_eq!(setting(&conf, "hot_standby"), Some("on"));
+        let raw = setting(&conf, "primary_conninfo").unwrap();
+        let parsed: tokio_postgres::Config = guc_unquote(raw).parse().unwrap();
+        assert_eq!(
+            parsed.get_hosts(),
+            &[tokio_postgres::config::Host::Tcp("10.0.0.7".into())]
+        );
+        assert_eq!(parsed.get_ports(), &[5433]);
+        assert_eq!(parsed.get_user(), Some("r_white"));
+        assert_eq!(
+            parsed.get_password(),
+            Some("it's a \\ pass word".as_bytes())
+        );
+        assert_eq!(parsed.get_application_name(), Some("charcoal-1"));
+    }
+
+    #[test]
+    fn conninfo_values_escape_quotes_and_backslashes() {
+        assert_eq!(conninfo_value("a b"), "'a b'");
+        assert_eq!(conninfo_value("it's\\x"), "'it\\'s\\\\x'");
+        let up = follower().upstream.unwrap();
+        let text = conninfo(&up);
+        assert!(
+            text.contains("password='it\\'s a \\\\ pass word'"),
+            "{text}"
+        );
+        assert!(text.contains("sslmode='prefer'"), "{text}");
+        // And as a postgresql.conf literal: quotes doubled, backslashes doubled.
+        assert_eq!(guc_unquote(&quote(&text)), text);
+    }
+
+    #[test]
     fn quoting_doubles_single_quotes_and_backslashes() {
         assert_eq!(quote("a'b\\c"), "'a''b\\\\c'");
     }
@@ -363,6 +545,26 @@ mod tests {
             ("long", Box::new(|s| s.database = "d".repeat(64))),
             ("conns", Box::new(|s| s.settings.max_connections = 2)),
         ];
+        let upstream_cases: Vec<(&str, Box<dyn Fn(&mut Upstream)>)> = vec![
+            ("slot upper", Box::new(|u| u.slot = "Slot".into())),
+            ("slot dash", Box::new(|u| u.slot = "a-b".into())),
+            ("slot long", Box::new(|u| u.slot = "s".repeat(64))),
+            ("host space", Box::new(|u| u.host = "a b".into())),
+            ("host empty", Box::new(|u| u.host.clear())),
+            ("up port", Box::new(|u| u.port = 0)),
+            ("up user", Box::new(|u| u.user = "x'y".into())),
+            ("up pw newline", Box::new(|u| u.password = "a\nb".into())),
+            ("up pw empty", Box::new(|u| u.password.clear())),
+            ("app name", Box::new(|u| u.application_name.clear())),
+        ];
+        validate(&follower()).unwrap();
+        for (what, mutate) in upstream_cases {
+            let mut s = follower();
+            if let Some(up) = s.upstream.as_mut() {
+                mutate(up);
+            }
+            assert!(validate(&s).is_err(), "{what} should be refused");
+        }
         for (what, mutate) in cases {
             let mut s = spec();
             mutate(&mut s);

@@ -545,7 +545,8 @@ mod tests {
             ("long", Box::new(|s| s.database = "d".repeat(64))),
             ("conns", Box::new(|s| s.settings.max_connections = 2)),
         ];
-        let upstream_cases: Vec<(&str, Box<dyn Fn(&mut Upstream)>)> = vec![
+        type UpMutation = Box<dyn Fn(&mut Upstream)>;
+        let upstream_cases: Vec<(&str, UpMutation)> = vec![
             ("slot upper", Box::new(|u| u.slot = "Slot".into())),
             ("slot dash", Box::new(|u| u.slot = "a-b".into())),
             ("slot long", Box::new(|u| u.slot = "s".repeat(64))),

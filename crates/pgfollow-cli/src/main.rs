@@ -1,0 +1,313 @@
+//! `pgfollow`: the command line of pgfollow. `pgfollow serve` runs the
+//! control plane; every other command is a thin client of its HTTP API that
+//! speaks the Heroku CLI's words (`addons:create --follow`, `pg:info`,
+//! `pg:wait`, ...). It finds the API through PGFOLLOW_API/PGFOLLOW_TOKEN or
+//! the API file in the data directory. A failure prints one line,
+//! `error: <message>`, on stderr and exits 1; usage errors exit 2.
+
+mod addons;
+mod apps;
+mod args;
+mod billing;
+mod child;
+mod config;
+mod confirm;
+mod credentials;
+mod output;
+mod pg;
+mod psql;
+mod run;
+mod serve;
+mod server;
+mod wait;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pgfollow_client::Client;
+
+use crate::args::JsonArg;
+
+/// Follower databases on your own machines, with PostgreSQL streaming replication.
+#[derive(Debug, Parser)]
+#[command(name = "pgfollow", version, propagate_version = true)]
+pub struct Cli {
+    /// Data directory of `pgfollow serve` (its catalog and API file)
+    #[arg(long, global = true, env = "PGFOLLOW_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane and a local agent in the foreground
+    Serve(serve::ServeArgs),
+    /// Show the server's version and hosts
+    Status(JsonArg),
+    /// List the hosts that run databases
+    Hosts(JsonArg),
+    /// List the plans databases can be created on
+    Plans(JsonArg),
+    /// Show what an app's databases have cost so far
+    Billing(billing::BillingArgs),
+    /// List apps
+    Apps(JsonArg),
+    /// Create an app
+    #[command(name = "apps:create")]
+    AppsCreate(apps::CreateArgs),
+    /// Destroy an app
+    #[command(name = "apps:destroy")]
+    AppsDestroy(apps::DestroyArgs),
+    /// Show an app's config vars
+    Config(config::ShowArgs),
+    /// Print one config var's value
+    #[command(name = "config:get")]
+    ConfigGet(config::GetArgs),
+    /// Set config vars
+    #[command(name = "config:set")]
+    ConfigSet(config::SetArgs),
+    /// Remove config vars
+    #[command(name = "config:unset")]
+    ConfigUnset(config::UnsetArgs),
+    /// Run a command with the app's config vars in its environment
+    Run(run::RunArgs),
+    /// List an app's databases
+    Addons(addons::ListArgs),
+    /// Create a database, or a follower with --follow
+    #[command(name = "addons:create")]
+    AddonsCreate(addons::CreateArgs),
+    /// Destroy a database
+    #[command(name = "addons:destroy")]
+    AddonsDestroy(addons::DestroyArgs),
+    /// Show details of an app's databases
+    #[command(name = "pg:info")]
+    PgInfo(pg::InfoArgs),
+    /// Wait until databases are available
+    #[command(name = "pg:wait")]
+    PgWait(wait::WaitArgs),
+    /// Open psql on a database
+    #[command(name = "pg:psql")]
+    PgPsql(psql::PsqlArgs),
+    /// List a database's connections and their queries
+    #[command(name = "pg:ps")]
+    PgPs(pg::PsArgs),
+    /// Cancel a backend's query, or end its connection with --force
+    #[command(name = "pg:kill")]
+    PgKill(pg::KillArgs),
+    /// End every connection to a database
+    #[command(name = "pg:killall")]
+    PgKillall(pg::KillAllArgs),
+    /// Show how to connect to a database, password included
+    #[command(name = "pg:credentials:url")]
+    PgCredentialsUrl(credentials::UrlArgs),
+    /// Give a database a new password
+    #[command(name = "pg:credentials:rotate")]
+    PgCredentialsRotate(credentials::RotateArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", error_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error on one line: its message, then each cause it does not
+/// already quote (library errors often repeat their source's words).
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    output::one_line(&line)
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let command = match cli.command {
+        Command::Serve(args) => {
+            serve::serve(args, cli.data_dir).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        other => other,
+    };
+    let client = Client::discover(cli.data_dir)?;
+    let c = &client;
+    match command {
+        Command::Serve(_) => unreachable!("handled above"),
+        Command::Run(a) => return run::run(c, a).await,
+        Command::PgPsql(a) => return psql::psql(c, a).await,
+        Command::Status(a) => server::status(c, a).await?,
+        Command::Hosts(a) => server::hosts(c, a).await?,
+        Command::Plans(a) => server::plans(c, a).await?,
+        Command::Billing(a) => billing::billing(c, a).await?,
+        Command::Apps(a) => apps::list(c, a).await?,
+        Command::AppsCreate(a) => apps::create(c, a).await?,
+        Command::AppsDestroy(a) => apps::destroy(c, a).await?,
+        Command::Config(a) => config::show(c, a).await?,
+        Command::ConfigGet(a) => config::get(c, a).await?,
+        Command::ConfigSet(a) => config::set(c, a).await?,
+        Command::ConfigUnset(a) => config::unset(c, a).await?,
+        Command::Addons(a) => addons::list(c, a).await?,
+        Command::AddonsCreate(a) => addons::create(c, a).await?,
+        Command::AddonsDestroy(a) => addons::destroy(c, a).await?,
+        Command::PgInfo(a) => pg::info(c, a).await?,
+        Command::PgWait(a) => wait::wait_command(c, a).await?,
+        Command::PgPs(a) => pg::ps(c, a).await?,
+        Command::PgKill(a) => pg::kill(c, a).await?,
+        Command::PgKillall(a) => pg::killall(c, a).await?,
+        Command::PgCredentialsUrl(a) => credentials::url(c, a).await?,
+        Command::PgCredentialsRotate(a) => credentials::rotate(c, a).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(line: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("pgfollow").chain(line.split_whitespace()))
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_parses() {
+        for line in [
+            "serve",
+            "serve --data-dir /tmp/d --listen 127.0.0.1:9000 --pg-bin /usr/lib/postgresql/15/bin --os-user pg --plans p.toml --pg-listen 0.0.0.0 --pg-ports 20000-20010",
+            "status",
+            "status --json",
+            "hosts --json",
+            "plans",
+            "billing -a sushi --json",
+            "apps",
+            "apps:create sushi",
+            "apps:destroy sushi --confirm sushi",
+            "config --app sushi",
+            "config:get DATABASE_URL -a sushi",
+            "config:set A=1 B=2 -a sushi",
+            "config:unset A B -a sushi",
+            "run -a sushi -- env -0",
+            "addons -a sushi --json",
+            "addons:create standard-0 -a sushi --follow DATABASE_URL --wait --timeout 60 --json",
+            "addons:destroy WHITE -a sushi --confirm sushi",
+            "pg:info -a sushi",
+            "pg:info WHITE -a sushi --json",
+            "pg:wait -a sushi --timeout 30 --interval-ms 100",
+            "pg:wait sushi::DATABASE_URL -a other",
+            "pg:psql -a sushi -c select",
+            "pg:ps -a sushi",
+            "pg:kill 42 WHITE -a sushi --force",
+            "pg:kill 42 -a sushi",
+            "pg:killall -a sushi",
+            "pg:credentials:url -a sushi --json",
+            "pg:credentials:rotate WHITE -a sushi --confirm sushi",
+        ] {
+            if let Err(e) = parse(line) {
+                panic!("{line}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_and_trailing_commands() {
+        let Command::PgKill(k) = parse("pg:kill 42 -a sushi").unwrap().command else {
+            panic!()
+        };
+        assert_eq!((k.pid, k.db.as_str(), k.force), (42, "DATABASE_URL", false));
+        let Command::Run(r) = parse("run -a sushi -- ls -la --color").unwrap().command else {
+            panic!()
+        };
+        assert_eq!(r.command, ["ls", "-la", "--color"]);
+        let Command::Serve(s) = parse("serve").unwrap().command else {
+            panic!()
+        };
+        assert_eq!(
+            s.listen.to_string(),
+            pgfollow_control::config::DEFAULT_LISTEN
+        );
+        assert_eq!(
+            (s.pg_ports.0, s.pg_ports.1),
+            pgfollow_control::config::DEFAULT_PG_PORTS
+        );
+        let Command::PgWait(w) = parse("pg:wait -a sushi").unwrap().command else {
+            panic!()
+        };
+        assert_eq!((w.opts.interval_ms, w.opts.timeout), (500, None));
+    }
+
+    #[test]
+    fn usage_errors() {
+        for line in [
+            "serve --pg-ports 9-1",
+            "serve --listen nowhere",
+            "pg:kill notapid -a sushi",
+            "nosuchcommand",
+            "config:set -a sushi",
+        ] {
+            let e = parse(line).map(|_| ()).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{line}");
+        }
+    }
+
+    #[test]
+    fn errors_fit_on_one_line_without_repeats() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(io).context("cannot read x: no such file; start it");
+        assert_eq!(error_line(&e), "cannot read x: no such file; start it");
+        let e = anyhow::anyhow!("disk\nfull").context("cannot run psql");
+        assert_eq!(error_line(&e), "cannot run psql: disk full");
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let help = Cli::command().render_long_help().to_string();
+        for name in [
+            "serve",
+            "status",
+            "hosts",
+            "plans",
+            "billing",
+            "apps",
+            "apps:create",
+            "apps:destroy",
+            "config",
+            "config:get",
+            "config:set",
+            "config:unset",
+            "run",
+            "addons",
+            "addons:create",
+            "addons:destroy",
+            "pg:info",
+            "pg:wait",
+            "pg:psql",
+            "pg:ps",
+            "pg:kill",
+            "pg:killall",
+            "pg:credentials:url",
+            "pg:credentials:rotate",
+        ] {
+            assert!(
+                help.contains(&format!("  {name} ")),
+                "{name} missing from\n{help}"
+            );
+        }
+    }
+}

@@ -90,7 +90,11 @@ pub fn human_duration(secs: f64) -> String {
     if secs < 10.0 {
         return format!("{secs:.1}s");
     }
-    let whole = secs.round() as u64;
+    human_secs(secs.round() as u64)
+}
+
+/// Whole seconds for people: `7s`, `42s`, `4m 05s`, `2h 03m`, `3d 04h`.
+pub fn human_secs(whole: u64) -> String {
     match whole {
         0..=59 => format!("{whole}s"),
         60..=3599 => format!("{}m {:02}s", whole / 60, whole % 60),
@@ -188,6 +192,8 @@ mod tests {
         assert_eq!(human_duration(7380.0), "2h 03m");
         assert_eq!(human_duration(273_600.0), "3d 04h");
         assert_eq!(human_duration(f64::NAN), "0.0s");
+        assert_eq!(human_secs(7), "7s");
+        assert_eq!(human_secs(75), "1m 15s");
     }
 
     #[test]

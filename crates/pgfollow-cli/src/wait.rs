@@ -12,7 +12,7 @@
 //!   Waiting for database PGFOLLOW_POSTGRESQL_AMBER_URL... available
 //!   ```
 //! - on a terminal, one line redrawn in place
-//!   (`Waiting for database X... preparing [########------------]  43%`)
+//!   (`Waiting for database X... preparing [########------------]  43% (12s)`)
 //!   that ends as `Waiting for database X... available`.
 //!
 //! Databases are shown one after the other, in the server's order. Errors
@@ -30,7 +30,7 @@ use pgfollow_client::{Client, ClientError};
 use pgfollow_types::api::{DatabaseInfo, DatabaseState};
 
 use crate::args::AppArg;
-use crate::output::{human_duration, status_label};
+use crate::output::{human_secs, status_label};
 
 /// How long polling goes on while the API does not answer.
 const UNREACHABLE_GRACE: Duration = Duration::from_secs(30);
@@ -147,7 +147,7 @@ async fn wait_inner<W: Write>(
                 let status = find(&latest, name).map(info_status).unwrap_or_default();
                 bail!(
                     "timed out after {}: database {label} is still {status}",
-                    human_duration(waited.as_secs_f64().round())
+                    human_secs(waited.as_secs_f64().round() as u64)
                 );
             }
             pause = pause.min(limit - waited);
@@ -209,19 +209,26 @@ pub fn failure(d: &DatabaseInfo) -> String {
     }
 }
 
-/// The line shown while waiting, with a bar when there is a percentage.
-pub fn live_line(label: &str, state: DatabaseState, percent: Option<u8>) -> String {
+/// The line shown on a terminal while waiting: a bar when there is a
+/// percentage, and how long this database has been waited on.
+pub fn live_line(
+    label: &str,
+    state: DatabaseState,
+    percent: Option<u8>,
+    waited: Duration,
+) -> String {
+    let waited = human_secs(waited.as_secs());
     match percent {
         Some(p) => {
             let p = p.min(100);
             let filled = usize::from(p) * BAR_WIDTH / 100;
             format!(
-                "Waiting for database {label}... {state} [{}{}] {p:>3}%",
+                "Waiting for database {label}... {state} [{}{}] {p:>3}% ({waited})",
                 "#".repeat(filled),
                 "-".repeat(BAR_WIDTH - filled)
             )
         }
-        None => format!("Waiting for database {label}... {state}"),
+        None => format!("Waiting for database {label}... {state} ({waited})"),
     }
 }
 
@@ -229,8 +236,10 @@ pub fn live_line(label: &str, state: DatabaseState, percent: Option<u8>) -> Stri
 pub struct Progress<W: Write> {
     out: W,
     live: bool,
-    /// What was last shown, to print plain lines only on change.
+    /// What was last shown, to print lines only on change.
     last: Option<String>,
+    /// The database being shown, and since when.
+    current: Option<(String, Instant)>,
     /// A live line is on screen and not yet ended with a newline.
     drawn: bool,
 }
@@ -241,22 +250,35 @@ impl<W: Write> Progress<W> {
             out,
             live,
             last: None,
+            current: None,
             drawn: false,
         }
     }
 
     fn show(&mut self, label: &str, d: &DatabaseInfo) -> std::io::Result<()> {
+        if self.current.as_ref().map(|c| c.0.as_str()) != Some(label) {
+            self.current = Some((label.to_string(), Instant::now()));
+        }
+        let line = if self.live {
+            let since = self
+                .current
+                .as_ref()
+                .map(|c| c.1.elapsed())
+                .unwrap_or_default();
+            live_line(label, d.state, d.progress_percent, since)
+        } else {
+            format!("Waiting for database {label}... {}", info_status(d))
+        };
+        if self.last.as_deref() == Some(line.as_str()) {
+            return Ok(());
+        }
         if self.live {
-            let line = live_line(label, d.state, d.progress_percent);
             write!(self.out, "\r\x1b[2K{line}")?;
             self.drawn = true;
         } else {
-            let line = format!("Waiting for database {label}... {}", info_status(d));
-            if self.last.as_deref() != Some(line.as_str()) {
-                writeln!(self.out, "{line}")?;
-                self.last = Some(line);
-            }
+            writeln!(self.out, "{line}")?;
         }
+        self.last = Some(line);
         self.out.flush()
     }
 
@@ -314,7 +336,7 @@ mod tests {
         p.done("X").unwrap();
         assert_eq!(
             String::from_utf8(p.out).unwrap(),
-            "\r\x1b[2KWaiting for database X... preparing [##########----------]  50%\
+            "\r\x1b[2KWaiting for database X... preparing [##########----------]  50% (0s)\
              \r\x1b[2KWaiting for database X... available\n"
         );
     }
@@ -334,8 +356,8 @@ mod tests {
             "database PGFOLLOW_POSTGRESQL_WHITE_URL failed: out of disk"
         );
         assert_eq!(
-            live_line("X", DatabaseState::Preparing, None),
-            "Waiting for database X... preparing"
+            live_line("X", DatabaseState::Preparing, None, Duration::from_secs(75)),
+            "Waiting for database X... preparing (1m 15s)"
         );
     }
 }

@@ -2,9 +2,13 @@
 //! re-attaching to a postmaster an earlier agent started, and destroy.
 //!
 //! Layout under the cluster's root directory (mode 0700, owned by the OS user):
-//! `pgdata/` (the data directory), `pgdata.init/` (an `initdb` in progress;
-//! renamed to `pgdata` only when complete), `run/` (the Unix socket, 0700)
-//! and `log/postgresql.log`.
+//! `pgdata/` (the data directory), `pgdata.init/` (an `initdb` or a base
+//! backup in progress; renamed to `pgdata` only when complete), `run/` (the
+//! Unix socket, 0700) and `log/postgresql.log`.
+//!
+//! A follower's data directory comes from [`Cluster::basebackup`] (in
+//! `replication.rs`) instead of `initdb`; after that, both kinds are
+//! configured, started and stopped the same way.
 
 use std::fs;
 use std::io;
@@ -135,11 +139,23 @@ impl Cluster {
 
     /// Idempotent: creates the directories, runs `initdb` if the data
     /// directory is not complete yet, then writes the configuration.
+    ///
+    /// A follower (`spec.upstream` set) gets its data directory from
+    /// [`Cluster::basebackup`]; `initialize` only rewrites its configuration
+    /// and refuses to `initdb` one, which would silently become a new,
+    /// unrelated leader.
     pub async fn initialize(&self, spec: &ClusterSpec) -> Result<(), PgError> {
         conf::validate(spec)?;
         conf::socket_path(&self.socket_dir(), spec.port)?;
         self.prepare_dirs()?;
         if !self.is_initialized() {
+            if spec.upstream.is_some() {
+                return Err(PgError::InvalidSpec(format!(
+                    "cluster {} is a follower without a data directory: \
+                     create it with a base backup, not initdb",
+                    spec.id
+                )));
+            }
             self.initdb().await?;
         }
         self.write_config(spec)
@@ -147,7 +163,7 @@ impl Cluster {
 
     /// Creates root, run and log directories owned by the OS user, after
     /// checking that the OS user can reach the root's parent.
-    fn prepare_dirs(&self) -> Result<(), PgError> {
+    pub(crate) fn prepare_dirs(&self) -> Result<(), PgError> {
         let parent = self
             .root
             .parent()
@@ -172,15 +188,9 @@ impl Cluster {
 
     /// `initdb` into `pgdata.init`, then rename it to `pgdata`.
     async fn initdb(&self) -> Result<(), PgError> {
+        self.clear_leftovers()?;
         let pgdata = self.pgdata();
-        if pgdata.exists() {
-            // Not complete (checked by the caller). An empty one is harmless.
-            if fs::remove_dir(&pgdata).is_err() {
-                return Err(PgError::IncompleteDataDir { path: pgdata });
-            }
-        }
         let init = self.pgdata_init();
-        remove_tree(&init)?;
         let locale = format!("--locale={}", process::locale());
         let mut cmd = process::command(&self.bin, &self.user, "initdb", &self.root);
         cmd.arg("-D")
@@ -200,6 +210,17 @@ impl Cluster {
         fs::rename(&init, &pgdata)
             .map_err(|e| PgError::io("renaming data directory to", &pgdata, e))?;
         files::sync_dir(&self.root)
+    }
+
+    /// Before building a data directory: removes an empty `pgdata` (a
+    /// non-empty incomplete one is refused, never deleted) and whatever an
+    /// interrupted build left in `pgdata.init`.
+    pub(crate) fn clear_leftovers(&self) -> Result<(), PgError> {
+        let pgdata = self.pgdata();
+        if pgdata.exists() && fs::remove_dir(&pgdata).is_err() {
+            return Err(PgError::IncompleteDataDir { path: pgdata });
+        }
+        remove_tree(&self.pgdata_init())
     }
 
     /// Renders `pgfollow.conf` and `pg_hba.conf` from `spec` into the data
@@ -374,7 +395,7 @@ impl Cluster {
 }
 
 /// Removes a directory tree; Ok if it does not exist.
-fn remove_tree(path: &Path) -> Result<(), PgError> {
+pub(crate) fn remove_tree(path: &Path) -> Result<(), PgError> {
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

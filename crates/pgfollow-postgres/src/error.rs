@@ -4,6 +4,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use pgfollow_types::Lsn;
+
 /// What can go wrong while managing a local PostgreSQL cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -104,6 +106,45 @@ pub enum PgError {
 
     #[error("no client backend with pid {0} on this database: check `pg:ps` for current pids")]
     NoSuchBackend(i32),
+
+    #[error(
+        "{what} needs a writable leader, but this cluster is a standby (in recovery): \
+         run it on the leader, or promote this follower first"
+    )]
+    InRecovery { what: &'static str },
+
+    #[error(
+        "pg_basebackup from {host}:{port} failed ({status}); its last lines:\n{stderr}\n\
+         check that the leader is running and reachable, and that its replication role, \
+         password and slot match the follower's upstream"
+    )]
+    BaseBackup {
+        host: String,
+        port: u16,
+        status: String,
+        stderr: String,
+    },
+
+    #[error(
+        "the leader no longer has the WAL from {from} ({detail}): \
+         the follower cannot catch up from there; rebuild it with a fresh base backup"
+    )]
+    WalGone { from: Lsn, detail: String },
+
+    #[error(
+        "replication slot {slot:?} is still in use after {secs} s of terminating its walsender: \
+         stop the follower that streams through it and try again"
+    )]
+    SlotBusy { slot: String, secs: u64 },
+
+    #[error("unexpected answer from PostgreSQL: {0}")]
+    Unexpected(String),
+
+    #[error(
+        "promotion did not finish within {secs} s (still in recovery): \
+         look at the follower's log; promoting again is safe"
+    )]
+    PromoteTimeout { secs: u64 },
 }
 
 impl PgError {

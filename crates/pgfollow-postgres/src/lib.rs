@@ -2,7 +2,9 @@
 //! PostgreSQL binaries, running them as an unprivileged OS user, `initdb`,
 //! rendering `postgresql.conf`/`pg_hba.conf` from a [`ClusterSpec`], start,
 //! stop and re-attaching to a cluster an earlier agent process started, and
-//! the SQL the agent needs (roles, passwords, statistics, `pg:ps`/`pg:kill`).
+//! the SQL the agent needs (roles, passwords, statistics, `pg:ps`/`pg:kill`),
+//! and both ends of physical streaming replication (slots, `pg_basebackup`,
+//! replay status, exact commits behind, promotion).
 //! Only this crate ever runs `postgres` or its tools.
 //!
 //! [`ClusterSpec`]: pgfollow_types::agent::ClusterSpec
@@ -16,6 +18,7 @@
 //! - [`pidfile`]: reading `postmaster.pid`.
 //! - [`cluster`]: a cluster's files and lifecycle (initialize, start, stop, destroy).
 //! - [`sql`]: what the agent asks a running cluster (bootstrap, passwords, stats, backends).
+//! - [`replication`]: slots, base backups, replay status, commits behind, promotion.
 //! - [`error`]: [`PgError`], the one error type.
 
 pub mod binaries;
@@ -25,6 +28,7 @@ pub mod error;
 pub mod files;
 pub mod pidfile;
 pub mod process;
+pub mod replication;
 pub mod sql;
 pub mod user;
 

@@ -69,9 +69,17 @@ impl Cluster {
     /// Idempotent: the owner role (LOGIN), the app's database owned by it,
     /// the replication role (LOGIN REPLICATION), CONNECT/TEMPORARY on the
     /// database taken from PUBLIC, and `pg_walinspect` in `postgres`.
+    ///
+    /// Only on a leader: a follower gets all of this from its leader's base
+    /// backup and cannot write; on a standby this is [`PgError::InRecovery`].
     pub async fn bootstrap(&self, spec: &ClusterSpec) -> Result<(), PgError> {
         crate::conf::validate(spec)?;
         let client = self.connect("postgres").await?;
+        if in_recovery(&client).await? {
+            return Err(PgError::InRecovery {
+                what: "bootstrapping roles and the database",
+            });
+        }
         upsert_role(
             &client,
             &spec.owner,
@@ -275,6 +283,15 @@ impl Cluster {
             .collect::<Result<_, _>>()
             .map_err(PgError::sql("terminating backends"))
     }
+}
+
+/// `pg_is_in_recovery()`: whether the server is a standby.
+pub(crate) async fn in_recovery(client: &Client) -> Result<bool, PgError> {
+    client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(PgError::sql("asking pg_is_in_recovery()"))
 }
 
 /// Creates `role` with `attributes` and its password, or updates both.

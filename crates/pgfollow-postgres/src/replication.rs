@@ -1,0 +1,703 @@
+//! Physical streaming replication, from both ends.
+//!
+//! Leader side: replication slots ([`Cluster::create_slot`],
+//! [`Cluster::drop_slot`], [`Cluster::slot_status`]) and the exact number of
+//! commit records a follower is behind ([`Cluster::commits_since`], with
+//! `pg_walinspect`). Follower side: building the data directory with
+//! `pg_basebackup` ([`Cluster::basebackup`]), how far it has replayed
+//! ([`Cluster::replay_status`]), repointing ([`Cluster::set_upstream`]) and
+//! promotion ([`Cluster::promote`]).
+//!
+//! The replication password never appears on a command line or in a log:
+//! `pg_basebackup` reads it from a temporary passfile (mode 0600, owned by
+//! the OS user, removed afterwards), and the running follower from
+//! `primary_conninfo` in `pgfollow.conf` (mode 0600).
+
+use std::collections::VecDeque;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use pgfollow_types::agent::{ClusterSpec, CommitCount, ReplayStatus, SlotStatus, Upstream};
+use pgfollow_types::Lsn;
+use tokio::io::AsyncReadExt;
+use tokio::process::ChildStderr;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::cluster::{remove_tree, Cluster};
+use crate::conf;
+use crate::error::PgError;
+use crate::files;
+use crate::process;
+use crate::sql::in_recovery;
+
+/// How long dropping a slot keeps terminating the walsender that holds it.
+pub const DROP_SLOT_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long a promotion may take before [`PgError::PromoteTimeout`].
+pub const PROMOTE_LIMIT: Duration = Duration::from_secs(60);
+
+/// How often promotion polls `pg_is_in_recovery()`: `pg_promote(wait =>
+/// true)` polls every 100 ms, and the promotion itself takes 35–40 ms.
+const PROMOTE_POLL: Duration = Duration::from_millis(10);
+
+/// `pg_basebackup` is stopped when it writes nothing for this long (it
+/// reports progress every second while data flows).
+const BASEBACKUP_STALL_LIMIT: Duration = Duration::from_secs(600);
+
+/// Lines of `pg_basebackup`'s stderr carried by its error.
+const BASEBACKUP_TAIL_LINES: usize = 20;
+
+/// The file, in the cluster root, that gives `pg_basebackup` its password.
+const PASSFILE: &str = "basebackup.pgpass";
+
+/// The file whose presence makes PostgreSQL start as a standby.
+pub const STANDBY_SIGNAL: &str = "standby.signal";
+
+/// Commit records in `pg_walinspect`'s words (PostgreSQL 15):
+/// resource manager `Transaction`, record types `COMMIT` and
+/// `COMMIT_PREPARED` (`ABORT`, `PREPARE`, `ABORT_PREPARED`, ... are not).
+const COUNT_COMMITS: &str = "SELECT count(*) FROM pg_get_wal_records_info";
+const COMMIT_FILTER: &str =
+    "WHERE resource_manager = 'Transaction' AND record_type IN ('COMMIT', 'COMMIT_PREPARED')";
+
+impl Cluster {
+    /// Leader side. Idempotent: creates the physical slot `slot`, reserving
+    /// WAL at once (so nothing a base backup through it needs is removed);
+    /// Ok if it exists.
+    pub async fn create_slot(&self, slot: &str) -> Result<(), PgError> {
+        check_slot_name(slot)?;
+        let client = self.connect("postgres").await?;
+        if slot_row(&client, slot).await?.is_some() {
+            return Ok(());
+        }
+        match client
+            .query_one(
+                "SELECT pg_create_physical_replication_slot($1, true)",
+                &[&slot],
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(root = %self.root().display(), slot, "created replication slot");
+                Ok(())
+            }
+            // Created meanwhile by someone else.
+            Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => Ok(()),
+            Err(e) => Err(PgError::sql("creating the replication slot")(e)),
+        }
+    }
+
+    /// Leader side. Idempotent: drops the slot; Ok if it does not exist. A
+    /// walsender still streaming through it is terminated first (for at most
+    /// [`DROP_SLOT_LIMIT`]; a follower that keeps reconnecting should be
+    /// stopped or repointed before).
+    pub async fn drop_slot(&self, slot: &str) -> Result<(), PgError> {
+        check_slot_name(slot)?;
+        let client = self.connect("postgres").await?;
+        let deadline = Instant::now() + DROP_SLOT_LIMIT;
+        loop {
+            let active_pid: Option<i32> = match client
+                .query_opt(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .map_err(PgError::sql("looking up the replication slot"))?
+            {
+                None => return Ok(()),
+                Some(row) => row
+                    .try_get(0)
+                    .map_err(PgError::sql("reading the slot's active_pid"))?,
+            };
+            if let Some(pid) = active_pid {
+                tracing::info!(slot, pid, "terminating the walsender of a slot to drop");
+                client
+                    .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(PgError::sql("terminating the slot's walsender"))?;
+            } else {
+                match client
+                    .query_one("SELECT pg_drop_replication_slot($1)", &[&slot])
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(root = %self.root().display(), slot, "dropped replication slot");
+                        return Ok(());
+                    }
+                    Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
+                    // A walsender took it between our look and the drop.
+                    Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) => {}
+                    Err(e) => return Err(PgError::sql("dropping the replication slot")(e)),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(PgError::SlotBusy {
+                    slot: slot.to_string(),
+                    secs: DROP_SLOT_LIMIT.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Leader side: the slot `slot`, or None.
+    pub async fn slot_status(&self, slot: &str) -> Result<Option<SlotStatus>, PgError> {
+        let client = self.connect("postgres").await?;
+        slot_row(&client, slot).await
+    }
+
+    /// Follower side. Idempotent like [`Cluster::initialize`]: when the data
+    /// directory is complete, only writes the configuration. Otherwise copies
+    /// the leader named by `spec.upstream` with `pg_basebackup` (fast
+    /// checkpoint, WAL streamed through the upstream's slot, which must
+    /// exist: [`Cluster::create_slot`] on the leader), calling
+    /// `progress(done_bytes, total_bytes)` as it advances; `total` is the
+    /// leader's estimate, and `done` may pass it a little.
+    ///
+    /// The copy is built in `pgdata.init`, marked with `standby.signal` and
+    /// renamed to `pgdata` only when complete; then `pgfollow.conf` and
+    /// `pg_hba.conf` (copied from the leader) are rewritten for `spec`. On
+    /// failure nothing is left behind. Dropping the future kills
+    /// `pg_basebackup`.
+    pub async fn basebackup(
+        &self,
+        spec: &ClusterSpec,
+        progress: impl Fn(u64, u64) + Send + Sync,
+    ) -> Result<(), PgError> {
+        conf::validate(spec)?;
+        let up = spec.upstream.as_ref().ok_or_else(|| {
+            PgError::InvalidSpec(format!(
+                "cluster {} has no upstream to copy with a base backup",
+                spec.id
+            ))
+        })?;
+        conf::socket_path(&self.socket_dir(), spec.port)?;
+        self.prepare_dirs()?;
+        if self.is_initialized() {
+            return self.write_config(spec);
+        }
+        self.clear_leftovers()?;
+        let init = self.pgdata_init();
+        let started = Instant::now();
+        if let Err(e) = self.run_basebackup(up, &init, &progress).await {
+            let _ = remove_tree(&init);
+            return Err(e);
+        }
+        let finish = || -> Result<(), PgError> {
+            files::ensure_dir(&init, 0o700, self.user())?;
+            files::write_private(&init.join(STANDBY_SIGNAL), "", self.user())?;
+            files::sync_dir(&init)?;
+            fs::rename(&init, self.pgdata())
+                .map_err(|e| PgError::io("renaming data directory to", self.pgdata(), e))?;
+            files::sync_dir(self.root())
+        };
+        if let Err(e) = finish() {
+            let _ = remove_tree(&init);
+            return Err(e);
+        }
+        tracing::info!(
+            root = %self.root().display(),
+            leader = %format!("{}:{}", up.host, up.port),
+            ms = started.elapsed().as_millis() as u64,
+            "base backup complete"
+        );
+        self.write_config(spec)
+    }
+
+    /// Runs `pg_basebackup` into `target`, feeding its progress to `progress`.
+    async fn run_basebackup(
+        &self,
+        up: &Upstream,
+        target: &Path,
+        progress: &(impl Fn(u64, u64) + Send + Sync),
+    ) -> Result<(), PgError> {
+        let passfile = TempPassfile::write(self, up)?;
+        let mut cmd = process::command(self.binaries(), self.user(), "pg_basebackup", self.root());
+        cmd.env("PGPASSFILE", &passfile.path)
+            .env(
+                "PGCONNECT_TIMEOUT",
+                conf::UPSTREAM_CONNECT_TIMEOUT_SECS.to_string(),
+            )
+            .env("PGSSLMODE", conf::UPSTREAM_SSLMODE)
+            .env("PGAPPNAME", &up.application_name)
+            .arg("-h")
+            .arg(&up.host)
+            .arg("-p")
+            .arg(up.port.to_string())
+            .arg("-U")
+            .arg(&up.user)
+            .arg("-D")
+            .arg(target)
+            .args(["-X", "stream", "-S"])
+            .arg(&up.slot)
+            .args([
+                "--checkpoint=fast",
+                "--progress",
+                "--verbose",
+                "--no-password",
+            ])
+            .stdout(Stdio::null());
+        let program = PathBuf::from(cmd.as_std().get_program());
+        tracing::info!(
+            root = %self.root().display(),
+            leader = %format!("{}:{}", up.host, up.port),
+            slot = %up.slot,
+            "pg_basebackup"
+        );
+        let mut child = cmd.spawn().map_err(|source| PgError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let Some(stderr) = child.stderr.take() else {
+            return Err(PgError::Spawn {
+                program,
+                source: std::io::Error::other("no stderr pipe"),
+            });
+        };
+        let watched = watch_stderr(stderr, progress).await;
+        let tail = scrub(&watched.tail(), &up.password);
+        if watched.stalled {
+            // kill_on_drop would do it too; do it now, and reap it.
+            let _ = child.kill().await;
+            return Err(PgError::BaseBackup {
+                host: up.host.clone(),
+                port: up.port,
+                status: format!(
+                    "no output for {} s, stopped",
+                    BASEBACKUP_STALL_LIMIT.as_secs()
+                ),
+                stderr: tail,
+            });
+        }
+        let status: ExitStatus = child
+            .wait()
+            .await
+            .map_err(|source| PgError::Spawn { program, source })?;
+        drop(passfile);
+        if status.success() {
+            Ok(())
+        } else {
+            Err(PgError::BaseBackup {
+                host: up.host.clone(),
+                port: up.port,
+                status: status.to_string(),
+                stderr: tail,
+            })
+        }
+    }
+
+    /// Follower side: how far this standby has received and replayed, and
+    /// whether it is streaming from its leader right now. On a leader (or a
+    /// promoted follower) `in_recovery` is false and the LSNs are None.
+    pub async fn replay_status(&self) -> Result<ReplayStatus, PgError> {
+        let client = self.connect("postgres").await?;
+        let row = client
+            .query_one(
+                "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \
+                 pg_last_wal_receive_lsn()::text, \
+                 (extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000)::int8, \
+                 EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')",
+                &[],
+            )
+            .await
+            .map_err(PgError::sql("reading the replay status"))?;
+        let read = PgError::sql("reading the replay status");
+        let lsn = |i: usize| -> Result<Option<Lsn>, PgError> {
+            let text: Option<String> = row.try_get(i).map_err(PgError::sql("reading an LSN"))?;
+            text.map(|t| parse_lsn(&t)).transpose()
+        };
+        Ok(ReplayStatus {
+            in_recovery: row.try_get(0).map_err(read)?,
+            replay_lsn: lsn(1)?,
+            receive_lsn: lsn(2)?,
+            last_replay_unix_ms: row
+                .try_get(3)
+                .map_err(PgError::sql("reading the last replay time"))?,
+            streaming: row
+                .try_get(4)
+                .map_err(PgError::sql("reading the WAL receiver status"))?,
+        })
+    }
+
+    /// Leader side: the exact number of commit records in the WAL from
+    /// `from` (a follower's replay position) to the leader's flush position,
+    /// reading at most `max_bytes` of WAL: when the gap is larger, only its
+    /// start is read and `complete` is false. One connection, one statement.
+    ///
+    /// [`PgError::WalGone`] when the leader no longer has the WAL at `from`;
+    /// [`PgError::InRecovery`] on a standby.
+    pub async fn commits_since(&self, from: Lsn, max_bytes: u64) -> Result<CommitCount, PgError> {
+        let client = self.connect("postgres").await?;
+        let stmt = commits_since_sql(from, max_bytes);
+        let result = match client.simple_query(&stmt).await {
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
+                // A promoted follower whose old leader predates the extension.
+                client
+                    .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+                    .await
+                    .map_err(PgError::sql("creating extension pg_walinspect"))?;
+                client.simple_query(&stmt).await
+            }
+            other => other,
+        };
+        let messages = result.map_err(|e| commits_error(from, e))?;
+        let row = messages
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .ok_or_else(|| PgError::Unexpected("counting commits returned no row".into()))?;
+        let field = |i: usize| row.try_get(i).ok().flatten().unwrap_or_default();
+        let current = parse_lsn(field(0))?;
+        let commits = field(1).parse().unwrap_or(0);
+        let end = from.0.saturating_add(max_bytes);
+        Ok(CommitCount {
+            current,
+            commits,
+            complete: end >= current.0,
+        })
+    }
+
+    /// Follower → leader. Idempotent: Ok at once when not in recovery.
+    /// Signals promotion and polls `pg_is_in_recovery()` every 10 ms (for at
+    /// most [`PROMOTE_LIMIT`]). PostgreSQL removes `standby.signal` itself;
+    /// the caller should then re-render the configuration without an
+    /// upstream ([`Cluster::write_config`]) so `primary_conninfo`, which
+    /// holds the old leader's password, goes away.
+    pub async fn promote(&self) -> Result<(), PgError> {
+        let client = self.connect("postgres").await?;
+        if !in_recovery(&client).await? {
+            return Ok(());
+        }
+        let started = Instant::now();
+        client
+            .query_one("SELECT pg_promote(wait => false)", &[])
+            .await
+            .map_err(PgError::sql("signalling promotion"))?;
+        loop {
+            if !in_recovery(&client).await? {
+                tracing::info!(
+                    root = %self.root().display(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "promoted"
+                );
+                return Ok(());
+            }
+            if started.elapsed() >= PROMOTE_LIMIT {
+                return Err(PgError::PromoteTimeout {
+                    secs: PROMOTE_LIMIT.as_secs(),
+                });
+            }
+            tokio::time::sleep(PROMOTE_POLL).await;
+        }
+    }
+
+    /// Follower side: rewrites the configuration for `spec` (a new upstream,
+    /// or none to stop streaming) and reloads a running server, which
+    /// restarts its WAL receiver (`primary_conninfo` and `primary_slot_name`
+    /// are reloadable since PostgreSQL 13). Refuses an upstream for a data
+    /// directory that is not a standby's: that needs a new base backup.
+    pub async fn set_upstream(&self, spec: &ClusterSpec) -> Result<(), PgError> {
+        if spec.upstream.is_some()
+            && self.is_initialized()
+            && !self.pgdata().join(STANDBY_SIGNAL).exists()
+        {
+            return Err(PgError::InvalidSpec(format!(
+                "cluster {} is not a standby (no {STANDBY_SIGNAL}): \
+                 make it a follower with a new base backup",
+                spec.id
+            )));
+        }
+        self.write_config(spec)?;
+        if self.postmaster().is_some() {
+            self.reload().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The one statement of [`Cluster::commits_since`]. The LSNs are formatted
+/// by [`Lsn`]'s `Display` (hex digits and `/`), so they are safe literals.
+/// `pg_get_wal_records_info` refuses an end beyond the flush position, and
+/// a start not before the end, so it is only called when there is a gap.
+fn commits_since_sql(from: Lsn, max_bytes: u64) -> String {
+    let cap = Lsn(from.0.saturating_add(max_bytes));
+    format!(
+        "SELECT cur::text, CASE WHEN '{from}'::pg_lsn >= least(cur, '{cap}'::pg_lsn) THEN 0 \
+         ELSE ({COUNT_COMMITS}('{from}'::pg_lsn, least(cur, '{cap}'::pg_lsn)) {COMMIT_FILTER}) END \
+         FROM (SELECT pg_current_wal_flush_lsn() AS cur) c"
+    )
+}
+
+/// Maps an error of the commit count: WAL that is gone, a standby, or SQL.
+fn commits_error(from: Lsn, e: tokio_postgres::Error) -> PgError {
+    let (code, message) = match e.as_db_error() {
+        Some(db) => (Some(db.code().clone()), db.message().to_string()),
+        None => (None, String::new()),
+    };
+    if is_wal_gone(code.as_ref(), &message) {
+        return PgError::WalGone {
+            from,
+            detail: message,
+        };
+    }
+    if code == Some(SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) && message.contains("recovery") {
+        return PgError::InRecovery {
+            what: "counting commits since a position",
+        };
+    }
+    PgError::sql("counting commit records with pg_walinspect")(e)
+}
+
+/// Whether PostgreSQL 15's `pg_walinspect` says the WAL at the start is not
+/// there: `requested WAL segment ... has already been removed` (58P01), or
+/// `could not read WAL at LSN ...` for a start before the oldest record.
+pub fn is_wal_gone(code: Option<&SqlState>, message: &str) -> bool {
+    code == Some(&SqlState::UNDEFINED_FILE)
+        || message.contains("has already been removed")
+        || message.starts_with("could not read WAL at")
+}
+
+/// The slot's row of `pg_replication_slots`.
+async fn slot_row(client: &Client, slot: &str) -> Result<Option<SlotStatus>, PgError> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT active, wal_status, restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(PgError::sql("looking up the replication slot"))?
+    else {
+        return Ok(None);
+    };
+    let read = PgError::sql("reading the replication slot");
+    let restart: Option<String> = row
+        .try_get(2)
+        .map_err(PgError::sql("reading restart_lsn"))?;
+    Ok(Some(SlotStatus {
+        active: row.try_get(0).map_err(read)?,
+        wal_status: row.try_get(1).map_err(PgError::sql("reading wal_status"))?,
+        restart_lsn: restart.as_deref().map(parse_lsn).transpose()?,
+    }))
+}
+
+fn check_slot_name(slot: &str) -> Result<(), PgError> {
+    match conf::slot_name_problem(slot) {
+        Some(why) => Err(PgError::InvalidSpec(format!(
+            "replication slot name {slot:?} {why}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn parse_lsn(text: &str) -> Result<Lsn, PgError> {
+    text.parse::<Lsn>()
+        .map_err(|e| PgError::Unexpected(e.to_string()))
+}
+
+/// The passfile `pg_basebackup` reads its password from; removed on drop.
+struct TempPassfile {
+    path: PathBuf,
+}
+
+impl TempPassfile {
+    fn write(cluster: &Cluster, up: &Upstream) -> Result<Self, PgError> {
+        let path = cluster.root().join(PASSFILE);
+        files::write_private(
+            &path,
+            &passfile_line(&up.user, &up.password),
+            cluster.user(),
+        )?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for TempPassfile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// One `.pgpass` line for `user` on any host, port and database; `:` and
+/// `\` are backslash-escaped.
+pub fn passfile_line(user: &str, password: &str) -> String {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+    format!("*:*:*:{}:{}\n", esc(user), esc(password))
+}
+
+/// `text` with every occurrence of `secret` masked.
+fn scrub(text: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        text.to_string()
+    } else {
+        text.replace(secret, "********")
+    }
+}
+
+/// What `pg_basebackup` wrote on stderr.
+struct Watched {
+    /// Its last lines, progress lines excepted (but the last of them).
+    lines: VecDeque<String>,
+    last_progress: Option<String>,
+    /// It wrote nothing for [`BASEBACKUP_STALL_LIMIT`].
+    stalled: bool,
+}
+
+impl Watched {
+    fn tail(&self) -> String {
+        let mut out: Vec<&str> = self.lines.iter().map(String::as_str).collect();
+        if let Some(p) = &self.last_progress {
+            out.push(p);
+        }
+        if out.is_empty() {
+            "(nothing on stderr)".into()
+        } else {
+            out.join("\n")
+        }
+    }
+}
+
+/// Reads stderr until it closes, splitting on `\r` (progress on a terminal)
+/// and `\n`, calling `progress` whenever the reported numbers change.
+async fn watch_stderr(
+    mut stderr: ChildStderr,
+    progress: &(impl Fn(u64, u64) + Send + Sync),
+) -> Watched {
+    let mut watched = Watched {
+        lines: VecDeque::new(),
+        last_progress: None,
+        stalled: false,
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut last: Option<(u64, u64)> = None;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match tokio::time::timeout(BASEBACKUP_STALL_LIMIT, stderr.read(&mut buf)).await {
+            Err(_) => {
+                watched.stalled = true;
+                0
+            }
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) => 0,
+        };
+        if n == 0 {
+            pending.push(b'\n');
+        } else {
+            pending.extend_from_slice(&buf[..n]);
+        }
+        while let Some(pos) = pending.iter().position(|b| *b == b'\r' || *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1])
+                .trim()
+                .to_string();
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(p) = parse_progress(&line) {
+                if last != Some(p) {
+                    last = Some(p);
+                    progress(p.0, p.1);
+                }
+                watched.last_progress = Some(line);
+            } else {
+                if watched.lines.len() == BASEBACKUP_TAIL_LINES {
+                    watched.lines.pop_front();
+                }
+                watched.lines.push_back(line);
+            }
+        }
+        if n == 0 {
+            return watched;
+        }
+    }
+}
+
+/// `(done, total)` in bytes from a `pg_basebackup --progress` line such as
+/// `12345/67890 kB (18%), 0/1 tablespace (pgdata.init/base/1/1259)`.
+pub fn parse_progress(line: &str) -> Option<(u64, u64)> {
+    let (before, _) = line.split_once(" kB (")?;
+    let pair = before.split_whitespace().last()?;
+    let (done, total) = pair.split_once('/')?;
+    let done: u64 = done.parse().ok()?;
+    let total: u64 = total.parse().ok()?;
+    Some((done.saturating_mul(1024), total.saturating_mul(1024)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_are_parsed_to_bytes() {
+        assert_eq!(
+            parse_progress("  12345/67890 kB (18%), 0/1 tablespace"),
+            Some((12345 * 1024, 67890 * 1024))
+        );
+        assert_eq!(
+            parse_progress("30577/30577 kB (100%), 1/1 tablespace (...init/global/pg_control)"),
+            Some((30577 * 1024, 30577 * 1024))
+        );
+        assert_eq!(
+            parse_progress("    0/30567 kB (0%), 0/1 tablespace"),
+            Some((0, 30567 * 1024))
+        );
+        assert_eq!(parse_progress("pg_basebackup: checkpoint completed"), None);
+        assert_eq!(
+            parse_progress("pg_basebackup: write-ahead log end point: 0/2000100"),
+            None
+        );
+        assert_eq!(parse_progress("x/y kB (1%)"), None);
+    }
+
+    #[test]
+    fn passfile_escapes_colons_and_backslashes() {
+        assert_eq!(
+            passfile_line("r_white", "a:b\\c 'd'"),
+            "*:*:*:r_white:a\\:b\\\\c 'd'\n"
+        );
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        assert_eq!(
+            scrub("FATAL: pw s3cr3t here", "s3cr3t"),
+            "FATAL: pw ******** here"
+        );
+        assert_eq!(scrub("nothing", ""), "nothing");
+    }
+
+    #[test]
+    fn the_commit_count_reads_only_the_gap() {
+        let from: Lsn = "0/3000148".parse().unwrap_or_default();
+        let sql = commits_since_sql(from, 0x100);
+        assert!(sql.contains("'0/3000148'::pg_lsn"), "{sql}");
+        assert!(sql.contains("'0/3000248'::pg_lsn"), "{sql}");
+        assert!(
+            sql.contains("record_type IN ('COMMIT', 'COMMIT_PREPARED')"),
+            "{sql}"
+        );
+        // No overflow past the end of the LSN space.
+        let sql = commits_since_sql(Lsn(u64::MAX - 1), u64::MAX);
+        assert!(sql.contains("'FFFFFFFF/FFFFFFFF'::pg_lsn"), "{sql}");
+    }
+
+    #[test]
+    fn wal_gone_is_recognised() {
+        assert!(is_wal_gone(
+            Some(&SqlState::UNDEFINED_FILE),
+            "requested WAL segment pg_wal/000000010000000000000001 has already been removed"
+        ));
+        assert!(is_wal_gone(
+            Some(&SqlState::INTERNAL_ERROR),
+            "could not read WAL at LSN 0/10"
+        ));
+        assert!(!is_wal_gone(
+            Some(&SqlState::INTERNAL_ERROR),
+            "cannot accept future end LSN"
+        ));
+    }
+}

@@ -6,57 +6,18 @@
 // test exemption does not reach helpers outside `#[test]` functions.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pgfollow_postgres::{Cluster, OsUser, PgBinaries, PgError, StopMode};
-use pgfollow_types::agent::{ClusterSpec, PgSettings, RoleSecret};
+use common::*;
+use pgfollow_postgres::{Cluster, PgBinaries, PgError, StopMode};
+use pgfollow_types::agent::{ClusterSpec, RoleSecret};
 use tempfile::TempDir;
-
-const OWNER_PW: &str = "own'er\\pw \"1\"";
-
-fn binaries() -> Arc<PgBinaries> {
-    Arc::new(PgBinaries::discover(None).expect("PostgreSQL must be installed for these tests"))
-}
-
-fn os_user() -> Arc<OsUser> {
-    Arc::new(OsUser::resolve("postgres").expect("OS user postgres must exist"))
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn spec(port: u16) -> ClusterSpec {
-    ClusterSpec {
-        id: "t1".into(),
-        port,
-        listen_address: "127.0.0.1".into(),
-        settings: PgSettings {
-            max_connections: 20,
-            shared_buffers_mb: 16,
-            work_mem_mb: 4,
-            maintenance_work_mem_mb: 16,
-            effective_cache_size_mb: 64,
-            max_slot_wal_keep_mb: 256,
-        },
-        database: "appdb".into(),
-        owner: RoleSecret {
-            name: "app_owner".into(),
-            password: OWNER_PW.into(),
-        },
-        replication: RoleSecret {
-            name: "app_repl".into(),
-            password: "repl-pw".into(),
-        },
-        upstream: None,
-    }
-}
 
 /// A cluster in its own temp dir; dropping it stops postgres at once and
 /// removes the dir.
@@ -69,8 +30,7 @@ struct TestCluster {
 
 impl TestCluster {
     fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("pgf").tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let dir = temp_dir();
         let cluster = Cluster::new(dir.path().join("c"), binaries(), os_user());
         Self {
             cluster,
@@ -83,16 +43,7 @@ impl TestCluster {
     /// meanwhile by a parallel test) + bootstrap.
     async fn up(&mut self) {
         self.cluster.initialize(&self.spec).await.unwrap();
-        for attempt in 0.. {
-            match self.cluster.start().await {
-                Ok(()) => break,
-                Err(PgError::PortInUse { .. }) if attempt < 3 => {
-                    self.spec.port = free_port();
-                    self.cluster.write_config(&self.spec).unwrap();
-                }
-                Err(e) => panic!("start failed: {e}"),
-            }
-        }
+        start_on_free_port(&self.cluster, &mut self.spec).await;
         self.cluster.bootstrap(&self.spec).await.unwrap();
     }
 
@@ -101,18 +52,7 @@ impl TestCluster {
         user: &str,
         password: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host("127.0.0.1")
-            .port(self.spec.port)
-            .user(user)
-            .password(password)
-            .dbname(&self.spec.database)
-            .connect_timeout(Duration::from_secs(5));
-        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        login(self.spec.port, &self.spec.database, user, password).await
     }
 
     async fn owner(&self) -> tokio_postgres::Client {
@@ -129,23 +69,6 @@ impl Drop for TestCluster {
     }
 }
 
-/// Synchronous `pg_ctl stop -m immediate`, for use in `Drop`.
-fn stop_immediately(cluster: &Cluster) {
-    let pgdata = cluster.pgdata();
-    if !pgdata.join("postmaster.pid").exists() {
-        return;
-    }
-    let user = cluster.user();
-    let mut cmd = std::process::Command::new(cluster.binaries().tool("pg_ctl"));
-    cmd.args(["stop", "-m", "immediate", "-w", "-t", "30", "-s", "-D"])
-        .arg(&pgdata)
-        .current_dir("/");
-    if user.needs_switch() {
-        cmd.uid(user.uid).gid(user.gid);
-    }
-    let _ = cmd.status();
-}
-
 /// Whether `pid` is a live (not zombie) process.
 fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -155,22 +78,6 @@ fn process_alive(pid: u32) -> bool {
             .unwrap_or(true),
         Err(_) => false,
     }
-}
-
-/// Polls `check` every 50 ms for at most `limit`.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 #[tokio::test]

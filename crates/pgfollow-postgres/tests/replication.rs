@@ -122,8 +122,8 @@ async fn leader_pg_explain(leader: &Cluster, from: Lsn, to: Lsn) -> String {
     let c = leader.connect("postgres").await.unwrap();
     let rows = c
         .simple_query(&format!(
-            "EXPLAIN (ANALYZE, TIMING OFF) SELECT count(*) FROM pg_get_wal_records_info('{from}', '{to}') \
-             WHERE resource_manager = 'Transaction' AND record_type IN ('COMMIT', 'COMMIT_PREPARED')"
+            "EXPLAIN (ANALYZE, TIMING OFF) SELECT sum(count) FROM pg_get_wal_stats('{from}', '{to}', true) \
+             WHERE \"resource_manager/record_type\" IN ('Transaction/COMMIT', 'Transaction/COMMIT_PREPARED')"
         ))
         .await
         .unwrap();

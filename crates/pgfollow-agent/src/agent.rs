@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pgfollow_postgres::{Cluster, OsUser, PgBinaries, PgError, StopMode};
-use pgfollow_types::agent::{ClusterSpec, ClusterStats, ClusterStatus, RoleSecret};
+use pgfollow_types::agent::{
+    ClusterSpec, ClusterStats, ClusterStatus, CommitCount, ReplayStatus, RoleSecret, SlotStatus,
+};
 use pgfollow_types::api::Backend;
 use pgfollow_types::model::HostRecord;
+use pgfollow_types::Lsn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -168,6 +171,59 @@ impl Agent {
 
     pub async fn set_password(&self, id: &str, role: &RoleSecret) -> Result<(), AgentError> {
         Ok(self.cluster(id)?.set_password(role).await?)
+    }
+
+    /// Leader side: the follower's slot, created if missing.
+    pub async fn create_slot(&self, id: &str, slot: &str) -> Result<(), AgentError> {
+        Ok(self.cluster(id)?.create_slot(slot).await?)
+    }
+
+    /// Leader side: drops the slot if it is there.
+    pub async fn drop_slot(&self, id: &str, slot: &str) -> Result<(), AgentError> {
+        Ok(self.cluster(id)?.drop_slot(slot).await?)
+    }
+
+    pub async fn slot_status(
+        &self,
+        id: &str,
+        slot: &str,
+    ) -> Result<Option<SlotStatus>, AgentError> {
+        Ok(self.cluster(id)?.slot_status(slot).await?)
+    }
+
+    /// Follower side: copies the leader named in `spec.upstream` and
+    /// configures a standby; `progress(done, total)` in bytes.
+    pub async fn basebackup(
+        &self,
+        spec: &ClusterSpec,
+        progress: impl Fn(u64, u64) + Send + Sync,
+    ) -> Result<(), AgentError> {
+        Ok(self.cluster(&spec.id)?.basebackup(spec, progress).await?)
+    }
+
+    pub async fn replay_status(&self, id: &str) -> Result<ReplayStatus, AgentError> {
+        Ok(self.cluster(id)?.replay_status().await?)
+    }
+
+    /// Leader side: commit records from `from` to the current WAL position,
+    /// reading at most `max_bytes` of WAL.
+    pub async fn commits_since(
+        &self,
+        id: &str,
+        from: Lsn,
+        max_bytes: u64,
+    ) -> Result<CommitCount, AgentError> {
+        Ok(self.cluster(id)?.commits_since(from, max_bytes).await?)
+    }
+
+    /// Ends recovery: the follower becomes writable.
+    pub async fn promote(&self, id: &str) -> Result<(), AgentError> {
+        Ok(self.cluster(id)?.promote().await?)
+    }
+
+    /// Re-renders the configuration (e.g. a new or no upstream) and reloads.
+    pub async fn set_upstream(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
+        Ok(self.cluster(&spec.id)?.set_upstream(spec).await?)
     }
 
     /// Stops postgres and removes the cluster's files.

@@ -13,6 +13,7 @@
 //! Tables:      3
 //! Fork/Follow: Available
 //! Following:   PGFOLLOW_POSTGRESQL_CHARCOAL
+//! Behind By:   7 commits (1.2 kB of WAL, 0.3 s)
 //! Followers:   PGFOLLOW_POSTGRESQL_AMBER, PGFOLLOW_POSTGRESQL_BLUE
 //! Host:        host-a
 //! Add-on:      postgresql-curved-48213
@@ -153,6 +154,17 @@ pub fn info_block(db: &DatabaseInfo) -> String {
     ];
     if let Some(leader) = &db.following {
         rows.push(("Following", color_name(leader)));
+        let behind = match &db.behind_by {
+            Some(lag) => format!(
+                "{} ({} of WAL, {:.1} s){}",
+                lag.commits_label(),
+                human_bytes(lag.bytes),
+                lag.seconds,
+                if lag.streaming { "" } else { ", not streaming" }
+            ),
+            None => "?".to_string(),
+        };
+        rows.push(("Behind By", behind));
     }
     if !db.followers.is_empty() {
         let names: Vec<String> = db.followers.iter().map(|f| color_name(f)).collect();
@@ -327,7 +339,19 @@ pub(crate) mod tests {
         assert!(block.contains("\nData Size:   ? / 64 GB\n"), "{block}");
         assert!(block.contains("\nTables:      ?\n"), "{block}");
         assert!(
-            block.contains("\nFollowing:   PGFOLLOW_POSTGRESQL_WHITE\n"),
+            block.contains("\nFollowing:   PGFOLLOW_POSTGRESQL_WHITE\nBehind By:   ?\n"),
+            "{block}"
+        );
+        db.behind_by = Some(pgfollow_types::api::Lag {
+            commits: 7,
+            more_than: false,
+            bytes: 1200,
+            seconds: 0.25,
+            streaming: true,
+        });
+        let block = info_block(&db);
+        assert!(
+            block.contains("\nBehind By:   7 commits (1.2 kB of WAL, 0.2 s)\n"),
             "{block}"
         );
         assert!(!block.contains("Followers"), "{block}");

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use pgfollow_planner::{decide, reconcile, Action, Decision, Observed};
+use pgfollow_planner::{decide, is_caught_up, reconcile, Action, Decision, Observed};
 use pgfollow_types::api::DatabaseState;
 use pgfollow_types::model::{DatabaseRecord, OperationRecord, OperationState, State};
 use tokio::sync::Notify;
@@ -77,15 +77,16 @@ impl Executor {
     }
 
     fn tick(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<(), ApiErr> {
-        let state = self.store.read()?;
+        let state = Arc::new(self.store.read()?);
         for db in state.databases.values() {
             if lock(&self.busy).contains(&db.id) {
                 continue;
             }
             let op = active_operation(&state, &db.id);
             let observed = self.observe(db);
+            let leader = db.following.as_ref().and_then(|id| state.databases.get(id));
             let decision = match &op {
-                Some(op) => Some(decide(db, op, &observed)),
+                Some(op) => Some(decide(db, op, &observed, leader)),
                 None if self.backing_off(&db.id) => None,
                 None => reconcile(db, &observed),
             };
@@ -96,10 +97,10 @@ impl Executor {
             }
             lock(&self.busy).insert(db.id.clone());
             let me = self.clone();
-            let (db, op) = (db.clone(), op.cloned());
-            let spec = cluster_spec(&state, &db);
+            let (db, op, state) = (db.clone(), op.cloned(), state.clone());
             tasks.spawn(async move {
-                me.carry_out(&db, op.as_ref(), decision.action, spec).await;
+                me.carry_out(&state, &db, op.as_ref(), decision.action)
+                    .await;
                 lock(&me.busy).remove(&db.id);
                 me.wake.notify_one();
             });
@@ -133,16 +134,17 @@ impl Executor {
 
     async fn carry_out(
         &self,
+        state: &State,
         db: &DatabaseRecord,
         op: Option<&OperationRecord>,
         action: Action,
-        spec: pgfollow_types::agent::ClusterSpec,
     ) {
         let step = action.step();
-        let result = self.act(db, &action, &spec).await;
+        let result = self.act(state, db, op, &action).await;
         let recorded = match (&result, op) {
-            (Ok(()), Some(op)) => self.record_success(db, op, &action),
-            (Ok(()), None) => self.record_reconciled(db, &action),
+            (Ok(Outcome::Done), Some(op)) => self.record_success(db, op, &action),
+            (Ok(Outcome::NotYet(detail)), Some(_)) => self.record_detail(db, detail),
+            (Ok(_), None) => self.record_reconciled(db, &action),
             (Err(e), Some(op)) => {
                 tracing::warn!("{} ({}): step {step} failed: {e}", db.color, db.name);
                 self.record_failure(db, op, &e.message)
@@ -158,18 +160,21 @@ impl Executor {
         }
     }
 
-    /// Carries one step out through the agent.
+    /// Carries one step out through the agents.
     async fn act(
         &self,
+        state: &State,
         db: &DatabaseRecord,
+        op: Option<&OperationRecord>,
         action: &Action,
-        spec: &pgfollow_types::agent::ClusterSpec,
-    ) -> Result<(), ApiErr> {
+    ) -> Result<Outcome, ApiErr> {
         let agent = self.hosts.agent(&db.host)?;
+        let spec = cluster_spec(state, db);
+        let leader = db.following.as_ref().and_then(|id| state.databases.get(id));
         match action {
-            Action::Initialize => agent.initialize(spec).await?,
+            Action::Initialize => agent.initialize(&spec).await?,
             Action::Start => {
-                if let Err(e) = agent.start(spec).await {
+                if let Err(e) = agent.start(&spec).await {
                     if let Some(port) = e.port_in_use() {
                         let moved = self.move_port(db)?;
                         return Err(ApiErr::unavailable(format!(
@@ -179,16 +184,80 @@ impl Executor {
                     return Err(e.into());
                 }
             }
-            Action::Bootstrap => agent.bootstrap(spec).await?,
+            Action::Bootstrap => agent.bootstrap(&spec).await?,
+            Action::CreateSlot => {
+                let l = leader.ok_or_else(|| ApiErr::not_found("its leader is gone"))?;
+                self.hosts
+                    .agent(&l.host)?
+                    .create_slot(&l.id, &db.slot_name())
+                    .await?
+            }
+            Action::BaseBackup => {
+                let progress = self.progress_reporter(op);
+                agent.basebackup(&spec, progress).await?
+            }
+            Action::CheckCaughtUp => {
+                let lag = crate::lag::measure(&self.hosts, state, db).await?;
+                if !is_caught_up(&lag) {
+                    return Ok(Outcome::NotYet(format!(
+                        "catching up: {} behind",
+                        lag.commits_label()
+                    )));
+                }
+            }
+            Action::DropSlot => {
+                if let Some(l) = leader {
+                    self.hosts
+                        .agent(&l.host)?
+                        .drop_slot(&l.id, &db.slot_name())
+                        .await?
+                }
+            }
             Action::DestroyCluster => agent.destroy(&db.id).await?,
             Action::Fail(_) => {
                 if let Err(e) = agent.destroy(&db.id).await {
                     tracing::warn!("could not remove the files of failed {}: {e}", db.name);
                 }
+                if let Some(l) = leader.filter(|l| l.is_live()) {
+                    if let Ok(a) = self.hosts.agent(&l.host) {
+                        if let Err(e) = a.drop_slot(&l.id, &db.slot_name()).await {
+                            tracing::warn!(
+                                "could not drop the slot of failed {} on {}: {e}",
+                                db.name,
+                                l.color
+                            );
+                        }
+                    }
+                }
             }
             Action::MarkAvailable | Action::Forget | Action::Cancel | Action::Wait => {}
         }
-        Ok(())
+        Ok(Outcome::Done)
+    }
+
+    /// A callback that records a base backup's progress on the operation,
+    /// once per percent.
+    fn progress_reporter(
+        &self,
+        op: Option<&OperationRecord>,
+    ) -> impl Fn(u64, u64) + Send + Sync + 'static {
+        let store = self.store.clone();
+        let op_id = op.map(|o| o.id.clone());
+        let last = Arc::new(std::sync::atomic::AtomicU8::new(u8::MAX));
+        move |done: u64, total: u64| {
+            let Some(op_id) = &op_id else { return };
+            let percent = (done.min(total) * 100).checked_div(total).unwrap_or(0) as u8;
+            if last.swap(percent, std::sync::atomic::Ordering::Relaxed) == percent {
+                return;
+            }
+            let _ = store.update(|state| {
+                if let Some(o) = state.operations.get_mut(op_id) {
+                    o.progress_percent = Some(percent);
+                    o.updated_at = Utc::now();
+                }
+                Ok(())
+            });
+        }
     }
 
     fn move_port(&self, db: &DatabaseRecord) -> Result<u16, ApiErr> {
@@ -224,7 +293,7 @@ impl Executor {
             o.state = OperationState::Running;
             o.done.push(action.step().to_string());
             match action {
-                Action::MarkAvailable => {
+                Action::MarkAvailable | Action::CheckCaughtUp => {
                     o.state = OperationState::Done;
                     o.progress_percent = Some(100);
                     if let Some(d) = state.databases.get_mut(&db.id) {
@@ -293,6 +362,18 @@ impl Executor {
         })
     }
 
+    fn record_detail(&self, db: &DatabaseRecord, detail: &str) -> Result<(), ApiErr> {
+        if db.status_detail.as_deref() == Some(detail) {
+            return Ok(());
+        }
+        self.store.update(|state| {
+            if let Some(d) = state.databases.get_mut(&db.id) {
+                d.status_detail = Some(detail.to_string());
+            }
+            Ok(())
+        })
+    }
+
     fn record_reconciled(&self, db: &DatabaseRecord, action: &Action) -> Result<(), ApiErr> {
         if *action != Action::MarkAvailable {
             return Ok(());
@@ -315,6 +396,13 @@ impl Executor {
             Ok(())
         })
     }
+}
+
+/// What a step came to.
+enum Outcome {
+    Done,
+    /// Nothing went wrong, but the step is not complete yet (why).
+    NotYet(String),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

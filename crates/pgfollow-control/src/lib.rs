@@ -7,6 +7,7 @@ pub mod config;
 mod error;
 mod executor;
 mod hosts;
+mod lag;
 mod provision;
 mod resolve;
 mod server;

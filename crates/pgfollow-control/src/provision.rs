@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 
 use chrono::{DateTime, Utc};
-use pgfollow_types::agent::{ClusterSpec, PgSettings, RoleSecret};
+use pgfollow_types::agent::{ClusterSpec, PgSettings, RoleSecret, Upstream};
 use pgfollow_types::api::DatabaseState;
 use pgfollow_types::model::{
     BillingRecord, DatabaseRecord, Desired, HostRecord, OperationKind, OperationRecord,
@@ -60,6 +60,40 @@ pub fn pick_port(state: &State, range: (u16, u16), address: &str) -> Result<u16,
     )))
 }
 
+/// Where a new database goes: for a follower, a host other than its
+/// leader's (in another zone when zones are set) whenever one exists; else
+/// the host with the fewest databases.
+pub fn choose_host(state: &State, leader: Option<&DatabaseRecord>) -> Result<HostRecord, ApiErr> {
+    if let Some(l) = leader {
+        if !state.hosts.values().any(|h| h.pg_major == l.pg_major) {
+            return Err(ApiErr::bad_request(format!(
+                "{} runs PostgreSQL {} and no host has that major version; a follower must run its leader's major version",
+                l.color, l.pg_major
+            )));
+        }
+    }
+    let load = |h: &HostRecord| {
+        state
+            .databases
+            .values()
+            .filter(|d| d.is_live() && d.host == h.name)
+            .count()
+    };
+    let leader_host = leader.and_then(|l| state.hosts.get(&l.host));
+    let rank = |h: &HostRecord| {
+        let same_host = leader_host.is_some_and(|lh| lh.name == h.name);
+        let same_zone = leader_host.is_some_and(|lh| lh.zone.is_some() && lh.zone == h.zone);
+        (same_host, same_zone, load(h), h.name.clone())
+    };
+    state
+        .hosts
+        .values()
+        .filter(|h| leader.is_none_or(|l| l.pg_major == h.pg_major))
+        .min_by_key(|h| rank(h))
+        .cloned()
+        .ok_or_else(|| ApiErr::unavailable("no host has an agent; start `pgfollow agent` on one"))
+}
+
 /// What `add_database` needs besides the state.
 pub struct NewDatabase<'a> {
     pub app: &'a str,
@@ -67,6 +101,8 @@ pub struct NewDatabase<'a> {
     pub host: &'a HostRecord,
     pub port_range: (u16, u16),
     pub now: DateTime<Utc>,
+    /// The database the new one follows, for a follower.
+    pub leader: Option<&'a DatabaseRecord>,
 }
 
 /// Adds a database, its attachments, its billing record and its provision
@@ -98,21 +134,32 @@ pub fn add_database(state: &mut State, new: &NewDatabase<'_>) -> Result<(String,
         plan: new.plan.clone(),
         host: new.host.name.clone(),
         port,
-        database: identifier('d'),
-        owner: RoleSecret {
-            name: identifier('u'),
-            password: secret(),
-        },
-        replication: RoleSecret {
-            name: identifier('r'),
-            password: secret(),
-        },
+        // A follower is a physical copy: its roles and database are the
+        // leader's.
+        database: new
+            .leader
+            .map_or_else(|| identifier('d'), |l| l.database.clone()),
+        owner: new.leader.map_or_else(
+            || RoleSecret {
+                name: identifier('u'),
+                password: secret(),
+            },
+            |l| l.owner.clone(),
+        ),
+        replication: new.leader.map_or_else(
+            || RoleSecret {
+                name: identifier('r'),
+                password: secret(),
+            },
+            |l| l.replication.clone(),
+        ),
         pg_major: new.host.pg_major,
         created_at: new.now,
         desired: Desired::Running,
         state: DatabaseState::Preparing,
         status_detail: None,
         pg_version: None,
+        following: new.leader.map(|l| l.id.clone()),
     };
     state.billing.push(BillingRecord {
         app: app.name.clone(),
@@ -195,13 +242,30 @@ pub fn remove_database(state: &mut State, id: &str, now: DateTime<Utc>) -> Resul
     Ok(op_id)
 }
 
+/// The address of `host`'s databases.
+pub fn host_address(state: &State, host: &str) -> String {
+    state
+        .hosts
+        .get(host)
+        .map(|h| h.address.clone())
+        .unwrap_or_else(|| "127.0.0.1".to_string())
+}
+
 /// The cluster the agent should make of `db`.
 pub fn cluster_spec(state: &State, db: &DatabaseRecord) -> ClusterSpec {
-    let listen_address = state
-        .hosts
-        .get(&db.host)
-        .map(|h| h.address.clone())
-        .unwrap_or_else(|| "127.0.0.1".to_string());
+    let listen_address = host_address(state, &db.host);
+    let upstream = db
+        .following
+        .as_ref()
+        .and_then(|id| state.databases.get(id))
+        .map(|leader| Upstream {
+            host: host_address(state, &leader.host),
+            port: leader.port,
+            user: leader.replication.name.clone(),
+            password: leader.replication.password.clone(),
+            slot: db.slot_name(),
+            application_name: db.id.clone(),
+        });
     ClusterSpec {
         id: db.id.clone(),
         port: db.port,
@@ -210,7 +274,7 @@ pub fn cluster_spec(state: &State, db: &DatabaseRecord) -> ClusterSpec {
         database: db.database.clone(),
         owner: db.owner.clone(),
         replication: db.replication.clone(),
-        upstream: None,
+        upstream,
     }
 }
 

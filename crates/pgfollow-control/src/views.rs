@@ -9,6 +9,31 @@ use pgfollow_types::model::{AppRecord, DatabaseRecord, State};
 /// The attachment that makes a database the app's main one.
 pub const MAIN_ATTACHMENT: &str = "DATABASE";
 
+/// `Fork/Follow` when the database can be followed.
+pub const FORK_FOLLOW_AVAILABLE: &str = "Available";
+
+/// `Fork/Follow` of a database.
+pub fn fork_follow(db: &DatabaseRecord) -> String {
+    if db.is_follower() {
+        "Unavailable on followers".to_string()
+    } else if db.plan.tier == pgfollow_types::Tier::Hobby {
+        "Unsupported on the hobby tier".to_string()
+    } else if db.state == pgfollow_types::api::DatabaseState::Available {
+        FORK_FOLLOW_AVAILABLE.to_string()
+    } else {
+        "Temporarily Unavailable".to_string()
+    }
+}
+
+/// The live followers of database `id`.
+pub fn followers_of<'a>(state: &'a State, id: &str) -> Vec<&'a DatabaseRecord> {
+    state
+        .databases
+        .values()
+        .filter(|d| d.is_live() && d.following.as_deref() == Some(id))
+        .collect()
+}
+
 /// How to reach `db`.
 pub fn credentials(state: &State, db: &DatabaseRecord) -> Credentials {
     let host = state

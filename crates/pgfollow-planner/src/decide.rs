@@ -2,6 +2,7 @@
 
 use pgfollow_types::agent::ClusterStatus;
 use pgfollow_types::api::DatabaseState;
+use pgfollow_types::api::Lag;
 use pgfollow_types::model::{DatabaseRecord, Desired, OperationKind, OperationRecord};
 
 /// A step gives up after failing this many times in a row.
@@ -20,6 +21,14 @@ pub enum Observed {
 pub enum Action {
     /// Create the data directory (initdb) and render its configuration.
     Initialize,
+    /// Create the follower's replication slot on its leader.
+    CreateSlot,
+    /// Copy the leader with `pg_basebackup` and configure a standby.
+    BaseBackup,
+    /// Measure the follower's lag; it is available once caught up.
+    CheckCaughtUp,
+    /// Drop a destroyed follower's slot on its leader.
+    DropSlot,
     /// Start postgres.
     Start,
     /// Create the owner and replication roles and the app's database.
@@ -43,6 +52,10 @@ impl Action {
     pub fn step(&self) -> &'static str {
         match self {
             Action::Initialize => "initialize",
+            Action::CreateSlot => "create-slot",
+            Action::BaseBackup => "base-backup",
+            Action::CheckCaughtUp => "check-caught-up",
+            Action::DropSlot => "drop-slot",
             Action::Start => "start",
             Action::Bootstrap => "bootstrap",
             Action::MarkAvailable => "mark-available",
@@ -77,12 +90,109 @@ fn is_being_destroyed(db: &DatabaseRecord) -> bool {
     db.desired == Desired::Absent
 }
 
-/// The next step of `op` on `db`.
-pub fn decide(db: &DatabaseRecord, op: &OperationRecord, observed: &Observed) -> Decision {
+/// The next step of `op` on `db`. `leader` is the database `db` follows,
+/// when it is a follower and its leader still exists.
+pub fn decide(
+    db: &DatabaseRecord,
+    op: &OperationRecord,
+    observed: &Observed,
+    leader: Option<&DatabaseRecord>,
+) -> Decision {
     match op.kind {
+        OperationKind::Provision if db.is_follower() => decide_follower(db, op, observed, leader),
         OperationKind::Provision => decide_provision(db, op, observed),
-        OperationKind::Destroy => decide_destroy(db, op, observed),
+        OperationKind::Destroy => decide_destroy(db, op, observed, leader),
     }
+}
+
+fn leader_is_usable(leader: Option<&DatabaseRecord>) -> bool {
+    leader.is_some_and(|l| l.is_live() && l.state == DatabaseState::Available)
+}
+
+fn decide_follower(
+    db: &DatabaseRecord,
+    op: &OperationRecord,
+    observed: &Observed,
+    leader: Option<&DatabaseRecord>,
+) -> Decision {
+    if is_being_destroyed(db) {
+        return decision(
+            db,
+            Action::Cancel,
+            "it is being destroyed; the provision stops",
+        );
+    }
+    if let Some(d) = give_up(db, op) {
+        return d;
+    }
+    let Some(l) = leader.filter(|l| l.is_live()) else {
+        return decision(
+            db,
+            Action::Fail("its leader was destroyed before the follower was ready".into()),
+            "its leader is gone; giving up",
+        );
+    };
+    let cluster = match observed {
+        Observed::HostUnreachable(host) => {
+            return decision(
+                db,
+                Action::Wait,
+                format!("host {host} does not answer; waiting"),
+            )
+        }
+        Observed::Cluster(c) => c,
+    };
+    if !op.has_done(Action::CreateSlot.step()) {
+        if !leader_is_usable(Some(l)) {
+            return decision(
+                db,
+                Action::Wait,
+                format!("waiting for its leader {} to be available", l.color),
+            );
+        }
+        return decision(
+            db,
+            Action::CreateSlot,
+            format!("creating its replication slot on {}", l.color),
+        );
+    }
+    if !cluster.initialized {
+        return decision(
+            db,
+            Action::BaseBackup,
+            format!("copying {} with pg_basebackup", l.color),
+        );
+    }
+    if !cluster.running {
+        return decision(
+            db,
+            Action::Start,
+            "copied but not running; starting it as a hot standby",
+        );
+    }
+    decision(
+        db,
+        Action::CheckCaughtUp,
+        format!(
+            "streaming from {}; checking whether it has caught up",
+            l.color
+        ),
+    )
+}
+
+fn give_up(db: &DatabaseRecord, op: &OperationRecord) -> Option<Decision> {
+    if !has_given_up(op) {
+        return None;
+    }
+    let reason = op
+        .last_error
+        .clone()
+        .unwrap_or_else(|| "the provision failed".to_string());
+    Some(decision(
+        db,
+        Action::Fail(reason.clone()),
+        format!("giving up after {} failed attempts: {reason}", op.failures),
+    ))
 }
 
 fn decide_provision(db: &DatabaseRecord, op: &OperationRecord, observed: &Observed) -> Decision {
@@ -142,7 +252,12 @@ fn decide_provision(db: &DatabaseRecord, op: &OperationRecord, observed: &Observ
     )
 }
 
-fn decide_destroy(db: &DatabaseRecord, op: &OperationRecord, observed: &Observed) -> Decision {
+fn decide_destroy(
+    db: &DatabaseRecord,
+    op: &OperationRecord,
+    observed: &Observed,
+    leader: Option<&DatabaseRecord>,
+) -> Decision {
     let cluster = match observed {
         Observed::HostUnreachable(host) => {
             return decision(
@@ -160,7 +275,25 @@ fn decide_destroy(db: &DatabaseRecord, op: &OperationRecord, observed: &Observed
             "stopping postgres and removing its files",
         );
     }
+    if let Some(l) = leader.filter(|l| l.is_live()) {
+        if !op.has_done(Action::DropSlot.step()) {
+            return decision(
+                db,
+                Action::DropSlot,
+                format!("dropping its replication slot on {}", l.color),
+            );
+        }
+    }
     decision(db, Action::Forget, "its files are gone; forgetting it")
+}
+
+/// A follower this close to its leader counts as caught up.
+pub const CAUGHT_UP_COMMITS: u64 = 100;
+
+/// Whether a preparing follower may become available: it streams and is
+/// within [`CAUGHT_UP_COMMITS`] commits of its leader (counted to the end).
+pub fn is_caught_up(lag: &Lag) -> bool {
+    lag.streaming && !lag.more_than && lag.commits <= CAUGHT_UP_COMMITS
 }
 
 /// What to do about a database no operation is working on, if anything:
@@ -221,6 +354,7 @@ mod tests {
             state,
             status_detail: None,
             pg_version: None,
+            following: None,
         }
     }
 
@@ -280,6 +414,7 @@ mod tests {
                 &preparing,
                 &op(OperationKind::Provision, done, *failures),
                 observed,
+                None,
             );
             assert_eq!(
                 &got.action, want,
@@ -291,7 +426,12 @@ mod tests {
     #[test]
     fn a_provision_of_a_database_being_destroyed_is_cancelled() {
         let d = db(DatabaseState::Deprovisioning, Desired::Absent);
-        let got = decide(&d, &op(OperationKind::Provision, &[], 0), &seen(true, true));
+        let got = decide(
+            &d,
+            &op(OperationKind::Provision, &[], 0),
+            &seen(true, true),
+            None,
+        );
         assert_eq!(got.action, Action::Cancel);
     }
 
@@ -306,7 +446,7 @@ mod tests {
             (&[], Observed::HostUnreachable("h".into()), Action::Wait),
         ];
         for (done, observed, want) in table {
-            let got = decide(&d, &op(OperationKind::Destroy, done, 0), observed);
+            let got = decide(&d, &op(OperationKind::Destroy, done, 0), observed, None);
             assert_eq!(&got.action, want, "done {done:?}, {observed:?}");
         }
     }
@@ -339,10 +479,102 @@ mod tests {
             &d,
             &op(OperationKind::Provision, &[], 0),
             &seen(false, false),
+            None,
         );
         assert_eq!(
             got.sentence,
             "WHITE (postgresql-shiny-12345 of sushi): no data directory yet; initializing one"
         );
+    }
+
+    fn follower(leader: &DatabaseRecord) -> DatabaseRecord {
+        let mut f = db(DatabaseState::Preparing, Desired::Running);
+        f.id = "db-2".into();
+        f.color = Color::parse("CHARCOAL").unwrap();
+        f.following = Some(leader.id.clone());
+        f
+    }
+
+    #[test]
+    fn a_follower_is_slotted_copied_started_then_checked() {
+        use Action::*;
+        let leader = db(DatabaseState::Available, Desired::Running);
+        let f = follower(&leader);
+        let table: &[(&[&str], Observed, Action)] = &[
+            (&[], seen(false, false), CreateSlot),
+            (&["create-slot"], seen(false, false), BaseBackup),
+            (&["create-slot", "base-backup"], seen(true, false), Start),
+            (
+                &["create-slot", "base-backup", "start"],
+                seen(true, true),
+                CheckCaughtUp,
+            ),
+            // Restarted mid-copy: the copy starts again.
+            (&["create-slot"], seen(false, false), BaseBackup),
+            (&[], Observed::HostUnreachable("h2".into()), Wait),
+        ];
+        for (done, observed, want) in table {
+            let got = decide(
+                &f,
+                &op(OperationKind::Provision, done, 0),
+                observed,
+                Some(&leader),
+            );
+            assert_eq!(&got.action, want, "done {done:?}, {observed:?}");
+        }
+    }
+
+    #[test]
+    fn a_follower_waits_for_its_leader_and_fails_without_one() {
+        let preparing_leader = db(DatabaseState::Preparing, Desired::Running);
+        let f = follower(&preparing_leader);
+        let provision = op(OperationKind::Provision, &[], 0);
+        let got = decide(&f, &provision, &seen(false, false), Some(&preparing_leader));
+        assert_eq!(got.action, Action::Wait);
+        let got = decide(&f, &provision, &seen(false, false), None);
+        assert!(matches!(got.action, Action::Fail(_)), "{got:?}");
+        let gone = db(DatabaseState::Deprovisioning, Desired::Absent);
+        let got = decide(&f, &provision, &seen(false, false), Some(&gone));
+        assert!(matches!(got.action, Action::Fail(_)), "{got:?}");
+    }
+
+    #[test]
+    fn destroying_a_follower_drops_its_slot_on_a_live_leader() {
+        let leader = db(DatabaseState::Available, Desired::Running);
+        let mut f = follower(&leader);
+        f.desired = Desired::Absent;
+        let destroy = |done: &[&str]| op(OperationKind::Destroy, done, 0);
+        let got = decide(
+            &f,
+            &destroy(&["destroy"]),
+            &seen(false, false),
+            Some(&leader),
+        );
+        assert_eq!(got.action, Action::DropSlot);
+        let got = decide(
+            &f,
+            &destroy(&["destroy", "drop-slot"]),
+            &seen(false, false),
+            Some(&leader),
+        );
+        assert_eq!(got.action, Action::Forget);
+        let got = decide(&f, &destroy(&["destroy"]), &seen(false, false), None);
+        assert_eq!(got.action, Action::Forget);
+    }
+
+    #[test]
+    fn caught_up_means_streaming_and_close() {
+        let lag = |commits, more_than, streaming| Lag {
+            commits,
+            more_than,
+            bytes: 0,
+            seconds: 0.0,
+            streaming,
+        };
+        assert!(is_caught_up(&lag(0, false, true)));
+        assert!(is_caught_up(&lag(CAUGHT_UP_COMMITS, false, true)));
+        assert!(!is_caught_up(&lag(CAUGHT_UP_COMMITS + 1, false, true)));
+        assert!(!is_caught_up(&lag(5, true, true)));
+        assert!(!is_caught_up(&lag(0, false, false)));
     }
 }

@@ -6,4 +6,7 @@
 
 mod decide;
 
-pub use decide::{decide, reconcile, Action, Decision, Observed, MAX_STEP_FAILURES};
+pub use decide::{
+    decide, is_caught_up, reconcile, Action, Decision, Observed, CAUGHT_UP_COMMITS,
+    MAX_STEP_FAILURES,
+};

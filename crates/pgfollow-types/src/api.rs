@@ -198,6 +198,44 @@ pub struct DatabaseInfo {
     /// Colours of this database's followers.
     #[serde(default)]
     pub followers: Vec<String>,
+    /// On a follower: how far behind its leader it is.
+    #[serde(default)]
+    pub behind_by: Option<Lag>,
+}
+
+/// How far a follower is behind its leader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Lag {
+    /// Commit records between the follower's replay position and the
+    /// leader's current WAL position.
+    pub commits: u64,
+    /// True when the gap was too large to count to its end: then the
+    /// follower is *more than* `commits` behind.
+    pub more_than: bool,
+    /// Bytes of WAL between the two positions.
+    pub bytes: u64,
+    /// Seconds since the last transaction the follower replayed was
+    /// committed on the leader; 0 when it has replayed everything.
+    pub seconds: f64,
+    /// Whether it is streaming from the leader right now.
+    pub streaming: bool,
+}
+
+impl Lag {
+    /// `125 commits`, `more than 100000 commits`.
+    pub fn commits_label(&self) -> String {
+        let unit = if self.commits == 1 && !self.more_than {
+            "commit"
+        } else {
+            "commits"
+        };
+        if self.more_than {
+            format!("more than {} {unit}", self.commits)
+        } else {
+            format!("{} {unit}", self.commits)
+        }
+    }
 }
 
 /// One backend in `pg:ps`.

@@ -72,6 +72,24 @@ pub struct DatabaseRecord {
     pub status_detail: Option<String>,
     /// `server_version` last seen.
     pub pg_version: Option<String>,
+    /// On a follower: the id of the leader it streams from.
+    #[serde(default)]
+    pub following: Option<String>,
+}
+
+impl DatabaseRecord {
+    pub fn is_follower(&self) -> bool {
+        self.following.is_some()
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.desired == Desired::Running
+    }
+
+    /// The replication slot that keeps WAL on the leader for this follower.
+    pub fn slot_name(&self) -> String {
+        format!("pgfollow_{}", self.id.replace('-', "_"))
+    }
 }
 
 /// What an operation does.

@@ -2,10 +2,13 @@
 //! named after what a user sees. Each test starts its own server (testkit)
 //! in a temporary directory; every wait is bounded.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 mod common;
 
 mod apps_and_config;
 mod bad_input;
 mod databases;
 mod durability;
+mod followers;
 mod security;

@@ -5,12 +5,13 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use pgfollow_types::api::{AddonSummary, CreateAddon, CreateAddonResponse, DestroyAddonResponse};
-use pgfollow_types::model::Desired;
+use pgfollow_types::model::{DatabaseRecord, Desired};
+use pgfollow_types::{Plan, Tier};
 
 use super::apps::{check_confirm, ConfirmQuery};
 use super::{changed, Shared};
 use crate::error::ApiErr;
-use crate::provision::{add_database, remove_database, NewDatabase};
+use crate::provision::{add_database, choose_host, remove_database, NewDatabase};
 use crate::resolve::{find_app, resolve_db};
 use crate::views;
 
@@ -47,18 +48,19 @@ pub async fn create(
             req.plan
         ))
     })?;
-    if req.follow.is_some() {
-        return Err(ApiErr::bad_request(
-            "this server cannot create followers yet; create the database without --follow",
-        ));
-    }
     let (id, op) = changed(
         &ctx,
         ctx.store.update(|state| {
             find_app(state, &app)?;
-            let host = state.hosts.values().next().cloned().ok_or_else(|| {
-                ApiErr::unavailable("no host has an agent; start `pgfollow agent`")
-            })?;
+            let leader = match &req.follow {
+                Some(reference) => {
+                    let l = resolve_db(state, &app, reference)?;
+                    check_followable(l, plan)?;
+                    Some(l.clone())
+                }
+                None => None,
+            };
+            let host = choose_host(state, leader.as_ref())?;
             add_database(
                 state,
                 &NewDatabase {
@@ -67,6 +69,7 @@ pub async fn create(
                     host: &host,
                     port_range: ctx.port_range,
                     now: Utc::now(),
+                    leader: leader.as_ref(),
                 },
             )
         }),
@@ -116,6 +119,18 @@ pub async fn destroy(
         ctx.store.update(|state| {
             let db = resolve_db(state, &app, &reference)?.clone();
             check_confirm(&app, q.confirm.as_deref())?;
+            let followers = views::followers_of(state, &db.id);
+            if !followers.is_empty() {
+                return Err(ApiErr::conflict(format!(
+                    "{} has followers ({}); destroy or unfollow them first",
+                    db.color,
+                    followers
+                        .iter()
+                        .map(|f| f.color.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
             if db.app.as_str() != app {
                 return Err(ApiErr::bad_request(format!(
                     "{} belongs to app {}; destroy it from there (--app {})",
@@ -140,4 +155,34 @@ pub async fn destroy(
         answer.name
     );
     Ok(Json(answer))
+}
+
+/// The rules a leader and a new follower's plan must meet.
+pub fn check_followable(leader: &DatabaseRecord, plan: &Plan) -> Result<(), ApiErr> {
+    if leader.is_follower() {
+        return Err(ApiErr::bad_request(format!(
+            "{} is itself a follower and followers cannot be chained; follow its leader instead",
+            leader.color
+        )));
+    }
+    if leader.plan.tier == Tier::Hobby {
+        return Err(ApiErr::bad_request(format!(
+            "{} is on the hobby tier ({}), which cannot be followed; move it to a standard, premium or enterprise plan first",
+            leader.color, leader.plan.name
+        )));
+    }
+    if plan.tier == Tier::Hobby {
+        return Err(ApiErr::bad_request(format!(
+            "a follower cannot be on the hobby tier ({}); pick a standard, premium or enterprise plan from `pgfollow plans`",
+            plan.name
+        )));
+    }
+    let fork_follow = views::fork_follow(leader);
+    if fork_follow != views::FORK_FOLLOW_AVAILABLE {
+        return Err(ApiErr::conflict(format!(
+            "{} cannot be followed yet (Fork/Follow: {fork_follow}); wait until `pgfollow pg:info` shows Available",
+            leader.color
+        )));
+    }
+    Ok(())
 }

@@ -9,7 +9,6 @@ use pgfollow_types::api::{
     KillResponse,
 };
 use pgfollow_types::model::{DatabaseRecord, Desired, State as Catalog};
-use pgfollow_types::Tier;
 
 use super::apps::check_confirm;
 use super::{Ctx, Shared};
@@ -21,17 +20,6 @@ use crate::views;
 
 /// How long `pg:info` waits for a database's own numbers.
 const STATS_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// `Fork/Follow` of a leader.
-fn fork_follow(db: &DatabaseRecord) -> String {
-    if db.plan.tier == Tier::Hobby {
-        "Unsupported on the hobby tier".to_string()
-    } else if db.state == DatabaseState::Available {
-        "Available".to_string()
-    } else {
-        "Temporarily Unavailable".to_string()
-    }
-}
 
 async fn info_of(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> DatabaseInfo {
     let agent = ctx.hosts.get(&db.host);
@@ -59,6 +47,33 @@ async fn info_of(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> DatabaseInf
             detail = Some(format!("retrying after: {e}"));
         }
     }
+    let leader = db.following.as_ref().and_then(|id| state.databases.get(id));
+    let behind_by = match leader {
+        Some(_) if running && status != DatabaseState::Preparing => {
+            tokio::time::timeout(STATS_TIMEOUT, crate::lag::measure(&ctx.hosts, state, db))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+        _ => None,
+    };
+    let following = leader.map(|l| {
+        if l.app == db.app {
+            l.color.to_string()
+        } else {
+            format!("{}::{}", l.app, l.color)
+        }
+    });
+    let followers = views::followers_of(state, &db.id)
+        .into_iter()
+        .map(|f| {
+            if f.app == db.app {
+                f.color.to_string()
+            } else {
+                format!("{}::{}", f.app, f.color)
+            }
+        })
+        .collect();
     DatabaseInfo {
         name: db.name.clone(),
         color: db.color.clone(),
@@ -79,10 +94,11 @@ async fn info_of(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> DatabaseInf
         data_size_bytes: stats.as_ref().map(|s| s.data_size_bytes),
         storage_limit_gb: db.plan.storage_limit_gb,
         tables: stats.as_ref().map(|s| s.tables),
-        fork_follow: fork_follow(db),
+        fork_follow: views::fork_follow(db),
         host: db.host.clone(),
-        following: None,
-        followers: Vec::new(),
+        following,
+        followers,
+        behind_by,
     }
 }
 
@@ -214,6 +230,18 @@ pub async fn rotate(
 ) -> Result<Json<Credentials>, ApiErr> {
     let db = resolve_db(&ctx.store.read()?, &app, &reference)?.clone();
     check_confirm(&app, Some(&req.confirm))?;
+    if let Some(leader) = db.following.as_ref() {
+        let state = ctx.store.read()?;
+        let color = state
+            .databases
+            .get(leader)
+            .map(|l| l.color.to_string())
+            .unwrap_or_default();
+        return Err(ApiErr::bad_request(format!(
+            "{} is a follower and shares its leader's credentials; rotate those of {color} instead",
+            db.color
+        )));
+    }
     available(&db)?;
     let mut owner = db.owner.clone();
     owner.password = secret();
@@ -226,6 +254,12 @@ pub async fn rotate(
             .ok_or_else(|| ApiErr::not_found("the database was destroyed meanwhile"))?;
         d.owner = owner.clone();
         let d = d.clone();
+        // Followers are copies: the new password reaches them by replication.
+        for f in state.databases.values_mut() {
+            if f.following.as_deref() == Some(d.id.as_str()) {
+                f.owner = owner.clone();
+            }
+        }
         Ok(views::credentials(state, &d))
     })?;
     tracing::info!("{} ({}): rotated the owner's password", db.color, db.name);

@@ -1,0 +1,431 @@
+//! Followers: creating them, the rules, exact lag, placement and resilience.
+
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::common::*;
+
+/// Runs SQL as the superuser over the agent's own Unix socket, the way an
+/// operator on the host would.
+fn superuser_sql(s: &Server, app: &str, db: &str, sql: &str) -> String {
+    let info = s.cli(&["pg:info", db, "--app", app, "--json"]).ok().json();
+    let creds = s
+        .cli(&["pg:credentials:url", db, "--app", app, "--json"])
+        .ok()
+        .json();
+    let dir = cluster_dir_of(s, info["name"].as_str().unwrap());
+    let out = pgfollow_testkit::run_bounded(
+        Command::new("psql")
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(dir.join("run"))
+            .args([
+                "-p",
+                &creds["port"].to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    out.ok().stdout
+}
+
+/// The cluster directory of the database with add-on name `name`.
+fn cluster_dir_of(s: &Server, name: &str) -> std::path::PathBuf {
+    let status = s.cli(&["hosts", "--json"]).ok().json();
+    let _ = status;
+    // The catalog maps names to ids; the API does not show ids, so find the
+    // directory whose port matches.
+    let port = s
+        .cli(&[
+            "pg:credentials:url",
+            name,
+            "--app",
+            &app_of(s, name),
+            "--json",
+        ])
+        .ok()
+        .json()["port"]
+        .as_u64()
+        .unwrap();
+    for dir in cluster_dirs(s) {
+        let path = s.data_dir().join("clusters").join(&dir);
+        let conf = std::fs::read_to_string(path.join("pgdata/pgfollow.conf")).unwrap_or_default();
+        if conf.lines().any(|l| l.trim() == format!("port = {port}")) {
+            return path;
+        }
+    }
+    panic!("no cluster directory with port {port}");
+}
+
+fn app_of(s: &Server, name: &str) -> String {
+    let apps = s.cli(&["apps", "--json"]).ok().json();
+    apps.as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["databases"].as_array().unwrap().iter().any(|d| d == name))
+        .map(|a| a["name"].as_str().unwrap().to_string())
+        .expect("an app owns the database")
+}
+
+fn leader_and_follower(s: &Server) -> (String, String) {
+    let leader = app_with_database(s, "sushi", "standard-0");
+    let out = s
+        .cli(&[
+            "addons:create",
+            "standard-0",
+            "--follow",
+            "WHITE",
+            "--app",
+            "sushi",
+            "--json",
+        ])
+        .ok();
+    let follower = out.json()["database"]["name"].as_str().unwrap().to_string();
+    let wait = s
+        .cli(&["pg:wait", "--app", "sushi", "--timeout", "180"])
+        .ok();
+    assert!(wait.stdout.contains("available"), "{}", wait.stdout);
+    (leader, follower)
+}
+
+#[test]
+fn a_follower_streams_every_commit_and_is_read_only() {
+    let s = server();
+    let (_leader, follower) = leader_and_follower(&s);
+    let white = s.cli(&["pg:info", "WHITE", "--app", "sushi"]).ok().stdout;
+    assert!(
+        white.contains("Followers:   PGFOLLOW_POSTGRESQL_CHARCOAL\n"),
+        "{white}"
+    );
+    let charcoal = s
+        .cli(&["pg:info", "CHARCOAL", "--app", "sushi"])
+        .ok()
+        .stdout;
+    for want in [
+        "Following:",
+        "WHITE",
+        "Behind By:",
+        "commit",
+        "Unavailable on followers",
+        "available",
+    ] {
+        assert!(
+            charcoal.contains(want),
+            "pg:info of the follower lacks {want:?}:\n{charcoal}"
+        );
+    }
+
+    psql(
+        &s,
+        "sushi",
+        "WHITE",
+        "create table orders (id int primary key)",
+    );
+    for i in 0..20 {
+        psql(
+            &s,
+            "sushi",
+            "WHITE",
+            &format!("insert into orders values ({i})"),
+        );
+    }
+    let follower_url = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
+    eventually(
+        Duration::from_secs(30),
+        "the follower has every order",
+        || psql_url(&follower_url, "select count(*) from orders").stdout == "20\n",
+    );
+    let refused = psql_url(&follower_url, "insert into orders values (100)").failed();
+    assert!(
+        refused.stderr.contains("read-only transaction"),
+        "{}",
+        refused.stderr
+    );
+
+    let json = s
+        .cli(&["pg:info", &follower, "--app", "sushi", "--json"])
+        .ok()
+        .json();
+    assert_eq!(json["following"], "WHITE");
+    assert!(json["behind_by"]["commits"].is_u64(), "{json}");
+    assert!(json["behind_by"]["bytes"].is_u64(), "{json}");
+    assert!(json["behind_by"]["seconds"].is_number(), "{json}");
+}
+
+#[test]
+fn behind_by_counts_commits_exactly() {
+    let s = server();
+    leader_and_follower(&s);
+    psql(&s, "sushi", "WHITE", "create table t (id int)");
+    eventually(Duration::from_secs(30), "caught up", || {
+        s.cli(&["pg:info", "CHARCOAL", "--app", "sushi", "--json"])
+            .ok()
+            .json()["behind_by"]["commits"]
+            == 0
+    });
+    superuser_sql(&s, "sushi", "CHARCOAL", "select pg_wal_replay_pause()");
+    for i in 0..7 {
+        psql(&s, "sushi", "WHITE", &format!("insert into t values ({i})"));
+    }
+    // A rolled-back transaction is not a commit.
+    psql(
+        &s,
+        "sushi",
+        "WHITE",
+        "begin; insert into t values (99); rollback;",
+    );
+    let info = s
+        .cli(&["pg:info", "CHARCOAL", "--app", "sushi", "--json"])
+        .ok()
+        .json();
+    assert_eq!(info["behind_by"]["commits"], 7, "{info}");
+    assert_eq!(info["behind_by"]["more_than"], false);
+    assert!(info["behind_by"]["bytes"].as_u64().unwrap() > 0);
+    let text = s
+        .cli(&["pg:info", "CHARCOAL", "--app", "sushi"])
+        .ok()
+        .stdout;
+    assert!(text.contains("7 commits"), "{text}");
+    superuser_sql(&s, "sushi", "CHARCOAL", "select pg_wal_replay_resume()");
+    eventually(Duration::from_secs(30), "caught up again", || {
+        s.cli(&["pg:info", "CHARCOAL", "--app", "sushi", "--json"])
+            .ok()
+            .json()["behind_by"]["commits"]
+            == 0
+    });
+}
+
+#[test]
+fn following_is_refused_when_the_rules_say_no() {
+    let s = server();
+    app_with_database(&s, "sushi", "standard-0");
+    add_database(&s, "sushi", "hobby-basic");
+    let count = || {
+        s.cli(&["addons", "--app", "sushi", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let refuse = |args: &[&str], want: &str| {
+        let out = s.cli(args).failed();
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        assert!(out.stderr.contains(want), "{want:?} not in {}", out.stderr);
+    };
+    refuse(
+        &[
+            "addons:create",
+            "standard-0",
+            "--follow",
+            "CHARCOAL",
+            "--app",
+            "sushi",
+        ],
+        "hobby",
+    );
+    refuse(
+        &[
+            "addons:create",
+            "hobby-dev",
+            "--follow",
+            "WHITE",
+            "--app",
+            "sushi",
+        ],
+        "hobby",
+    );
+    refuse(
+        &[
+            "addons:create",
+            "standard-0",
+            "--follow",
+            "AMBER",
+            "--app",
+            "sushi",
+        ],
+        "no database",
+    );
+    refuse(
+        &[
+            "addons:create",
+            "standard-0",
+            "--follow",
+            "postgres://u:p@127.0.0.1:1/x",
+            "--app",
+            "sushi",
+        ],
+        "not the URL",
+    );
+    assert_eq!(count(), 2);
+
+    // No chains.
+    s.cli(&[
+        "addons:create",
+        "standard-0",
+        "--follow",
+        "WHITE",
+        "--app",
+        "sushi",
+    ])
+    .ok();
+    wait_available(&s, "sushi");
+    refuse(
+        &[
+            "addons:create",
+            "standard-0",
+            "--follow",
+            "AMBER",
+            "--app",
+            "sushi",
+        ],
+        "chained",
+    );
+    // A leader that is still being created cannot be followed yet.
+    s.cli(&["addons:create", "standard-0", "--app", "sushi"])
+        .ok();
+    refuse(
+        &[
+            "addons:create",
+            "standard-0",
+            "--follow",
+            "AQUA",
+            "--app",
+            "sushi",
+        ],
+        "Temporarily Unavailable",
+    );
+    wait_available(&s, "sushi");
+    assert_eq!(count(), 4);
+
+    // Destroying a leader with followers is refused with their names.
+    refuse(
+        &[
+            "addons:destroy",
+            "WHITE",
+            "--app",
+            "sushi",
+            "--confirm",
+            "sushi",
+        ],
+        "AMBER",
+    );
+}
+
+#[test]
+fn a_follower_can_be_named_from_another_app_or_by_url_and_destroying_it_drops_its_slot() {
+    let s = server();
+    app_with_database(&s, "sushi", "standard-0");
+    s.cli(&["apps:create", "ramen"]).ok();
+    s.cli(&[
+        "addons:create",
+        "standard-0",
+        "--follow",
+        "sushi::DATABASE_URL",
+        "--app",
+        "ramen",
+    ])
+    .ok();
+    let url = config_get(&s, "sushi", "DATABASE_URL");
+    s.cli(&[
+        "addons:create",
+        "standard-0",
+        "--follow",
+        &url,
+        "--app",
+        "ramen",
+    ])
+    .ok();
+    wait_available(&s, "ramen");
+    let infos = info(&s, "ramen");
+    assert_eq!(infos.len(), 2);
+    assert!(
+        infos.iter().all(|i| i["following"] == "sushi::WHITE"),
+        "{infos:?}"
+    );
+    let slots = || {
+        psql_url(&url, "select count(*) from pg_replication_slots")
+            .ok()
+            .stdout
+    };
+    assert_eq!(slots(), "2\n");
+    let white = s
+        .cli(&["pg:info", "WHITE", "--app", "sushi", "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        white["followers"],
+        serde_json::json!(["ramen::WHITE", "ramen::CHARCOAL"])
+    );
+
+    s.cli(&[
+        "addons:destroy",
+        "CHARCOAL",
+        "--app",
+        "ramen",
+        "--confirm",
+        "ramen",
+    ])
+    .ok();
+    eventually(
+        Duration::from_secs(60),
+        "the destroyed follower's slot is dropped",
+        || slots() == "1\n",
+    );
+}
+
+#[test]
+fn a_follower_reconnects_after_its_leader_or_itself_restarts() {
+    let s = server();
+    leader_and_follower(&s);
+    psql(&s, "sushi", "WHITE", "create table t (id int)");
+    let follower_url = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
+    let crash = |db: &str| {
+        let info = s
+            .cli(&["pg:info", db, "--app", "sushi", "--json"])
+            .ok()
+            .json();
+        let dir = cluster_dir_of(&s, info["name"].as_str().unwrap());
+        let pid: i32 = std::fs::read_to_string(dir.join("pgdata/postmaster.pid"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    };
+    for (round, db) in ["WHITE", "CHARCOAL"].iter().enumerate() {
+        crash(db);
+        // pgfollow starts it again; the follower catches up by itself.
+        eventually(
+            Duration::from_secs(60),
+            "the leader takes writes again",
+            || {
+                s.cli(&[
+                    "pg:psql",
+                    "WHITE",
+                    "--app",
+                    "sushi",
+                    "-c",
+                    &format!("insert into t values ({round})"),
+                ])
+                .success()
+            },
+        );
+        let want = format!("{}\n", round + 1);
+        eventually(
+            Duration::from_secs(60),
+            "the follower has the new row",
+            || psql_url(&follower_url, "select count(*) from t").stdout == want,
+        );
+    }
+}

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use pgfollow_postgres::{Cluster, OsUser, PgBinaries, PgError, StopMode};
 use pgfollow_types::agent::{
-    ClusterSpec, ClusterStats, ClusterStatus, CommitCount, ReplayStatus, RoleSecret, SlotStatus,
+    AgentFailure, ClusterSpec, ClusterStats, ClusterStatus, CommitCount, ReplayStatus, RoleSecret,
+    SlotStatus,
 };
 use pgfollow_types::api::Backend;
 use pgfollow_types::model::HostRecord;
@@ -23,6 +24,12 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// An agent on another host answered with an error.
+    #[error("{}", .0.error)]
+    Remote(AgentFailure),
+    /// An agent on another host did not answer.
+    #[error("{0}")]
+    HostDown(String),
     #[error("OS user {user} cannot reach {path}: make it and every parent directory traversable (chmod o+x), or choose a --data-dir under /var/lib")]
     Unreachable { user: String, path: PathBuf },
 }
@@ -32,15 +39,45 @@ impl AgentError {
     pub fn port_in_use(&self) -> Option<u16> {
         match self {
             AgentError::Postgres(PgError::PortInUse { port }) => Some(*port),
+            AgentError::Remote(f) if f.code.as_deref() == Some(CODE_PORT_IN_USE) => f.port,
             _ => None,
         }
     }
 
     /// No such backend, for `pg:kill`.
     pub fn is_no_such_backend(&self) -> bool {
-        matches!(self, AgentError::Postgres(PgError::NoSuchBackend(_)))
+        match self {
+            AgentError::Postgres(PgError::NoSuchBackend(_)) => true,
+            AgentError::Remote(f) => f.code.as_deref() == Some(CODE_NO_SUCH_BACKEND),
+            _ => false,
+        }
+    }
+
+    /// Whether the agent could not be reached at all.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, AgentError::HostDown(_))
+    }
+
+    /// The error as an agent answers it over HTTP.
+    pub fn to_failure(&self) -> AgentFailure {
+        let (code, port) = match (self.port_in_use(), self.is_no_such_backend()) {
+            (Some(p), _) => (Some(CODE_PORT_IN_USE.to_string()), Some(p)),
+            (None, true) => (Some(CODE_NO_SUCH_BACKEND.to_string()), None),
+            _ => (None, None),
+        };
+        match self {
+            AgentError::Remote(f) => f.clone(),
+            _ => AgentFailure {
+                error: self.to_string(),
+                code,
+                port,
+            },
+        }
     }
 }
+
+const CODE_PORT_IN_USE: &str = "port_in_use";
+const CODE_NO_SUCH_BACKEND: &str = "no_such_backend";
 
 /// How an agent is set up.
 #[derive(Debug, Clone)]
@@ -56,6 +93,8 @@ pub struct AgentConfig {
 }
 
 pub struct Agent {
+    /// Base backups in flight: cluster id → (bytes done, bytes total).
+    progress: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
     name: String,
     zone: Option<String>,
     address: String,
@@ -86,6 +125,7 @@ impl Agent {
             });
         }
         Ok(Self {
+            progress: Default::default(),
             name: config.name,
             zone: config.zone,
             address: config.address,
@@ -112,6 +152,7 @@ impl Agent {
             pg_bin: self.bin.bindir.display().to_string(),
             pg_major: self.bin.major,
             pg_version: self.bin.version.clone(),
+            agent_url: None,
         }
     }
 
@@ -198,7 +239,27 @@ impl Agent {
         spec: &ClusterSpec,
         progress: impl Fn(u64, u64) + Send + Sync,
     ) -> Result<(), AgentError> {
-        Ok(self.cluster(&spec.id)?.basebackup(spec, progress).await?)
+        let id = spec.id.clone();
+        let result = self
+            .cluster(&spec.id)?
+            .basebackup(spec, |done, total| {
+                self.progress_map().insert(id.clone(), (done, total));
+                progress(done, total)
+            })
+            .await;
+        self.progress_map().remove(&spec.id);
+        Ok(result?)
+    }
+
+    /// `(done, total)` bytes of the base backup running for `id`.
+    pub fn basebackup_progress(&self, id: &str) -> Option<(u64, u64)> {
+        self.progress_map().get(id).copied()
+    }
+
+    fn progress_map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, u64)>> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub async fn replay_status(&self, id: &str) -> Result<ReplayStatus, AgentError> {

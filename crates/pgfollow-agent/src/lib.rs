@@ -5,5 +5,8 @@
 //! finds its running clusters again through their `postmaster.pid`.
 
 mod agent;
+pub mod http;
+mod run;
 
 pub use agent::{Agent, AgentConfig, AgentError};
+pub use run::{run, RunConfig, HEARTBEAT};

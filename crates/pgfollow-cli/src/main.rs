@@ -6,6 +6,7 @@
 //! `error: <message>`, on stderr and exits 1; usage errors exit 2.
 
 mod addons;
+mod agent;
 mod apps;
 mod args;
 mod billing;
@@ -44,6 +45,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane and a local agent in the foreground
     Serve(serve::ServeArgs),
+    /// Run an agent for another host, registered with a control plane
+    Agent(agent::AgentArgs),
     /// Show the server's version and hosts
     Status(JsonArg),
     /// List the hosts that run databases
@@ -139,12 +142,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::serve(args, cli.data_dir).await?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Agent(args) => {
+            agent::agent(args, cli.data_dir).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         other => other,
     };
     let client = Client::discover(cli.data_dir)?;
     let c = &client;
     match command {
-        Command::Serve(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Agent(_) => unreachable!("handled above"),
         Command::Run(a) => return run::run(c, a).await,
         Command::PgPsql(a) => return psql::psql(c, a).await,
         Command::Status(a) => server::status(c, a).await?,

@@ -72,7 +72,9 @@ impl FromStr for PortRange {
     }
 }
 
-pub async fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+/// Logs to stderr, filtered by RUST_LOG (default `info`), in colour only on
+/// a terminal.
+pub fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -80,15 +82,10 @@ pub async fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = ServeConfig {
-        data_dir: data_dir.unwrap_or_else(default_data_dir),
-        listen: args.listen,
-        pg_bin: args.pg_bin,
-        os_user: args.os_user,
-        plans_file: args.plans,
-        pg_listen: args.pg_listen,
-        pg_ports: (args.pg_ports.0, args.pg_ports.1),
-    };
+}
+
+/// A token cancelled on the first SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -102,6 +99,21 @@ pub async fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         tracing::info!("received {name}, shutting down");
         on_signal.cancel();
     });
+    Ok(shutdown)
+}
+
+pub async fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    init_tracing();
+    let config = ServeConfig {
+        data_dir: data_dir.unwrap_or_else(default_data_dir),
+        listen: args.listen,
+        pg_bin: args.pg_bin,
+        os_user: args.os_user,
+        plans_file: args.plans,
+        pg_listen: args.pg_listen,
+        pg_ports: (args.pg_ports.0, args.pg_ports.1),
+    };
+    let shutdown = shutdown_on_signals()?;
     let result = pgfollow_control::serve(config, shutdown.clone()).await;
     shutdown.cancel();
     result

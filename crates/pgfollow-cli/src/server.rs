@@ -3,7 +3,7 @@
 //! Formats:
 //! - `status`: aligned `Server: pgfollow VERSION`, `API: URL`,
 //!   `Hosts: N`, then a blank line and the `hosts` table.
-//! - `hosts`: table `NAME ZONE PG DATABASES` (zone `-` when none,
+//! - `hosts`: table `NAME ZONE AGENT PG DATABASES` (zone `-` when none, agent `up`/`down`,
 //!   databases comma-separated add-on names or `-`).
 //! - `plans`: table `NAME TIER CONNECTIONS MEMORY STORAGE PRICE`
 //!   (memory is shared_buffers, `128 MB`; storage `64 GB`; price `$50/mo` or `free`).
@@ -63,12 +63,13 @@ pub fn hosts_table(hosts: &[HostSummary]) -> String {
             vec![
                 h.name.clone(),
                 h.zone.clone().unwrap_or_else(|| "-".into()),
+                if h.reachable { "up" } else { "down" }.to_string(),
                 h.pg_version.clone(),
                 list_or_dash(&h.databases),
             ]
         })
         .collect();
-    table(&["NAME", "ZONE", "PG", "DATABASES"], &rows)
+    table(&["NAME", "ZONE", "AGENT", "PG", "DATABASES"], &rows)
 }
 
 pub fn plans_table(plans: &[Plan]) -> String {
@@ -118,6 +119,7 @@ mod tests {
                 pg_bin: "/usr/lib/postgresql/15/bin".into(),
                 pg_version: "15".into(),
                 databases: vec![],
+                reachable: true,
             }],
         };
         assert_eq!(
@@ -126,8 +128,8 @@ mod tests {
              API:    http://127.0.0.1:7480\n\
              Hosts:  1\n\
              \n\
-             NAME   ZONE  PG  DATABASES\n\
-             local  -     15  -\n"
+             NAME   ZONE  AGENT  PG  DATABASES\n\
+             local  -     up     15  -\n"
         );
     }
 }

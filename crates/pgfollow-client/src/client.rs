@@ -224,6 +224,15 @@ impl Client {
         self.get(&["v1", "operations", id]).await
     }
 
+    /// `POST /v1/hosts`: an agent registers (and, repeated, heartbeats).
+    pub async fn register_host(
+        &self,
+        registration: &pgfollow_types::agent::AgentRegistration,
+    ) -> Result<pgfollow_types::api::HostSummary, ClientError> {
+        self.send_json(Method::POST, &["v1", "hosts"], registration)
+            .await
+    }
+
     /// `GET /openapi.json`.
     pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
         self.get(&["openapi.json"]).await

@@ -3,6 +3,7 @@
 //! API (`client`) with one method per route, whose errors (`error`) carry the
 //! server's own one-line messages.
 
+pub mod agent;
 pub mod client;
 pub mod discovery;
 pub mod endpoint;

@@ -61,7 +61,7 @@ impl Executor {
                 _ = tokio::time::sleep(TICK) => {}
             }
             while tasks.try_join_next().is_some() {}
-            if let Err(e) = self.tick(&mut tasks) {
+            if let Err(e) = self.tick(&mut tasks).await {
                 tracing::warn!("executor tick failed: {e}");
             }
         }
@@ -76,14 +76,14 @@ impl Executor {
         }
     }
 
-    fn tick(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<(), ApiErr> {
+    async fn tick(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<(), ApiErr> {
         let state = Arc::new(self.store.read()?);
         for db in state.databases.values() {
             if lock(&self.busy).contains(&db.id) {
                 continue;
             }
             let op = active_operation(&state, &db.id);
-            let observed = self.observe(db);
+            let observed = self.observe(db).await;
             let leader = db.following.as_ref().and_then(|id| state.databases.get(id));
             let decision = match &op {
                 Some(op) => Some(decide(db, op, &observed, leader)),
@@ -108,10 +108,10 @@ impl Executor {
         Ok(())
     }
 
-    fn observe(&self, db: &DatabaseRecord) -> Observed {
+    async fn observe(&self, db: &DatabaseRecord) -> Observed {
         match self.hosts.get(&db.host) {
             None => Observed::HostUnreachable(db.host.clone()),
-            Some(agent) => match agent.status(&db.id) {
+            Some(agent) => match agent.status(&db.id).await {
                 Ok(s) => Observed::Cluster(s),
                 Err(_) => Observed::HostUnreachable(db.host.clone()),
             },
@@ -329,7 +329,7 @@ impl Executor {
     }
 
     fn record_version(&self, db: &DatabaseRecord) {
-        let Some(agent) = self.hosts.get(&db.host).cloned() else {
+        let Some(agent) = self.hosts.get(&db.host) else {
             return;
         };
         let (store, id, database) = (self.store.clone(), db.id.clone(), db.database.clone());

@@ -1,41 +1,350 @@
-//! The agents the control plane can reach, by host name.
+//! The agents the control plane can reach, by host name: the embedded one,
+//! and agents on other hosts that registered over HTTP and keep sending
+//! heartbeats. [`AgentHandle`] gives both the same async methods.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-use pgfollow_agent::Agent;
+use pgfollow_agent::{Agent, AgentError};
+use pgfollow_client::agent::{AgentCallError, AgentClient};
+use pgfollow_types::agent::{
+    AgentCall, AgentRegistration, ClusterSpec, ClusterStats, ClusterStatus, CommitCount,
+    ReplayStatus, RoleSecret, SlotStatus,
+};
+use pgfollow_types::api::Backend;
+use pgfollow_types::Lsn;
+use serde::de::DeserializeOwned;
 
 use crate::error::ApiErr;
 
-#[derive(Clone, Default)]
+/// A remote agent whose last heartbeat is older than this is taken as down.
+pub const HOST_LEASE: Duration = Duration::from_secs(3);
+/// How long a look at a remote cluster may take: the executor waits for it.
+const GLANCE: Duration = Duration::from_secs(1);
+/// How long a quick call to a remote agent may take.
+const QUICK: Duration = Duration::from_secs(5);
+/// How long a slow step (initdb, start, promote) may take.
+const SLOW: Duration = Duration::from_secs(180);
+/// How long a base backup may take.
+const COPY: Duration = Duration::from_secs(6 * 3600);
+
+#[derive(Clone)]
 pub struct Hosts {
-    agents: BTreeMap<String, Arc<Agent>>,
+    local: Option<Arc<Agent>>,
+    remote: Arc<RwLock<BTreeMap<String, Remote>>>,
+    token: String,
+}
+
+#[derive(Clone)]
+struct Remote {
+    client: AgentClient,
+    last_seen: Instant,
 }
 
 impl Hosts {
-    pub fn new(agents: impl IntoIterator<Item = Arc<Agent>>) -> Self {
+    /// The embedded agent (if any); remote agents join with [`Hosts::register`].
+    pub fn new(local: Option<Arc<Agent>>, token: String) -> Self {
         Self {
-            agents: agents
-                .into_iter()
-                .map(|a| (a.name().to_string(), a))
-                .collect(),
+            local,
+            remote: Arc::default(),
+            token,
         }
     }
 
-    pub fn get(&self, host: &str) -> Option<&Arc<Agent>> {
-        self.agents.get(host)
+    fn remotes(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Remote>> {
+        self.remote.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a registration or heartbeat of a remote agent.
+    pub fn register(&self, reg: &AgentRegistration) -> Result<(), ApiErr> {
+        if self.local.as_ref().is_some_and(|a| a.name() == reg.name) {
+            return Err(ApiErr::conflict(format!(
+                "host name {} is the control plane's own; give the agent another --name",
+                reg.name
+            )));
+        }
+        let mut map = self.remote.write().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(reg.name.clone()).or_insert_with(|| Remote {
+            client: AgentClient::new(reg.url.clone(), self.token.clone()),
+            last_seen: Instant::now(),
+        });
+        if entry.client.url() != reg.url {
+            entry.client = AgentClient::new(reg.url.clone(), self.token.clone());
+        }
+        entry.last_seen = Instant::now();
+        Ok(())
+    }
+
+    /// The agent of `host` if it is up.
+    pub fn get(&self, host: &str) -> Option<AgentHandle> {
+        if let Some(a) = self.local.as_ref().filter(|a| a.name() == host) {
+            return Some(AgentHandle::Local(a.clone()));
+        }
+        self.remotes()
+            .get(host)
+            .filter(|r| r.last_seen.elapsed() < HOST_LEASE)
+            .map(|r| AgentHandle::Remote(r.client.clone()))
     }
 
     /// The agent of `host`, or an error that says it does not answer.
-    pub fn agent(&self, host: &str) -> Result<&Arc<Agent>, ApiErr> {
+    pub fn agent(&self, host: &str) -> Result<AgentHandle, ApiErr> {
         self.get(host).ok_or_else(|| {
             ApiErr::unavailable(format!(
-                "host {host} has no agent connected; start `pgfollow agent` there"
+                "host {host} does not answer; check that `pgfollow agent --name {host}` runs there"
             ))
         })
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Agent>> {
-        self.agents.values()
+    pub fn is_up(&self, host: &str) -> bool {
+        self.get(host).is_some()
+    }
+}
+
+/// One agent, embedded or remote.
+#[derive(Clone)]
+pub enum AgentHandle {
+    Local(Arc<Agent>),
+    Remote(AgentClient),
+}
+
+fn remote_error(e: AgentCallError) -> AgentError {
+    match e {
+        AgentCallError::Failed(f) => AgentError::Remote(f),
+        AgentCallError::Unreachable { .. } => AgentError::HostDown(e.to_string()),
+    }
+}
+
+impl AgentHandle {
+    async fn call<T: DeserializeOwned>(
+        client: &AgentClient,
+        call: AgentCall,
+        timeout: Duration,
+    ) -> Result<T, AgentError> {
+        client.call(&call, timeout).await.map_err(remote_error)
+    }
+
+    pub async fn status(&self, id: &str) -> Result<ClusterStatus, AgentError> {
+        match self {
+            Self::Local(a) => a.status(id),
+            Self::Remote(c) => Self::call(c, AgentCall::Status { id: id.into() }, GLANCE).await,
+        }
+    }
+
+    pub async fn initialize(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
+        match self {
+            Self::Local(a) => a.initialize(spec).await,
+            Self::Remote(c) => {
+                Self::call(c, AgentCall::Initialize { spec: spec.clone() }, SLOW).await
+            }
+        }
+    }
+
+    pub async fn start(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
+        match self {
+            Self::Local(a) => a.start(spec).await,
+            Self::Remote(c) => Self::call(c, AgentCall::Start { spec: spec.clone() }, SLOW).await,
+        }
+    }
+
+    pub async fn bootstrap(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
+        match self {
+            Self::Local(a) => a.bootstrap(spec).await,
+            Self::Remote(c) => {
+                Self::call(c, AgentCall::Bootstrap { spec: spec.clone() }, SLOW).await
+            }
+        }
+    }
+
+    pub async fn stats(&self, id: &str, database: &str) -> Result<ClusterStats, AgentError> {
+        match self {
+            Self::Local(a) => a.stats(id, database).await,
+            Self::Remote(c) => {
+                let call = AgentCall::Stats {
+                    id: id.into(),
+                    database: database.into(),
+                };
+                Self::call(c, call, QUICK).await
+            }
+        }
+    }
+
+    pub async fn backends(&self, id: &str, database: &str) -> Result<Vec<Backend>, AgentError> {
+        match self {
+            Self::Local(a) => a.backends(id, database).await,
+            Self::Remote(c) => {
+                let call = AgentCall::Backends {
+                    id: id.into(),
+                    database: database.into(),
+                };
+                Self::call(c, call, QUICK).await
+            }
+        }
+    }
+
+    pub async fn kill(
+        &self,
+        id: &str,
+        database: &str,
+        pid: i32,
+        force: bool,
+    ) -> Result<bool, AgentError> {
+        match self {
+            Self::Local(a) => a.kill(id, database, pid, force).await,
+            Self::Remote(c) => {
+                let call = AgentCall::Kill {
+                    id: id.into(),
+                    database: database.into(),
+                    pid,
+                    force,
+                };
+                Self::call(c, call, QUICK).await
+            }
+        }
+    }
+
+    pub async fn kill_all(&self, id: &str, database: &str) -> Result<Vec<i32>, AgentError> {
+        match self {
+            Self::Local(a) => a.kill_all(id, database).await,
+            Self::Remote(c) => {
+                let call = AgentCall::KillAll {
+                    id: id.into(),
+                    database: database.into(),
+                };
+                Self::call(c, call, QUICK).await
+            }
+        }
+    }
+
+    pub async fn set_password(&self, id: &str, role: &RoleSecret) -> Result<(), AgentError> {
+        match self {
+            Self::Local(a) => a.set_password(id, role).await,
+            Self::Remote(c) => {
+                let call = AgentCall::SetPassword {
+                    id: id.into(),
+                    role: role.clone(),
+                };
+                Self::call(c, call, QUICK).await
+            }
+        }
+    }
+
+    pub async fn destroy(&self, id: &str) -> Result<(), AgentError> {
+        match self {
+            Self::Local(a) => a.destroy(id).await,
+            Self::Remote(c) => Self::call(c, AgentCall::Destroy { id: id.into() }, SLOW).await,
+        }
+    }
+
+    pub async fn create_slot(&self, id: &str, slot: &str) -> Result<(), AgentError> {
+        match self {
+            Self::Local(a) => a.create_slot(id, slot).await,
+            Self::Remote(c) => {
+                let call = AgentCall::CreateSlot {
+                    id: id.into(),
+                    slot: slot.into(),
+                };
+                Self::call(c, call, QUICK).await
+            }
+        }
+    }
+
+    pub async fn drop_slot(&self, id: &str, slot: &str) -> Result<(), AgentError> {
+        match self {
+            Self::Local(a) => a.drop_slot(id, slot).await,
+            Self::Remote(c) => {
+                let call = AgentCall::DropSlot {
+                    id: id.into(),
+                    slot: slot.into(),
+                };
+                Self::call(c, call, QUICK).await
+            }
+        }
+    }
+
+    pub async fn slot_status(
+        &self,
+        id: &str,
+        slot: &str,
+    ) -> Result<Option<SlotStatus>, AgentError> {
+        match self {
+            Self::Local(a) => a.slot_status(id, slot).await,
+            Self::Remote(c) => {
+                let call = AgentCall::SlotStatus {
+                    id: id.into(),
+                    slot: slot.into(),
+                };
+                Self::call(c, call, QUICK).await
+            }
+        }
+    }
+
+    /// Copies the leader; a remote agent's progress is polled twice a second.
+    pub async fn basebackup(
+        &self,
+        spec: &ClusterSpec,
+        progress: impl Fn(u64, u64) + Send + Sync,
+    ) -> Result<(), AgentError> {
+        let c = match self {
+            Self::Local(a) => return a.basebackup(spec, progress).await,
+            Self::Remote(c) => c,
+        };
+        let copy = Self::call::<()>(c, AgentCall::BaseBackup { spec: spec.clone() }, COPY);
+        tokio::pin!(copy);
+        loop {
+            tokio::select! {
+                result = &mut copy => return result,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    let call = AgentCall::Progress { id: spec.id.clone() };
+                    if let Ok(Some((done, total))) = Self::call::<Option<(u64, u64)>>(c, call, QUICK).await {
+                        progress(done, total);
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn replay_status(&self, id: &str) -> Result<ReplayStatus, AgentError> {
+        match self {
+            Self::Local(a) => a.replay_status(id).await,
+            Self::Remote(c) => {
+                Self::call(c, AgentCall::ReplayStatus { id: id.into() }, QUICK).await
+            }
+        }
+    }
+
+    pub async fn commits_since(
+        &self,
+        id: &str,
+        from: Lsn,
+        max_bytes: u64,
+    ) -> Result<CommitCount, AgentError> {
+        match self {
+            Self::Local(a) => a.commits_since(id, from, max_bytes).await,
+            Self::Remote(c) => {
+                let call = AgentCall::CommitsSince {
+                    id: id.into(),
+                    from,
+                    max_bytes,
+                };
+                Self::call(c, call, QUICK).await
+            }
+        }
+    }
+
+    pub async fn promote(&self, id: &str) -> Result<(), AgentError> {
+        match self {
+            Self::Local(a) => a.promote(id).await,
+            Self::Remote(c) => Self::call(c, AgentCall::Promote { id: id.into() }, SLOW).await,
+        }
+    }
+
+    pub async fn set_upstream(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
+        match self {
+            Self::Local(a) => a.set_upstream(spec).await,
+            Self::Remote(c) => {
+                Self::call(c, AgentCall::SetUpstream { spec: spec.clone() }, SLOW).await
+            }
+        }
     }
 }

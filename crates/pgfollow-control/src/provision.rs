@@ -63,7 +63,11 @@ pub fn pick_port(state: &State, range: (u16, u16), address: &str) -> Result<u16,
 /// Where a new database goes: for a follower, a host other than its
 /// leader's (in another zone when zones are set) whenever one exists; else
 /// the host with the fewest databases.
-pub fn choose_host(state: &State, leader: Option<&DatabaseRecord>) -> Result<HostRecord, ApiErr> {
+pub fn choose_host(
+    state: &State,
+    leader: Option<&DatabaseRecord>,
+    is_up: &dyn Fn(&str) -> bool,
+) -> Result<HostRecord, ApiErr> {
     if let Some(l) = leader {
         if !state.hosts.values().any(|h| h.pg_major == l.pg_major) {
             return Err(ApiErr::bad_request(format!(
@@ -88,10 +92,15 @@ pub fn choose_host(state: &State, leader: Option<&DatabaseRecord>) -> Result<Hos
     state
         .hosts
         .values()
+        .filter(|h| is_up(&h.name))
         .filter(|h| leader.is_none_or(|l| l.pg_major == h.pg_major))
         .min_by_key(|h| rank(h))
         .cloned()
-        .ok_or_else(|| ApiErr::unavailable("no host has an agent; start `pgfollow agent` on one"))
+        .ok_or_else(|| {
+            ApiErr::unavailable(
+                "no host with a running agent can take the database; start `pgfollow agent` on one",
+            )
+        })
 }
 
 /// What `add_database` needs besides the state.
@@ -309,5 +318,106 @@ mod tests {
             pick_port(&State::default(), (port, port), "127.0.0.1").unwrap(),
             port
         );
+    }
+
+    fn host(name: &str, zone: Option<&str>, major: u32) -> HostRecord {
+        HostRecord {
+            name: name.into(),
+            zone: zone.map(str::to_string),
+            address: "127.0.0.1".into(),
+            pg_bin: "/usr/lib/postgresql/15/bin".into(),
+            pg_major: major,
+            pg_version: format!("{major}.1"),
+            agent_url: None,
+        }
+    }
+
+    fn state_with(hosts: &[HostRecord]) -> State {
+        let mut s = State::default();
+        for h in hosts {
+            s.hosts.insert(h.name.clone(), h.clone());
+        }
+        s.apps.insert(
+            "sushi".into(),
+            pgfollow_types::model::AppRecord {
+                name: pgfollow_types::AppName::parse("sushi").unwrap(),
+                created_at: Utc::now(),
+                config: Default::default(),
+                attachments: Default::default(),
+            },
+        );
+        s
+    }
+
+    fn leader_on(state: &mut State, host: &HostRecord) -> DatabaseRecord {
+        let plan = pgfollow_types::plan::builtin_plans()[2].clone();
+        let (id, _) = add_database(
+            state,
+            &NewDatabase {
+                app: "sushi",
+                plan: &plan,
+                host,
+                port_range: (40000, 40999),
+                now: Utc::now(),
+                leader: None,
+            },
+        )
+        .unwrap();
+        state.databases[&id].clone()
+    }
+
+    #[test]
+    fn a_follower_goes_to_another_host_and_zone_when_there_is_one() {
+        let all_up = |_: &str| true;
+        let (a, b, c) = (
+            host("a", Some("z1"), 15),
+            host("b", Some("z1"), 15),
+            host("c", Some("z2"), 15),
+        );
+        let mut state = state_with(&[a.clone(), b.clone(), c.clone()]);
+        let leader = leader_on(&mut state, &a);
+        assert_eq!(
+            choose_host(&state, Some(&leader), &all_up).unwrap().name,
+            "c"
+        );
+        // Without another zone, another host.
+        let mut state = state_with(&[a.clone(), b.clone()]);
+        let leader = leader_on(&mut state, &a);
+        assert_eq!(
+            choose_host(&state, Some(&leader), &all_up).unwrap().name,
+            "b"
+        );
+        // A host that is down takes nothing; with one host left, it is used.
+        let only_a = |h: &str| h == "a";
+        assert_eq!(
+            choose_host(&state, Some(&leader), &only_a).unwrap().name,
+            "a"
+        );
+        assert!(choose_host(&state, Some(&leader), &|_| false).is_err());
+    }
+
+    #[test]
+    fn a_follower_needs_a_host_of_its_leaders_major_version() {
+        let (a, b) = (host("a", None, 15), host("b", None, 16));
+        let mut state = state_with(&[a.clone(), b]);
+        let leader = leader_on(&mut state, &a);
+        assert_eq!(
+            choose_host(&state, Some(&leader), &|_| true).unwrap().name,
+            "a"
+        );
+        let mut other = state_with(&[host("b", None, 16)]);
+        let mut l = leader.clone();
+        l.pg_major = 15;
+        other.databases.insert(l.id.clone(), l.clone());
+        let e = choose_host(&other, Some(&l), &|_| true).unwrap_err();
+        assert!(e.message.contains("major version"), "{e}");
+    }
+
+    #[test]
+    fn leaders_spread_over_the_least_loaded_hosts() {
+        let (a, b) = (host("a", None, 15), host("b", None, 15));
+        let mut state = state_with(&[a.clone(), b]);
+        leader_on(&mut state, &a);
+        assert_eq!(choose_host(&state, None, &|_| true).unwrap().name, "b");
     }
 }

@@ -63,7 +63,7 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
         Ok(())
     })?;
     let agent = Arc::new(agent);
-    let hosts = Hosts::new([agent.clone()]);
+    let hosts = Hosts::new(Some(agent.clone()), token.clone());
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -3,8 +3,10 @@
 //! the `pgfollow` CLI against it, and on drop stops the server and every
 //! PostgreSQL it started and removes the directory, also when a test fails.
 
+mod agent;
 mod ports;
 mod server;
 
+pub use agent::AgentProcess;
 pub use ports::PortSlot;
 pub use server::{run_bounded, CliOutput, Server};

@@ -144,45 +144,27 @@ impl Server {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot run {}", self.bin.display()))?;
-        let stdout = child.stdout.take().context("no stdout")?;
+        let url = wait_for_listen_line(&mut child, &self.log_path());
         self.child = Some(child);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
+        match url {
+            Ok(url) => {
+                self.url = url;
+                Ok(())
             }
-        });
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("API listening on ").nth(1) {
-                        self.url = rest
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string();
-                        return Ok(());
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = self.wait_exit(Duration::from_secs(5));
-                    bail!(
-                        "serve exited before listening ({status:?}); log:\n{}",
-                        self.log()
-                    );
-                }
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "serve did not listen within {START_TIMEOUT:?}; log:\n{}",
-                    self.log()
-                );
+            Err(e) => {
+                let status = self.wait_exit(Duration::from_secs(5));
+                bail!("{e} ({status:?}); log:\n{}", self.log());
             }
         }
+    }
+
+    /// The API token from the data directory's API file.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("api.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["token"].as_str().map(str::to_string))
+            .unwrap_or_default()
     }
 
     fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
@@ -248,6 +230,41 @@ impl Server {
     }
 }
 
+/// Reads `child`'s stdout until a line says `API listening on URL` and
+/// returns the URL; keeps draining stdout afterwards.
+pub(crate) fn wait_for_listen_line(child: &mut Child, log: &Path) -> anyhow::Result<String> {
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(line) => {
+                if let Some(rest) = line.split("API listening on ").nth(1) {
+                    let url = rest.split([' ', ',']).next().unwrap_or_default();
+                    return Ok(url.to_string());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("exited before listening (log {})", log.display())
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "did not listen within {START_TIMEOUT:?} (log {})",
+                log.display()
+            );
+        }
+    }
+}
+
 /// Runs a command with stdin closed, killing it after `limit`.
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> anyhow::Result<CliOutput> {
     let mut child = cmd
@@ -287,7 +304,7 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> anyhow::Result<CliOutp
 }
 
 /// Pids in `clusters/*/pgdata/postmaster.pid` under `data_dir`.
-fn postmaster_pids(data_dir: &Path) -> Vec<i32> {
+pub(crate) fn postmaster_pids(data_dir: &Path) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir(data_dir.join("clusters")) else {
         return Vec::new();
     };
@@ -300,7 +317,7 @@ fn postmaster_pids(data_dir: &Path) -> Vec<i32> {
 
 /// Ends every postmaster under `data_dir`: immediate shutdown (SIGQUIT),
 /// then SIGKILL for any still there after a few seconds.
-fn stop_postmasters(data_dir: &Path) {
+pub(crate) fn stop_postmasters(data_dir: &Path) {
     let pids = postmaster_pids(data_dir);
     for pid in &pids {
         let _ = kill(Pid::from_raw(*pid), Signal::SIGQUIT);

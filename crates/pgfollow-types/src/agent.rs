@@ -158,3 +158,136 @@ pub struct ClusterStats {
     pub tables: u64,
     pub in_recovery: bool,
 }
+
+/// One call to an agent over HTTP (`POST /agent/v1/call`). The answer is the
+/// result as JSON, or an [`AgentFailure`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum AgentCall {
+    Status {
+        id: String,
+    },
+    Initialize {
+        spec: ClusterSpec,
+    },
+    Start {
+        spec: ClusterSpec,
+    },
+    Bootstrap {
+        spec: ClusterSpec,
+    },
+    Stats {
+        id: String,
+        database: String,
+    },
+    Backends {
+        id: String,
+        database: String,
+    },
+    Kill {
+        id: String,
+        database: String,
+        pid: i32,
+        force: bool,
+    },
+    KillAll {
+        id: String,
+        database: String,
+    },
+    SetPassword {
+        id: String,
+        role: RoleSecret,
+    },
+    Destroy {
+        id: String,
+    },
+    CreateSlot {
+        id: String,
+        slot: String,
+    },
+    DropSlot {
+        id: String,
+        slot: String,
+    },
+    SlotStatus {
+        id: String,
+        slot: String,
+    },
+    /// Long: answers when the copy is complete; poll `Progress` meanwhile.
+    BaseBackup {
+        spec: ClusterSpec,
+    },
+    /// `(done, total)` bytes of the base backup running for `id`, if any.
+    Progress {
+        id: String,
+    },
+    ReplayStatus {
+        id: String,
+    },
+    CommitsSince {
+        id: String,
+        from: Lsn,
+        max_bytes: u64,
+    },
+    Promote {
+        id: String,
+    },
+    SetUpstream {
+        spec: ClusterSpec,
+    },
+}
+
+impl AgentCall {
+    /// Its name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AgentCall::Status { .. } => "status",
+            AgentCall::Initialize { .. } => "initialize",
+            AgentCall::Start { .. } => "start",
+            AgentCall::Bootstrap { .. } => "bootstrap",
+            AgentCall::Stats { .. } => "stats",
+            AgentCall::Backends { .. } => "backends",
+            AgentCall::Kill { .. } => "kill",
+            AgentCall::KillAll { .. } => "kill_all",
+            AgentCall::SetPassword { .. } => "set_password",
+            AgentCall::Destroy { .. } => "destroy",
+            AgentCall::CreateSlot { .. } => "create_slot",
+            AgentCall::DropSlot { .. } => "drop_slot",
+            AgentCall::SlotStatus { .. } => "slot_status",
+            AgentCall::BaseBackup { .. } => "base_backup",
+            AgentCall::Progress { .. } => "progress",
+            AgentCall::ReplayStatus { .. } => "replay_status",
+            AgentCall::CommitsSince { .. } => "commits_since",
+            AgentCall::Promote { .. } => "promote",
+            AgentCall::SetUpstream { .. } => "set_upstream",
+        }
+    }
+}
+
+/// An agent's error answer: the message, and a code for the errors the
+/// control plane acts on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentFailure {
+    pub error: String,
+    /// `port_in_use`, `no_such_backend`, or none.
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// What an agent tells the control plane when it starts, and again as its
+/// heartbeat (`POST /v1/hosts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AgentRegistration {
+    pub name: String,
+    pub zone: Option<String>,
+    /// Where the agent's own API listens.
+    pub url: String,
+    /// The address apps use to reach its databases.
+    pub address: String,
+    pub pg_bin: String,
+    pub pg_major: u32,
+    pub pg_version: String,
+}

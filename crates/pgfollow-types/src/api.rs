@@ -36,6 +36,9 @@ pub struct HostSummary {
     pub pg_version: String,
     /// Add-on names of the databases on this host.
     pub databases: Vec<String>,
+    /// Whether its agent answers (the embedded one always does).
+    #[serde(default)]
+    pub reachable: bool,
 }
 
 /// `POST /v1/apps`.

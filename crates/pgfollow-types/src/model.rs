@@ -167,6 +167,9 @@ pub struct HostRecord {
     pub pg_bin: String,
     pub pg_major: u32,
     pub pg_version: String,
+    /// Where a remote agent's API listens; none for the embedded agent.
+    #[serde(default)]
+    pub agent_url: Option<String>,
 }
 
 /// One database's life, for pro-rata billing.

@@ -429,3 +429,93 @@ fn a_follower_reconnects_after_its_leader_or_itself_restarts() {
         );
     }
 }
+
+#[test]
+fn a_follower_is_placed_on_another_host_and_zone() {
+    let s = server();
+    let mut h2 = pgfollow_testkit::AgentProcess::start(bin(), &s, "h2", Some("zone-b")).unwrap();
+    let hosts = s.cli(&["hosts", "--json"]).ok().json();
+    let names: Vec<&str> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["h2", "local"]);
+    assert_eq!(hosts[0]["zone"], "zone-b");
+    assert_eq!(hosts[0]["reachable"], true);
+
+    let (leader, follower) = leader_and_follower(&s);
+    let infos = info(&s, "sushi");
+    let host_of = |name: &str| {
+        infos.iter().find(|i| i["name"] == name).unwrap()["host"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(
+        host_of(&leader),
+        host_of(&follower),
+        "follower on its leader's host"
+    );
+    let text = s.cli(&["hosts"]).ok().stdout;
+    assert!(
+        text.contains("zone-b") && text.contains(&leader) && text.contains(&follower),
+        "{text}"
+    );
+    let info_text = s
+        .cli(&["pg:info", "CHARCOAL", "--app", "sushi"])
+        .ok()
+        .stdout;
+    assert!(
+        info_text.contains(&format!("Host:        {}", host_of(&follower))),
+        "{info_text}"
+    );
+
+    // The follower on the other host streams.
+    psql(
+        &s,
+        "sushi",
+        "WHITE",
+        "create table t (id int); insert into t values (1)",
+    );
+    let follower_url = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
+    eventually(
+        Duration::from_secs(30),
+        "the row reaches the other host",
+        || psql_url(&follower_url, "select count(*) from t").stdout == "1\n",
+    );
+    assert_eq!(h2.running_postmasters().len(), 1);
+    assert_eq!(s.running_postmasters().len(), 1);
+
+    // An agent restart keeps its database running and re-attaches.
+    h2.restart().unwrap();
+    wait_available(&s, "sushi");
+    psql(&s, "sushi", "WHITE", "insert into t values (2)");
+    eventually(Duration::from_secs(30), "streaming again", || {
+        psql_url(&follower_url, "select count(*) from t").stdout == "2\n"
+    });
+
+    // Destroying works across hosts.
+    s.cli(&[
+        "addons:destroy",
+        "CHARCOAL",
+        "--app",
+        "sushi",
+        "--confirm",
+        "sushi",
+    ])
+    .ok();
+    s.cli(&[
+        "addons:destroy",
+        "WHITE",
+        "--app",
+        "sushi",
+        "--confirm",
+        "sushi",
+    ])
+    .ok();
+    eventually(Duration::from_secs(60), "both clusters are removed", || {
+        h2.running_postmasters().is_empty() && s.running_postmasters().is_empty()
+    });
+}

@@ -60,7 +60,7 @@ pub async fn create(
                 }
                 None => None,
             };
-            let host = choose_host(state, leader.as_ref())?;
+            let host = choose_host(state, leader.as_ref(), &|h| ctx.hosts.is_up(h))?;
             add_database(
                 state,
                 &NewDatabase {

@@ -23,10 +23,11 @@ const STATS_TIMEOUT: Duration = Duration::from_secs(3);
 
 async fn info_of(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> DatabaseInfo {
     let agent = ctx.hosts.get(&db.host);
-    let running = agent
-        .and_then(|a| a.status(&db.id).ok())
-        .is_some_and(|s| s.running);
-    let stats = match agent {
+    let running = match &agent {
+        Some(a) => a.status(&db.id).await.is_ok_and(|s| s.running),
+        None => false,
+    };
+    let stats = match &agent {
         Some(a) if running && db.state != DatabaseState::Preparing => {
             tokio::time::timeout(STATS_TIMEOUT, a.stats(&db.id, &db.database))
                 .await

@@ -3,7 +3,9 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::Utc;
+use pgfollow_types::agent::AgentRegistration;
 use pgfollow_types::api::{Billing, HostSummary, Operation, ServerStatus};
+use pgfollow_types::model::HostRecord;
 use pgfollow_types::Plan;
 
 use super::Shared;
@@ -26,14 +28,77 @@ pub async fn status(State(ctx): Shared) -> Result<Json<ServerStatus>, ApiErr> {
             databases: state
                 .databases
                 .values()
-                .filter(|d| d.host == h.name)
+                .filter(|d| d.host == h.name && d.is_live())
                 .map(|d| d.name.clone())
                 .collect(),
+            reachable: ctx.hosts.is_up(&h.name),
         })
         .collect();
     Ok(Json(ServerStatus {
         version: env!("CARGO_PKG_VERSION").to_string(),
         hosts,
+    }))
+}
+
+/// An agent on another host registers, and repeats it as its heartbeat.
+#[utoipa::path(post, path = "/v1/hosts", request_body = AgentRegistration,
+    responses((status = 200, body = HostSummary), (status = 400, body = pgfollow_types::api::ApiError), (status = 409, body = pgfollow_types::api::ApiError)))]
+pub async fn register_host(
+    State(ctx): Shared,
+    Json(reg): Json<AgentRegistration>,
+) -> Result<Json<HostSummary>, ApiErr> {
+    let name_ok = !reg.name.is_empty()
+        && reg.name.len() <= 40
+        && reg
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !name_ok {
+        return Err(ApiErr::bad_request(format!(
+            "invalid host name {:?}: use letters, digits, '-', '_' and '.'",
+            reg.name
+        )));
+    }
+    let record = HostRecord {
+        name: reg.name.clone(),
+        zone: reg.zone.clone(),
+        address: reg.address.clone(),
+        pg_bin: reg.pg_bin.clone(),
+        pg_major: reg.pg_major,
+        pg_version: reg.pg_version.clone(),
+        agent_url: Some(reg.url.clone()),
+    };
+    let was_up = ctx.hosts.is_up(&reg.name);
+    ctx.hosts.register(&reg)?;
+    if ctx.store.read()?.hosts.get(&reg.name) != Some(&record) {
+        ctx.store.update(|state| {
+            state.hosts.insert(record.name.clone(), record.clone());
+            Ok(())
+        })?;
+    }
+    if !was_up {
+        tracing::info!(
+            "host {} ({}) is up: agent at {}, PostgreSQL {}",
+            reg.name,
+            reg.zone.as_deref().unwrap_or("no zone"),
+            reg.url,
+            reg.pg_version
+        );
+        ctx.wake.notify_one();
+    }
+    let state = ctx.store.read()?;
+    Ok(Json(HostSummary {
+        name: record.name.clone(),
+        zone: record.zone.clone(),
+        pg_bin: record.pg_bin.clone(),
+        pg_version: record.pg_version.clone(),
+        databases: state
+            .databases
+            .values()
+            .filter(|d| d.host == record.name && d.is_live())
+            .map(|d| d.name.clone())
+            .collect(),
+        reachable: true,
     }))
 }
 

@@ -39,7 +39,7 @@ pub type Shared = State<Arc<Ctx>>;
 #[openapi(
     info(title = "pgfollow", description = "Follower databases on your own machines: the control plane API. Every request carries `Authorization: Bearer <token>`."),
     paths(
-        misc::status, misc::plans, misc::billing, misc::operation,
+        misc::status, misc::register_host, misc::plans, misc::billing, misc::operation,
         apps::list, apps::create, apps::destroy, apps::config, apps::change_config,
         addons::list, addons::create, addons::destroy,
         databases::info_all, databases::info, databases::ps, databases::kill,
@@ -72,6 +72,7 @@ pub fn openapi_json() -> serde_json::Value {
 pub fn router(ctx: Arc<Ctx>) -> Router {
     let v1 = Router::new()
         .route("/status", get(misc::status))
+        .route("/hosts", post(misc::register_host))
         .route("/plans", get(misc::plans))
         .route("/operations/{id}", get(misc::operation))
         .route("/apps", get(apps::list).post(apps::create))

@@ -1,0 +1,109 @@
+//! The agent's own HTTP API (`POST /agent/v1/call`, token required), which
+//! the control plane uses when the agent runs on another host.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use pgfollow_types::agent::{AgentCall, AgentFailure};
+use serde::Serialize;
+
+use crate::agent::{Agent, AgentError};
+
+struct Ctx {
+    agent: Arc<Agent>,
+    token: String,
+}
+
+/// The agent API's routes.
+pub fn router(agent: Arc<Agent>, token: String) -> Router {
+    Router::new()
+        .route("/agent/v1/call", post(call))
+        .route("/health", axum::routing::get(|| async { "ok" }))
+        .with_state(Arc::new(Ctx { agent, token }))
+}
+
+fn failure(status: StatusCode, error: impl Into<String>) -> Response {
+    (
+        status,
+        Json(AgentFailure {
+            error: error.into(),
+            code: None,
+            port: None,
+        }),
+    )
+        .into_response()
+}
+
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn call(
+    State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
+    Json(call): Json<AgentCall>,
+) -> Response {
+    if !authorized(&headers, &ctx.token) {
+        return failure(
+            StatusCode::UNAUTHORIZED,
+            "the agent API needs the control plane's token",
+        );
+    }
+    match dispatch(&ctx.agent, call).await {
+        Ok(value) => Json(value).into_response(),
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, Json(e.to_failure())).into_response(),
+    }
+}
+
+fn json(v: impl Serialize) -> Result<serde_json::Value, AgentError> {
+    serde_json::to_value(v)
+        .map_err(|e| AgentError::HostDown(format!("cannot encode an answer: {e}")))
+}
+
+/// Carries out one call on the local agent.
+pub async fn dispatch(agent: &Agent, call: AgentCall) -> Result<serde_json::Value, AgentError> {
+    match call {
+        AgentCall::Status { id } => json(agent.status(&id)?),
+        AgentCall::Initialize { spec } => json(agent.initialize(&spec).await?),
+        AgentCall::Start { spec } => json(agent.start(&spec).await?),
+        AgentCall::Bootstrap { spec } => json(agent.bootstrap(&spec).await?),
+        AgentCall::Stats { id, database } => json(agent.stats(&id, &database).await?),
+        AgentCall::Backends { id, database } => json(agent.backends(&id, &database).await?),
+        AgentCall::Kill {
+            id,
+            database,
+            pid,
+            force,
+        } => json(agent.kill(&id, &database, pid, force).await?),
+        AgentCall::KillAll { id, database } => json(agent.kill_all(&id, &database).await?),
+        AgentCall::SetPassword { id, role } => json(agent.set_password(&id, &role).await?),
+        AgentCall::Destroy { id } => json(agent.destroy(&id).await?),
+        AgentCall::CreateSlot { id, slot } => json(agent.create_slot(&id, &slot).await?),
+        AgentCall::DropSlot { id, slot } => json(agent.drop_slot(&id, &slot).await?),
+        AgentCall::SlotStatus { id, slot } => json(agent.slot_status(&id, &slot).await?),
+        AgentCall::BaseBackup { spec } => json(agent.basebackup(&spec, |_, _| {}).await?),
+        AgentCall::Progress { id } => json(agent.basebackup_progress(&id)),
+        AgentCall::ReplayStatus { id } => json(agent.replay_status(&id).await?),
+        AgentCall::CommitsSince {
+            id,
+            from,
+            max_bytes,
+        } => json(agent.commits_since(&id, from, max_bytes).await?),
+        AgentCall::Promote { id } => json(agent.promote(&id).await?),
+        AgentCall::SetUpstream { spec } => json(agent.set_upstream(&spec).await?),
+    }
+}

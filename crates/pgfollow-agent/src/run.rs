@@ -1,0 +1,136 @@
+//! `pgfollow agent`: an agent on its own host. It serves its API, registers
+//! with the control plane and keeps doing so as its heartbeat; on SIGTERM it
+//! stops its databases.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pgfollow_client::Client;
+use pgfollow_types::agent::AgentRegistration;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Agent, AgentConfig};
+
+/// How often an agent tells the control plane it is alive.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Everything `pgfollow agent` takes from its command line.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub name: String,
+    pub zone: Option<String>,
+    /// The control plane's API.
+    pub control: String,
+    pub token: String,
+    pub data_dir: PathBuf,
+    /// Where this agent's API listens.
+    pub listen: SocketAddr,
+    pub pg_bin: Option<PathBuf>,
+    pub os_user: String,
+    /// The address apps use to reach this host's databases.
+    pub pg_listen: String,
+}
+
+fn valid_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 40
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// Runs the agent until `shutdown`.
+pub async fn run(config: RunConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if !valid_host_name(&config.name) {
+        anyhow::bail!(
+            "invalid host name {:?}: use letters, digits, '-', '_' and '.'",
+            config.name
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o711))?;
+    }
+    let agent = Arc::new(Agent::new(AgentConfig {
+        name: config.name.clone(),
+        zone: config.zone.clone(),
+        address: config.pg_listen.clone(),
+        clusters_dir: config.data_dir.join("clusters"),
+        pg_bin: config.pg_bin.clone(),
+        os_user: config.os_user.clone(),
+    })?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e}; pass --listen with a free address",
+                config.listen
+            )
+        })?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let host = agent.host_record();
+    let registration = AgentRegistration {
+        name: host.name.clone(),
+        zone: host.zone.clone(),
+        url: url.clone(),
+        address: host.address.clone(),
+        pg_bin: host.pg_bin.clone(),
+        pg_major: host.pg_major,
+        pg_version: host.pg_version.clone(),
+    };
+    let control = Client::new(config.control.clone(), config.token.clone());
+    control
+        .register_host(&registration)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot register with the control plane at {}",
+                config.control
+            )
+        })?;
+    println!(
+        "pgfollow agent {}: API listening on {url}, registered with {} (PostgreSQL {})",
+        host.name, config.control, host.pg_version
+    );
+    tracing::info!("agent {} listening on {url}", host.name);
+
+    let beat = tokio::spawn(heartbeat(control, registration, shutdown.clone()));
+    let served = axum::serve(
+        listener,
+        crate::http::router(agent.clone(), config.token.clone()),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    .await;
+    beat.abort();
+    tracing::info!("stopping databases");
+    agent.stop_all().await;
+    tracing::info!("stopped");
+    served.context("the agent API failed")
+}
+
+async fn heartbeat(control: Client, registration: AgentRegistration, shutdown: CancellationToken) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+        match control.register_host(&registration).await {
+            Ok(_) if failing => {
+                tracing::info!("the control plane answers again");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                tracing::warn!("heartbeat to the control plane failed: {e}");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! One `pgfollow agent` process: another host, on this machine, with its
+//! own data directory, registered with a test's server.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::server::{postmaster_pids, stop_postmasters, wait_for_listen_line, Server};
+
+/// A running `pgfollow agent`.
+pub struct AgentProcess {
+    bin: PathBuf,
+    root: tempfile::TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+    pub name: String,
+    /// The agent's own API.
+    pub url: String,
+}
+
+impl AgentProcess {
+    /// Starts `bin agent --name NAME [--zone ZONE]` registered with `server`.
+    pub fn start(
+        bin: &Path,
+        server: &Server,
+        name: &str,
+        zone: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let root = tempfile::Builder::new()
+            .prefix("pgfollow-agent-")
+            .tempdir_in("/tmp")?;
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o711))?;
+        let mut args = vec![
+            "agent".to_string(),
+            "--name".into(),
+            name.into(),
+            "--control".into(),
+            server.url.clone(),
+            "--token".into(),
+            server.token(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        if let Some(z) = zone {
+            args.extend(["--zone".to_string(), z.to_string()]);
+        }
+        let mut agent = Self {
+            bin: bin.to_path_buf(),
+            root,
+            args,
+            child: None,
+            name: name.to_string(),
+            url: String::new(),
+        };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.path().join("agent.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut child = Command::new(&self.bin)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .env_remove("PGFOLLOW_API")
+            .env_remove("PGFOLLOW_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot run {}", self.bin.display()))?;
+        let url = wait_for_listen_line(&mut child, &self.log_path());
+        self.child = Some(child);
+        match url {
+            Ok(url) => {
+                self.url = url;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.signal(Signal::SIGKILL);
+                anyhow::bail!("agent {}: {e}; log:\n{}", self.name, self.log())
+            }
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` and waits (bounded) for the agent to exit.
+    pub fn signal(&mut self, signal: Signal) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Starts the agent again on the same data directory.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            self.signal(Signal::SIGTERM);
+        }
+        self.spawn()
+    }
+
+    /// Live postmasters of this agent's clusters.
+    pub fn running_postmasters(&self) -> Vec<i32> {
+        postmaster_pids(&self.data_dir())
+            .into_iter()
+            .filter(|pid| kill(Pid::from_raw(*pid), None).is_ok())
+            .collect()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() && self.signal(Signal::SIGTERM).is_none() {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        stop_postmasters(&self.data_dir());
+        if std::thread::panicking() {
+            eprintln!("--- agent {} log ---\n{}", self.name, self.log());
+        }
+    }
+}

@@ -88,7 +88,12 @@ fn leader_and_follower(s: &Server) -> (String, String) {
             "--json",
         ])
         .ok();
-    let follower = out.json()["database"]["name"].as_str().unwrap().to_string();
+    let answer = out.json();
+    assert!(
+        answer["message"].as_str().unwrap().contains("read-only queries once it has caught up"),
+        "{answer}"
+    );
+    let follower = answer["database"]["name"].as_str().unwrap().to_string();
     let wait = s
         .cli(&["pg:wait", "--app", "sushi", "--timeout", "180"])
         .ok();

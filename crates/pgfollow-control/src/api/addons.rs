@@ -80,15 +80,35 @@ pub async fn create(
         .get(&id)
         .ok_or_else(|| ApiErr::internal("the new database vanished"))?;
     let summary = views::addon_summary(&state, db);
-    tracing::info!(
-        "{} ({} of {app}): provisioning on plan {}",
-        db.color,
-        db.name,
-        plan.name
-    );
+    let leader = db.following.as_ref().and_then(|id| state.databases.get(id));
+    let what = match leader {
+        Some(l) => {
+            tracing::info!(
+                "{} ({} of {app}): provisioning on plan {} on host {}, following {} on host {}",
+                db.color,
+                db.name,
+                plan.name,
+                db.host,
+                l.color,
+                l.host
+            );
+            "The follower will be available for read-only queries once it has caught up."
+                .to_string()
+        }
+        None => {
+            tracing::info!(
+                "{} ({} of {app}): provisioning on plan {} on host {}",
+                db.color,
+                db.name,
+                plan.name,
+                db.host
+            );
+            "The database is being created and will be available shortly.".to_string()
+        }
+    };
     let message = format!(
         "Creating {plan} on {app}... {price}\n\
-         The database is being created and will be available shortly.\n\
+         {what}\n\
          Created {name} as {vars}\n\
          Use `pgfollow pg:wait --app {app}` to track status.",
         plan = plan.name,

@@ -95,7 +95,7 @@ pub enum PgError {
     #[error("connecting to PostgreSQL over `{}` timed out after {secs} s: is the server overloaded or stuck starting?", socket_dir.display())]
     ConnectTimeout { socket_dir: PathBuf, secs: u64 },
 
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed: {}", describe_sql_error(source))]
     Sql {
         what: &'static str,
         source: tokio_postgres::Error,
@@ -145,6 +145,18 @@ pub enum PgError {
          look at the follower's log; promoting again is safe"
     )]
     PromoteTimeout { secs: u64 },
+}
+
+/// tokio-postgres shows a server error as just "db error": say what the
+/// server said.
+pub(crate) fn describe_sql_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
+    }
 }
 
 impl PgError {

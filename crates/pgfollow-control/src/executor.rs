@@ -200,7 +200,9 @@ impl Executor {
                 // Not being able to measure yet is no failure of the copy.
                 let lag = match crate::lag::measure(&self.hosts, state, db).await {
                     Ok(lag) => lag,
-                    Err(e) => return Ok(Outcome::NotYet(format!("cannot measure its lag yet: {e}"))),
+                    Err(e) => {
+                        return Ok(Outcome::NotYet(format!("cannot measure its lag yet: {e}")))
+                    }
                 };
                 if !is_caught_up(&lag) {
                     return Ok(Outcome::NotYet(format!(

@@ -277,6 +277,11 @@ impl Agent {
         Ok(self.cluster(id)?.commits_since(from, max_bytes).await?)
     }
 
+    /// `CHECKPOINT`.
+    pub async fn checkpoint(&self, id: &str) -> Result<(), AgentError> {
+        Ok(self.cluster(id)?.checkpoint().await?)
+    }
+
     /// Ends recovery: the follower becomes writable.
     pub async fn promote(&self, id: &str) -> Result<(), AgentError> {
         Ok(self.cluster(id)?.promote().await?)

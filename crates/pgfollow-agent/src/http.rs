@@ -104,6 +104,7 @@ pub async fn dispatch(agent: &Agent, call: AgentCall) -> Result<serde_json::Valu
             max_bytes,
         } => json(agent.commits_since(&id, from, max_bytes).await?),
         AgentCall::Promote { id } => json(agent.promote(&id).await?),
+        AgentCall::Checkpoint { id } => json(agent.checkpoint(&id).await?),
         AgentCall::SetUpstream { spec } => json(agent.set_upstream(&spec).await?),
     }
 }

@@ -16,6 +16,7 @@ mod confirm;
 mod credentials;
 mod output;
 mod pg;
+mod promotion;
 mod psql;
 mod run;
 mod serve;
@@ -102,6 +103,12 @@ pub enum Command {
     /// End every connection to a database
     #[command(name = "pg:killall")]
     PgKillall(pg::KillAllArgs),
+    /// Stop a follower following: it becomes a writable fork
+    #[command(name = "pg:unfollow")]
+    PgUnfollow(promotion::UnfollowArgs),
+    /// Put a database behind the app's DATABASE_URL
+    #[command(name = "pg:promote")]
+    PgPromote(promotion::PromoteArgs),
     /// Show how to connect to a database, password included
     #[command(name = "pg:credentials:url")]
     PgCredentialsUrl(credentials::UrlArgs),
@@ -155,6 +162,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => return run::run(c, a).await,
         Command::PgPsql(a) => return psql::psql(c, a).await,
         Command::Status(a) => server::status(c, a).await?,
+        Command::PgUnfollow(a) => promotion::unfollow(c, a).await?,
+        Command::PgPromote(a) => promotion::promote(c, a).await?,
         Command::Hosts(a) => server::hosts(c, a).await?,
         Command::Plans(a) => server::plans(c, a).await?,
         Command::Billing(a) => billing::billing(c, a).await?,

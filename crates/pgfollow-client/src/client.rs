@@ -214,6 +214,31 @@ impl Client {
         self.send_json(Method::POST, &path, &body).await
     }
 
+    /// `POST /v1/apps/{app}/databases/{db}/unfollow`.
+    pub async fn unfollow(
+        &self,
+        app: &str,
+        db: &str,
+        confirm: &str,
+    ) -> Result<pgfollow_types::api::UnfollowResponse, ClientError> {
+        let body = Confirm {
+            confirm: confirm.to_string(),
+        };
+        let path = ["v1", "apps", app, "databases", db, "unfollow"];
+        self.send_json(Method::POST, &path, &body).await
+    }
+
+    /// `POST /v1/apps/{app}/databases/{db}/promote`.
+    pub async fn promote(
+        &self,
+        app: &str,
+        db: &str,
+        request: &pgfollow_types::api::PromoteRequest,
+    ) -> Result<pgfollow_types::api::PromoteResponse, ClientError> {
+        let path = ["v1", "apps", app, "databases", db, "promote"];
+        self.send_json(Method::POST, &path, request).await
+    }
+
     /// `GET /v1/apps/{app}/billing`.
     pub async fn billing(&self, app: &str) -> Result<Billing, ClientError> {
         self.get(&["v1", "apps", app, "billing"]).await

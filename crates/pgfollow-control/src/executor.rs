@@ -84,7 +84,7 @@ impl Executor {
             }
             let op = active_operation(&state, &db.id);
             let observed = self.observe(db).await;
-            let leader = db.following.as_ref().and_then(|id| state.databases.get(id));
+            let leader = related_leader(&state, db, op);
             let decision = match &op {
                 Some(op) => Some(decide(db, op, &observed, leader)),
                 None if self.backing_off(&db.id) => None,
@@ -170,7 +170,7 @@ impl Executor {
     ) -> Result<Outcome, ApiErr> {
         let agent = self.hosts.agent(&db.host)?;
         let spec = cluster_spec(state, db);
-        let leader = db.following.as_ref().and_then(|id| state.databases.get(id));
+        let leader = related_leader(state, db, op);
         match action {
             Action::Initialize => agent.initialize(&spec).await?,
             Action::Start => {
@@ -219,6 +219,9 @@ impl Executor {
                         .await?
                 }
             }
+            Action::Promote => agent.promote(&db.id).await?,
+            Action::Reconfigure => agent.set_upstream(&spec).await?,
+            Action::Checkpoint => agent.checkpoint(&db.id).await?,
             Action::DestroyCluster => agent.destroy(&db.id).await?,
             Action::Fail(_) => {
                 if let Err(e) = agent.destroy(&db.id).await {
@@ -305,6 +308,13 @@ impl Executor {
                     if let Some(d) = state.databases.get_mut(&db.id) {
                         d.state = DatabaseState::Available;
                         d.status_detail = None;
+                        d.fork_pending = false;
+                    }
+                }
+                Action::Promote => {
+                    // Writable now: it follows nothing any more.
+                    if let Some(d) = state.databases.get_mut(&db.id) {
+                        d.following = None;
                     }
                 }
                 Action::Fail(reason) => {
@@ -413,6 +423,18 @@ enum Outcome {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The leader an operation on `db` concerns: the one an unfollow leaves,
+/// else the one `db` follows.
+fn related_leader<'a>(
+    state: &'a State,
+    db: &DatabaseRecord,
+    op: Option<&OperationRecord>,
+) -> Option<&'a DatabaseRecord> {
+    op.and_then(|o| o.subject.as_ref())
+        .or(db.following.as_ref())
+        .and_then(|id| state.databases.get(id))
 }
 
 /// The oldest unfinished operation on database `id`.

@@ -339,6 +339,13 @@ impl AgentHandle {
         }
     }
 
+    pub async fn checkpoint(&self, id: &str) -> Result<(), AgentError> {
+        match self {
+            Self::Local(a) => a.checkpoint(id).await,
+            Self::Remote(c) => Self::call(c, AgentCall::Checkpoint { id: id.into() }, SLOW).await,
+        }
+    }
+
     pub async fn set_upstream(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
         match self {
             Self::Local(a) => a.set_upstream(spec).await,

@@ -169,6 +169,7 @@ pub fn add_database(state: &mut State, new: &NewDatabase<'_>) -> Result<(String,
         status_detail: None,
         pg_version: None,
         following: new.leader.map(|l| l.id.clone()),
+        fork_pending: false,
     };
     state.billing.push(BillingRecord {
         app: app.name.clone(),
@@ -217,6 +218,7 @@ pub fn new_operation(
         progress_percent: None,
         created_at: now,
         updated_at: now,
+        subject: None,
     }
 }
 

@@ -18,7 +18,7 @@ pub fn fork_follow(db: &DatabaseRecord) -> String {
         "Unavailable on followers".to_string()
     } else if db.plan.tier == pgfollow_types::Tier::Hobby {
         "Unsupported on the hobby tier".to_string()
-    } else if db.state == pgfollow_types::api::DatabaseState::Available {
+    } else if db.state == pgfollow_types::api::DatabaseState::Available && !db.fork_pending {
         FORK_FOLLOW_AVAILABLE.to_string()
     } else {
         "Temporarily Unavailable".to_string()

@@ -27,8 +27,14 @@ pub enum Action {
     BaseBackup,
     /// Measure the follower's lag; it is available once caught up.
     CheckCaughtUp,
-    /// Drop a destroyed follower's slot on its leader.
+    /// Drop a destroyed (or unfollowed) follower's slot on its leader.
     DropSlot,
+    /// End recovery: the follower becomes writable.
+    Promote,
+    /// Render the configuration again (no upstream after an unfollow) and reload.
+    Reconfigure,
+    /// `CHECKPOINT`, so a fresh fork's new timeline is durable.
+    Checkpoint,
     /// Start postgres.
     Start,
     /// Create the owner and replication roles and the app's database.
@@ -56,6 +62,9 @@ impl Action {
             Action::BaseBackup => "base-backup",
             Action::CheckCaughtUp => "check-caught-up",
             Action::DropSlot => "drop-slot",
+            Action::Promote => "promote",
+            Action::Reconfigure => "reconfigure",
+            Action::Checkpoint => "checkpoint",
             Action::Start => "start",
             Action::Bootstrap => "bootstrap",
             Action::MarkAvailable => "mark-available",
@@ -102,7 +111,77 @@ pub fn decide(
         OperationKind::Provision if db.is_follower() => decide_follower(db, op, observed, leader),
         OperationKind::Provision => decide_provision(db, op, observed),
         OperationKind::Destroy => decide_destroy(db, op, observed, leader),
+        OperationKind::Unfollow => decide_unfollow(db, op, observed, leader),
     }
+}
+
+/// Unfollow: promote, drop the upstream from the configuration, drop the
+/// slot on the old leader, checkpoint; then the fork can be followed.
+/// `leader` is the database it followed.
+fn decide_unfollow(
+    db: &DatabaseRecord,
+    op: &OperationRecord,
+    observed: &Observed,
+    leader: Option<&DatabaseRecord>,
+) -> Decision {
+    if is_being_destroyed(db) {
+        return decision(
+            db,
+            Action::Cancel,
+            "it is being destroyed; the unfollow stops",
+        );
+    }
+    if let Some(d) = give_up(db, op) {
+        return d;
+    }
+    let cluster = match observed {
+        Observed::HostUnreachable(host) => {
+            return decision(
+                db,
+                Action::Wait,
+                format!("host {host} does not answer; waiting"),
+            )
+        }
+        Observed::Cluster(c) => c,
+    };
+    if !cluster.running {
+        return decision(
+            db,
+            Action::Start,
+            "not running; starting it before it stops following",
+        );
+    }
+    if !op.has_done(Action::Promote.step()) {
+        return decision(
+            db,
+            Action::Promote,
+            "promoting it: it stops following and becomes writable",
+        );
+    }
+    if !op.has_done(Action::Reconfigure.step()) {
+        return decision(
+            db,
+            Action::Reconfigure,
+            "removing its leader from its configuration",
+        );
+    }
+    if let Some(l) = leader.filter(|l| l.is_live()) {
+        if !op.has_done(Action::DropSlot.step()) {
+            return decision(
+                db,
+                Action::DropSlot,
+                format!("dropping its replication slot on {}", l.color),
+            );
+        }
+    }
+    if !op.has_done(Action::Checkpoint.step()) {
+        return decision(db, Action::Checkpoint, "checkpointing its new timeline");
+    }
+    decision(
+        db,
+        Action::MarkAvailable,
+        "unfollowed: it is a fork that can be followed",
+    )
 }
 
 fn leader_is_usable(leader: Option<&DatabaseRecord>) -> bool {
@@ -355,6 +434,7 @@ mod tests {
             status_detail: None,
             pg_version: None,
             following: None,
+            fork_pending: false,
         }
     }
 
@@ -370,6 +450,7 @@ mod tests {
             progress_percent: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
+            subject: None,
         }
     }
 
@@ -576,5 +657,39 @@ mod tests {
         assert!(!is_caught_up(&lag(CAUGHT_UP_COMMITS + 1, false, true)));
         assert!(!is_caught_up(&lag(5, true, true)));
         assert!(!is_caught_up(&lag(0, false, false)));
+    }
+
+    #[test]
+    fn unfollow_promotes_reconfigures_drops_the_slot_and_checkpoints() {
+        use Action::*;
+        let leader = db(DatabaseState::Available, Desired::Running);
+        let mut f = follower(&leader);
+        f.state = DatabaseState::Available;
+        let steps = ["promote", "reconfigure", "drop-slot", "checkpoint"];
+        let table: &[(usize, Observed, Action)] = &[
+            (0, seen(true, false), Start),
+            (0, seen(true, true), Promote),
+            (1, seen(true, true), Reconfigure),
+            (2, seen(true, true), DropSlot),
+            (3, seen(true, true), Checkpoint),
+            (4, seen(true, true), MarkAvailable),
+        ];
+        for (n, observed, want) in table {
+            let got = decide(
+                &f,
+                &op(OperationKind::Unfollow, &steps[..*n], 0),
+                observed,
+                Some(&leader),
+            );
+            assert_eq!(&got.action, want, "after {:?}", &steps[..*n]);
+        }
+        // With its leader gone there is no slot to drop.
+        let got = decide(
+            &f,
+            &op(OperationKind::Unfollow, &steps[..2], 0),
+            &seen(true, true),
+            None,
+        );
+        assert_eq!(got.action, Checkpoint);
     }
 }

@@ -240,6 +240,16 @@ impl Cluster {
     /// restarts its WAL receiver (`primary_conninfo` and `primary_slot_name`
     /// are reloadable since PostgreSQL 13). Refuses an upstream for a data
     /// directory that is not a standby's: that needs a new base backup.
+    /// Runs `CHECKPOINT`: after a promotion, makes the new timeline durable
+    /// in the control file, so the fork can be copied and followed.
+    pub async fn checkpoint(&self) -> Result<(), PgError> {
+        self.connect("postgres")
+            .await?
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(PgError::sql("running CHECKPOINT"))
+    }
+
     pub async fn set_upstream(&self, spec: &ClusterSpec) -> Result<(), PgError> {
         if spec.upstream.is_some()
             && self.is_initialized()

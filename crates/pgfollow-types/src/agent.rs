@@ -232,6 +232,9 @@ pub enum AgentCall {
     Promote {
         id: String,
     },
+    Checkpoint {
+        id: String,
+    },
     SetUpstream {
         spec: ClusterSpec,
     },
@@ -259,6 +262,7 @@ impl AgentCall {
             AgentCall::ReplayStatus { .. } => "replay_status",
             AgentCall::CommitsSince { .. } => "commits_since",
             AgentCall::Promote { .. } => "promote",
+            AgentCall::Checkpoint { .. } => "checkpoint",
             AgentCall::SetUpstream { .. } => "set_upstream",
         }
     }

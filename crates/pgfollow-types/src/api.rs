@@ -312,6 +312,44 @@ pub struct Confirm {
     pub confirm: String,
 }
 
+/// `POST .../unfollow` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UnfollowResponse {
+    pub name: String,
+    pub color: Color,
+    /// The colour of the leader it stops following.
+    pub leader: String,
+    pub operation: String,
+    pub message: String,
+}
+
+/// `POST .../promote`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PromoteRequest {
+    /// Promote a database that is still preparing.
+    #[serde(default)]
+    pub force: bool,
+    /// Unfollow a follower first, so that it becomes writable.
+    #[serde(default)]
+    pub unfollow: bool,
+}
+
+/// `POST .../promote` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PromoteResponse {
+    pub name: String,
+    pub color: Color,
+    /// The colour of the database that held `DATABASE_URL` before, if any.
+    pub previous: Option<String>,
+    /// The unfollow started for it, with `unfollow`.
+    pub operation: Option<String>,
+    /// Several lines: what happened, and warnings.
+    pub message: String,
+}
+
 /// `GET /v1/apps/{app}/billing`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -75,6 +75,9 @@ pub struct DatabaseRecord {
     /// On a follower: the id of the leader it streams from.
     #[serde(default)]
     pub following: Option<String>,
+    /// A fresh fork (an unfollowed follower) that cannot be followed yet.
+    #[serde(default)]
+    pub fork_pending: bool,
 }
 
 impl DatabaseRecord {
@@ -98,6 +101,8 @@ impl DatabaseRecord {
 pub enum OperationKind {
     Provision,
     Destroy,
+    /// A follower stops following and becomes a writable fork.
+    Unfollow,
 }
 
 impl OperationKind {
@@ -105,6 +110,7 @@ impl OperationKind {
         match self {
             OperationKind::Provision => "provision",
             OperationKind::Destroy => "destroy",
+            OperationKind::Unfollow => "unfollow",
         }
     }
 }
@@ -149,6 +155,10 @@ pub struct OperationRecord {
     pub progress_percent: Option<u8>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The other database the operation concerns: for an unfollow, the
+    /// leader the database followed.
+    #[serde(default)]
+    pub subject: Option<String>,
 }
 
 impl OperationRecord {

@@ -90,7 +90,10 @@ fn leader_and_follower(s: &Server) -> (String, String) {
         .ok();
     let answer = out.json();
     assert!(
-        answer["message"].as_str().unwrap().contains("read-only queries once it has caught up"),
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("read-only queries once it has caught up"),
         "{answer}"
     );
     let follower = answer["database"]["name"].as_str().unwrap().to_string();

@@ -11,4 +11,5 @@ mod bad_input;
 mod databases;
 mod durability;
 mod followers;
+mod promotion;
 mod security;

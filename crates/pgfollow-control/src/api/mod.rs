@@ -6,6 +6,7 @@ mod addons;
 mod apps;
 mod databases;
 mod misc;
+mod promotion;
 
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ pub type Shared = State<Arc<Ctx>>;
         addons::list, addons::create, addons::destroy,
         databases::info_all, databases::info, databases::ps, databases::kill,
         databases::kill_all, databases::credentials, databases::rotate,
+        promotion::unfollow, promotion::promote,
     ),
     components(schemas(pgfollow_types::api::ApiError)),
     modifiers(&BearerAuth),
@@ -102,6 +104,14 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route(
             "/apps/{app}/databases/{db}/credentials/rotate",
             post(databases::rotate),
+        )
+        .route(
+            "/apps/{app}/databases/{db}/unfollow",
+            post(promotion::unfollow),
+        )
+        .route(
+            "/apps/{app}/databases/{db}/promote",
+            post(promotion::promote),
         );
     Router::new()
         .nest("/v1", v1)

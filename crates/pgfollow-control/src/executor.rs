@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use pgfollow_planner::{decide, is_caught_up, reconcile, Action, Decision, Observed};
+use pgfollow_planner::{
+    decide, follower_fell_off, is_caught_up, reconcile, Action, Decision, Observed,
+};
 use pgfollow_types::api::DatabaseState;
 use pgfollow_types::model::{DatabaseRecord, OperationRecord, OperationState, State};
 use tokio::sync::Notify;
@@ -25,6 +27,8 @@ use crate::store::Store;
 const TICK: Duration = Duration::from_millis(250);
 /// How long a database that failed to start waits before the next try.
 const RESTART_BACKOFF: Duration = Duration::from_secs(3);
+/// How often a follower's slot on its leader is checked.
+const FOLLOWER_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How long shutdown waits for steps in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -141,9 +145,16 @@ impl Executor {
     ) {
         let step = action.step();
         let result = self.act(state, db, op, &action).await;
+        if action == Action::CheckFollower {
+            lock(&self.backoff).insert(db.id.clone(), Instant::now() + FOLLOWER_CHECK_EVERY);
+        }
         let recorded = match (&result, op) {
             (Ok(Outcome::Done), Some(op)) => self.record_success(db, op, &action),
             (Ok(Outcome::NotYet(detail)), Some(_)) => self.record_detail(db, detail),
+            (Ok(Outcome::Broken(reason)), _) => {
+                tracing::warn!("{} ({}): {reason}", db.color, db.name);
+                self.record_broken(db, reason)
+            }
             (Ok(_), None) => self.record_reconciled(db, &action),
             (Err(e), Some(op)) => {
                 tracing::warn!("{} ({}): step {step} failed: {e}", db.color, db.name);
@@ -217,6 +228,25 @@ impl Executor {
                         .agent(&l.host)?
                         .drop_slot(&l.id, &db.slot_name())
                         .await?
+                }
+            }
+            Action::CheckFollower => {
+                let Some(l) = leader.filter(|l| l.is_live()) else {
+                    return Ok(Outcome::Done);
+                };
+                let slot = self
+                    .hosts
+                    .agent(&l.host)?
+                    .slot_status(&l.id, &db.slot_name())
+                    .await?;
+                if let Some(why) = follower_fell_off(slot.as_ref()) {
+                    return Ok(Outcome::Broken(format!(
+                        "{why}. Rebuild it: `pgfollow addons:destroy {color} --app {app} --confirm {app}`, then `pgfollow addons:create {plan} --follow {leader} --app {app}`",
+                        color = db.color,
+                        app = db.app,
+                        plan = db.plan.name,
+                        leader = l.color,
+                    )));
                 }
             }
             Action::Promote => agent.promote(&db.id).await?,
@@ -378,6 +408,16 @@ impl Executor {
         })
     }
 
+    fn record_broken(&self, db: &DatabaseRecord, reason: &str) -> Result<(), ApiErr> {
+        self.store.update(|state| {
+            if let Some(d) = state.databases.get_mut(&db.id) {
+                d.state = DatabaseState::Failed;
+                d.status_detail = Some(reason.to_string());
+            }
+            Ok(())
+        })
+    }
+
     fn record_detail(&self, db: &DatabaseRecord, detail: &str) -> Result<(), ApiErr> {
         if db.status_detail.as_deref() == Some(detail) {
             return Ok(());
@@ -419,6 +459,8 @@ enum Outcome {
     Done,
     /// Nothing went wrong, but the step is not complete yet (why).
     NotYet(String),
+    /// The database can no longer work as it should (why, and what to do).
+    Broken(String),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1,6 +1,6 @@
 //! One decision per call, built from small named predicates.
 
-use pgfollow_types::agent::ClusterStatus;
+use pgfollow_types::agent::{ClusterStatus, SlotStatus};
 use pgfollow_types::api::DatabaseState;
 use pgfollow_types::api::Lag;
 use pgfollow_types::model::{DatabaseRecord, Desired, OperationKind, OperationRecord};
@@ -35,6 +35,8 @@ pub enum Action {
     Reconfigure,
     /// `CHECKPOINT`, so a fresh fork's new timeline is durable.
     Checkpoint,
+    /// Check that a follower's leader still keeps the WAL it needs.
+    CheckFollower,
     /// Start postgres.
     Start,
     /// Create the owner and replication roles and the app's database.
@@ -65,6 +67,7 @@ impl Action {
             Action::Promote => "promote",
             Action::Reconfigure => "reconfigure",
             Action::Checkpoint => "checkpoint",
+            Action::CheckFollower => "check-follower",
             Action::Start => "start",
             Action::Bootstrap => "bootstrap",
             Action::MarkAvailable => "mark-available",
@@ -366,6 +369,19 @@ fn decide_destroy(
     decision(db, Action::Forget, "its files are gone; forgetting it")
 }
 
+/// Why a follower can no longer follow, judged from its slot on the
+/// leader: gone, or invalidated because it fell further behind than the
+/// plan lets a slot hold WAL back (`max_slot_wal_keep_size`).
+pub fn follower_fell_off(slot: Option<&SlotStatus>) -> Option<String> {
+    match slot {
+        None => Some("its replication slot on the leader is gone".to_string()),
+        Some(s) if s.wal_status.as_deref() == Some("lost") => Some(
+            "it fell further behind than its leader keeps WAL for (the plan's max_slot_wal_keep_size), and the leader removed WAL it still needed".to_string(),
+        ),
+        Some(_) => None,
+    }
+}
+
 /// A follower this close to its leader counts as caught up.
 pub const CAUGHT_UP_COMMITS: u64 = 100;
 
@@ -398,6 +414,13 @@ pub fn reconcile(db: &DatabaseRecord, observed: &Observed) -> Option<Decision> {
             Action::MarkAvailable,
             "running again; it is available",
         )),
+        Observed::Cluster(_) if db.is_follower() && db.state == DatabaseState::Available => {
+            Some(decision(
+                db,
+                Action::CheckFollower,
+                "following; checking that its leader keeps the WAL it needs",
+            ))
+        }
         Observed::Cluster(_) => None,
     }
 }
@@ -691,5 +714,28 @@ mod tests {
             None,
         );
         assert_eq!(got.action, Checkpoint);
+    }
+
+    #[test]
+    fn a_follower_falls_off_when_its_slot_is_lost_or_gone() {
+        let slot = |wal_status: &str| SlotStatus {
+            active: false,
+            wal_status: Some(wal_status.into()),
+            restart_lsn: None,
+        };
+        assert_eq!(follower_fell_off(Some(&slot("reserved"))), None);
+        assert_eq!(follower_fell_off(Some(&slot("extended"))), None);
+        assert_eq!(follower_fell_off(Some(&slot("unreserved"))), None);
+        assert!(follower_fell_off(Some(&slot("lost")))
+            .unwrap()
+            .contains("max_slot_wal_keep_size"));
+        assert!(follower_fell_off(None).is_some());
+        let leader = db(DatabaseState::Available, Desired::Running);
+        let mut f = follower(&leader);
+        f.state = DatabaseState::Available;
+        assert_eq!(
+            reconcile(&f, &seen(true, true)).map(|d| d.action),
+            Some(Action::CheckFollower)
+        );
     }
 }

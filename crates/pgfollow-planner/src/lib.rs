@@ -7,6 +7,6 @@
 mod decide;
 
 pub use decide::{
-    decide, is_caught_up, reconcile, Action, Decision, Observed, CAUGHT_UP_COMMITS,
-    MAX_STEP_FAILURES,
+    decide, follower_fell_off, is_caught_up, reconcile, Action, Decision, Observed,
+    CAUGHT_UP_COMMITS, MAX_STEP_FAILURES,
 };

@@ -83,6 +83,10 @@ pub fn render_conf(spec: &ClusterSpec, socket_dir: &Path) -> String {
             "max_slot_wal_keep_size",
             quote(&format!("{}MB", s.max_slot_wal_keep_mb)),
         ),
+        // A follower that stops answering is noticed in seconds, so its slot
+        // stops holding WAL back and HA sees a dead link quickly.
+        ("wal_sender_timeout", quote("5s")),
+        ("wal_receiver_timeout", quote("5s")),
         ("fsync", "on".into()),
         ("logging_collector", "off".into()),
         ("log_destination", quote("stderr")),

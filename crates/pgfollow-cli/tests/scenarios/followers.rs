@@ -527,3 +527,125 @@ fn a_follower_is_placed_on_another_host_and_zone() {
         h2.running_postmasters().is_empty() && s.running_postmasters().is_empty()
     });
 }
+
+#[test]
+fn a_follower_that_falls_off_its_slot_shows_failed_with_how_to_rebuild_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans.toml");
+    std::fs::write(
+        &plans,
+        "[[plan]]\nname = \"standard-tiny\"\ntier = \"standard\"\nconnection_limit = 20\n\
+         shared_buffers_mb = 32\nwork_mem_mb = 4\nstorage_limit_gb = 1\nmax_slot_wal_keep_mb = 16\n\
+         price_per_month = 5\n",
+    )
+    .unwrap();
+    let s = Server::start_with(bin(), &["--plans", plans.to_str().unwrap()]).unwrap();
+    app_with_database(&s, "sushi", "standard-tiny");
+    s.cli(&[
+        "addons:create",
+        "standard-tiny",
+        "--follow",
+        "WHITE",
+        "--app",
+        "sushi",
+    ])
+    .ok();
+    wait_available(&s, "sushi");
+
+    // Stop the follower while no control plane restarts it.
+    let leader_url = config_get(&s, "sushi", "DATABASE_URL");
+    let leader_dir = cluster_dir_of(&s, &info_of_name(&s, "WHITE"));
+    let leader_port = s
+        .cli(&["pg:credentials:url", "WHITE", "--app", "sushi", "--json"])
+        .ok()
+        .json()["port"]
+        .to_string();
+    let follower_dir = cluster_dir_of(&s, &info_of_name(&s, "CHARCOAL"));
+    let mut s = s;
+    s.kill9();
+    let postmaster: i32 = std::fs::read_to_string(follower_dir.join("pgdata/postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    kill(Pid::from_raw(postmaster), Signal::SIGQUIT).unwrap();
+    eventually(Duration::from_secs(30), "the follower stops", || {
+        kill(Pid::from_raw(postmaster), None).is_err()
+    });
+
+    // Far more WAL than the plan lets the slot keep (16 MB) and than
+    // wal_keep_size (64 MB).
+    psql_url(&leader_url, "create table big (v text)").ok();
+    for _ in 0..4 {
+        psql_url(
+            &leader_url,
+            "insert into big select repeat('x', 200) from generate_series(1, 150000)",
+        )
+        .ok();
+    }
+    let superuser = |sql: &str| {
+        pgfollow_testkit::run_bounded(
+            Command::new("psql")
+                .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
+                .arg(leader_dir.join("run"))
+                .args([
+                    "-p",
+                    &leader_port,
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-c",
+                    sql,
+                ]),
+            Duration::from_secs(30),
+        )
+        .unwrap()
+        .ok()
+        .stdout
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the leader invalidates the slot",
+        || {
+            superuser("checkpoint");
+            superuser("select wal_status from pg_replication_slots") == "lost\n"
+        },
+    );
+
+    // Back up: pgfollow starts the follower again, and finds it cannot follow.
+    s.restart().unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "pg:info says the follower failed",
+        || {
+            s.cli(&["pg:info", "CHARCOAL", "--app", "sushi", "--json"])
+                .ok()
+                .json()["state"]
+                == "failed"
+        },
+    );
+    let text = s
+        .cli(&["pg:info", "CHARCOAL", "--app", "sushi"])
+        .ok()
+        .stdout;
+    assert!(text.contains("failed"), "{text}");
+    assert!(text.contains("max_slot_wal_keep_size"), "{text}");
+    assert!(
+        text.contains("addons:create standard-tiny --follow WHITE"),
+        "{text}"
+    );
+    // The leader is unharmed.
+    psql_url(&leader_url, "insert into big values ('still writable')").ok();
+}
+
+fn info_of_name(s: &Server, db: &str) -> String {
+    s.cli(&["pg:info", db, "--app", "sushi", "--json"])
+        .ok()
+        .json()["name"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}

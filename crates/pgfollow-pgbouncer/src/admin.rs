@@ -1,0 +1,270 @@
+//! PgBouncer's admin console, reached over the endpoint's Unix socket as
+//! [`ADMIN_USER`] with the endpoint's own random password. The console
+//! speaks only the simple query protocol, so everything here goes through
+//! tokio-postgres `simple_query`. Each call opens its own short connection:
+//! nothing is kept between calls, so an agent restart loses nothing.
+//!
+//! PAUSE, DISABLE and KILL are state inside the running PgBouncer: a restart
+//! of PgBouncer forgets them, and whoever wants them must apply them again.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use crate::config::{admin_ident, ADMIN_USER};
+use crate::endpoint::Endpoint;
+use crate::error::{pg_detail, BouncerError};
+
+/// How long logging in to the admin console may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an admin command other than PAUSE may take.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One line of `SHOW DATABASES`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseState {
+    /// The name clients use.
+    pub name: String,
+    /// The target server (None for the admin console's own `pgbouncer`).
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// The database's name on the server.
+    pub database: String,
+    pub paused: bool,
+    pub disabled: bool,
+}
+
+/// One admin console connection, for several commands in a row (a
+/// retarget logs in once rather than once per command: each SCRAM login
+/// costs a few milliseconds, much more in a debug build).
+pub struct AdminSession<'a> {
+    endpoint: &'a Endpoint,
+    client: Client,
+}
+
+impl Endpoint {
+    /// A fresh admin console connection; its connection task is spawned on
+    /// the current runtime.
+    pub async fn admin(&self) -> Result<AdminSession<'_>, BouncerError> {
+        if self.pid().is_none() {
+            return Err(BouncerError::NotRunning {
+                root: self.root().to_path_buf(),
+            });
+        }
+        let password = self.admin_password()?;
+        let port = self.port()?;
+        let socket_dir = self.layout().run_dir.clone();
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&socket_dir)
+            .port(port)
+            .user(ADMIN_USER)
+            .password(password)
+            .dbname("pgbouncer")
+            .connect_timeout(CONNECT_TIMEOUT);
+        let connect_error = |detail: String| BouncerError::AdminConnect {
+            socket_dir: socket_dir.clone(),
+            detail,
+        };
+        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
+            .await
+            .map_err(|_| connect_error(format!("timed out after {} s", CONNECT_TIMEOUT.as_secs())))?
+            .map_err(|e| connect_error(pg_detail(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("pgbouncer admin connection ended: {e}");
+            }
+        });
+        Ok(AdminSession {
+            endpoint: self,
+            client,
+        })
+    }
+
+    /// `PAUSE db`, see [`AdminSession::pause`].
+    pub async fn pause(&self, dbname: &str) -> Result<(), BouncerError> {
+        self.admin().await?.pause(dbname).await
+    }
+
+    /// `RESUME db`, see [`AdminSession::resume`].
+    pub async fn resume(&self, dbname: &str) -> Result<(), BouncerError> {
+        self.admin().await?.resume(dbname).await
+    }
+
+    /// `RELOAD`, see [`AdminSession::reload`].
+    pub async fn reload(&self) -> Result<(), BouncerError> {
+        self.admin().await?.reload().await
+    }
+
+    /// `DISABLE db`, see [`AdminSession::disable`].
+    pub async fn disable(&self, dbname: &str) -> Result<(), BouncerError> {
+        self.admin().await?.disable(dbname).await
+    }
+
+    /// `ENABLE db`, see [`AdminSession::enable`].
+    pub async fn enable(&self, dbname: &str) -> Result<(), BouncerError> {
+        self.admin().await?.enable(dbname).await
+    }
+
+    /// `KILL db`, see [`AdminSession::kill_clients`].
+    pub async fn kill_clients(&self, dbname: &str) -> Result<(), BouncerError> {
+        self.admin().await?.kill_clients(dbname).await
+    }
+
+    /// `SHOW DATABASES`, see [`AdminSession::databases`].
+    pub async fn databases(&self) -> Result<Vec<DatabaseState>, BouncerError> {
+        self.admin().await?.databases().await
+    }
+
+    /// The line of `SHOW DATABASES` for `dbname`, if PgBouncer has it.
+    pub async fn database(&self, dbname: &str) -> Result<Option<DatabaseState>, BouncerError> {
+        self.admin().await?.database(dbname).await
+    }
+}
+
+impl AdminSession<'_> {
+    /// Runs one admin command within `timeout`.
+    pub async fn command(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<Vec<SimpleQueryMessage>, BouncerError> {
+        run(&self.client, command, timeout).await
+    }
+
+    /// `PAUSE db`: waits until every server connection of `dbname` is
+    /// released (in-flight transactions finish), then holds new queries
+    /// until RESUME. Bounded by the endpoint's pause timeout; on timeout
+    /// the database is resumed again (over a new connection: this one
+    /// still waits for its PAUSE) and the error says so.
+    pub async fn pause(&self, dbname: &str) -> Result<(), BouncerError> {
+        let command = format!("PAUSE {}", admin_ident(dbname));
+        let limit = self.endpoint.pause_timeout();
+        match self.command(&command, limit).await {
+            Ok(_) => Ok(()),
+            Err(BouncerError::AdminTimeout { .. }) => {
+                if let Err(e) = self.endpoint.resume(dbname).await {
+                    tracing::warn!(dbname, "resuming after a PAUSE that timed out failed: {e}");
+                }
+                Err(BouncerError::PauseTimeout {
+                    dbname: dbname.to_string(),
+                    secs: limit.as_secs(),
+                })
+            }
+            Err(e) => Err(no_such_database(e, dbname)),
+        }
+    }
+
+    /// `RESUME db`; Ok if it was not paused.
+    pub async fn resume(&self, dbname: &str) -> Result<(), BouncerError> {
+        let command = format!("RESUME {}", admin_ident(dbname));
+        match self.command(&command, COMMAND_TIMEOUT).await {
+            Ok(_) => Ok(()),
+            Err(BouncerError::Admin { detail, .. }) if detail.contains("is not paused") => Ok(()),
+            Err(e) => Err(no_such_database(e, dbname)),
+        }
+    }
+
+    /// `RELOAD`: re-reads `pgbouncer.ini` and `userlist.txt`. A changed
+    /// target is used by every new server connection; old server
+    /// connections close when next released. PAUSE/DISABLE states survive.
+    pub async fn reload(&self) -> Result<(), BouncerError> {
+        self.command("RELOAD", COMMAND_TIMEOUT).await.map(|_| ())
+    }
+
+    /// `DISABLE db`: new client connections to `dbname` are refused
+    /// ("database is disabled"). Clients already connected keep working
+    /// (see [`AdminSession::kill_clients`]).
+    pub async fn disable(&self, dbname: &str) -> Result<(), BouncerError> {
+        self.simple(&format!("DISABLE {}", admin_ident(dbname)), dbname)
+            .await
+    }
+
+    /// `ENABLE db`: undoes DISABLE; Ok if not disabled.
+    pub async fn enable(&self, dbname: &str) -> Result<(), BouncerError> {
+        self.simple(&format!("ENABLE {}", admin_ident(dbname)), dbname)
+            .await
+    }
+
+    /// `KILL db`: drops every client and server connection of `dbname` at
+    /// once (open transactions roll back). PgBouncer leaves the database
+    /// paused afterwards: RESUME lets new work in again.
+    pub async fn kill_clients(&self, dbname: &str) -> Result<(), BouncerError> {
+        self.simple(&format!("KILL {}", admin_ident(dbname)), dbname)
+            .await
+    }
+
+    async fn simple(&self, command: &str, dbname: &str) -> Result<(), BouncerError> {
+        self.command(command, COMMAND_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|e| no_such_database(e, dbname))
+    }
+
+    /// `SHOW DATABASES`, without the admin console's own `pgbouncer`.
+    pub async fn databases(&self) -> Result<Vec<DatabaseState>, BouncerError> {
+        let messages = self.command("SHOW DATABASES", COMMAND_TIMEOUT).await?;
+        let mut out = Vec::new();
+        for m in messages {
+            let SimpleQueryMessage::Row(row) = m else {
+                continue;
+            };
+            let text = |col: &str| row.try_get(col).ok().flatten().map(str::to_string);
+            let Some(name) = text("name") else {
+                continue;
+            };
+            if name == "pgbouncer" {
+                continue;
+            }
+            out.push(DatabaseState {
+                host: text("host").filter(|h| !h.is_empty()),
+                port: text("port").and_then(|p| p.parse().ok()),
+                database: text("database").unwrap_or_default(),
+                paused: text("paused").as_deref() == Some("1"),
+                disabled: text("disabled").as_deref() == Some("1"),
+                name,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The line of `SHOW DATABASES` for `dbname`, if PgBouncer has it.
+    pub async fn database(&self, dbname: &str) -> Result<Option<DatabaseState>, BouncerError> {
+        Ok(self
+            .databases()
+            .await?
+            .into_iter()
+            .find(|d| d.name == dbname))
+    }
+}
+
+/// Runs one admin command on `client` within `timeout`.
+async fn run(
+    client: &Client,
+    command: &str,
+    timeout: Duration,
+) -> Result<Vec<SimpleQueryMessage>, BouncerError> {
+    match tokio::time::timeout(timeout, client.simple_query(command)).await {
+        Ok(Ok(messages)) => Ok(messages),
+        Ok(Err(e)) => Err(BouncerError::Admin {
+            command: command.to_string(),
+            detail: pg_detail(&e),
+        }),
+        Err(_) => Err(BouncerError::AdminTimeout {
+            command: command.to_string(),
+            secs: timeout.as_secs(),
+        }),
+    }
+}
+
+/// PgBouncer's "no such database: X" as its own error.
+fn no_such_database(e: BouncerError, dbname: &str) -> BouncerError {
+    match e {
+        BouncerError::Admin { ref detail, .. } if detail.contains("no such database") => {
+            BouncerError::NoSuchDatabase {
+                dbname: dbname.to_string(),
+            }
+        }
+        e => e,
+    }
+}

@@ -1,0 +1,38 @@
+//! One local PgBouncer instance: an app's stable endpoint. The app's
+//! `DATABASE_URL` points at a PgBouncer that the agent runs on loopback, as
+//! the same unprivileged OS user as PostgreSQL, in its own directory with its
+//! own configuration; the control plane moves it to a new primary with
+//! PAUSE → rewrite the configuration → RELOAD → RESUME, so connected apps
+//! only see one slow transaction. This crate renders `pgbouncer.ini` and
+//! `userlist.txt` from an [`EndpointSpec`], starts PgBouncer so that it
+//! outlives the agent, stops it, and speaks to its admin console (PAUSE,
+//! RESUME, RELOAD, DISABLE, ENABLE, KILL, SHOW DATABASES).
+//!
+//! Pooling is in *transaction* mode. PgBouncer 1.18 cannot carry named,
+//! protocol-level prepared statements in that mode: a statement prepared in
+//! one transaction may be missing on the server connection the next one gets
+//! (and always is after a retarget). Clients must use the simple query
+//! protocol or unnamed statements (tokio-postgres `simple_query` and
+//! `query_typed`; JDBC `prepareThreshold=0`; psql works as it is).
+//!
+//! Modules:
+//! - [`binary`]: where `pgbouncer` is installed and which version it is.
+//! - [`config`]: [`EndpointSpec`], its validation, and pure rendering of the files.
+//! - [`endpoint`]: one endpoint's files and lifecycle (write, start, stop, retarget, destroy).
+//! - [`admin`]: the admin console over the endpoint's Unix socket.
+//! - [`process`]: running `pgbouncer` as the OS user; is a pid our pgbouncer.
+//! - [`error`]: [`BouncerError`], the one error type.
+
+pub mod admin;
+pub mod binary;
+pub mod config;
+pub mod endpoint;
+pub mod error;
+pub mod process;
+
+pub use admin::{AdminSession, DatabaseState};
+pub use binary::BouncerBinary;
+pub use config::{EndpointSpec, Target};
+pub use endpoint::{Endpoint, EndpointStatus};
+pub use error::BouncerError;
+pub use pgfollow_postgres::OsUser;

@@ -24,6 +24,10 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Bouncer(#[from] pgfollow_pgbouncer::BouncerError),
+    #[error("PgBouncer is not installed on this host: install it (apt-get install pgbouncer) and restart pgfollow")]
+    NoBouncer,
     /// An agent on another host answered with an error.
     #[error("{}", .0.error)]
     Remote(AgentFailure),
@@ -101,9 +105,11 @@ pub struct Agent {
     clusters_dir: PathBuf,
     bin: Arc<PgBinaries>,
     user: Arc<OsUser>,
+    /// PgBouncer, for app endpoints; none when it is not installed.
+    bouncer: Option<Arc<pgfollow_pgbouncer::BouncerBinary>>,
 }
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 40
         && id
@@ -132,11 +138,30 @@ impl Agent {
             clusters_dir: config.clusters_dir,
             bin: Arc::new(bin),
             user: Arc::new(user),
+            bouncer: pgfollow_pgbouncer::BouncerBinary::discover(None)
+                .map(Arc::new)
+                .ok(),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub(crate) fn bouncer(&self) -> Option<Arc<pgfollow_pgbouncer::BouncerBinary>> {
+        self.bouncer.clone()
+    }
+
+    pub(crate) fn os_user(&self) -> Arc<OsUser> {
+        self.user.clone()
+    }
+
+    /// Endpoints live beside the clusters.
+    pub(crate) fn endpoints_dir(&self) -> PathBuf {
+        self.clusters_dir
+            .parent()
+            .map(|p| p.join("endpoints"))
+            .unwrap_or_else(|| self.clusters_dir.join("endpoints"))
     }
 
     pub fn pg_major(&self) -> u32 {
@@ -300,6 +325,7 @@ impl Agent {
     /// Stops every running cluster of this host (fast shutdown), for an
     /// orderly stop of the agent. Failures are logged, not returned.
     pub async fn stop_all(&self) {
+        self.stop_endpoints().await;
         let entries = match std::fs::read_dir(&self.clusters_dir) {
             Ok(e) => e,
             Err(e) => {

@@ -5,8 +5,10 @@
 //! finds its running clusters again through their `postmaster.pid`.
 
 mod agent;
+mod endpoints;
 pub mod http;
 mod run;
 
 pub use agent::{Agent, AgentConfig, AgentError};
+pub use pgfollow_pgbouncer::{EndpointSpec, EndpointStatus, Target as EndpointTarget};
 pub use run::{run, RunConfig, HEARTBEAT};

@@ -14,6 +14,7 @@ mod child;
 mod config;
 mod confirm;
 mod credentials;
+mod maintenance;
 mod output;
 mod pg;
 mod promotion;
@@ -109,6 +110,17 @@ pub enum Command {
     /// Put a database behind the app's DATABASE_URL
     #[command(name = "pg:promote")]
     PgPromote(promotion::PromoteArgs),
+    /// Move the app to a follower with a write pause of milliseconds
+    #[command(name = "pg:changeover")]
+    PgChangeover(maintenance::ChangeoverArgs),
+    /// Show whether the app is in maintenance mode
+    Maintenance(maintenance::ShowArgs),
+    /// Refuse connections through DATABASE_URL
+    #[command(name = "maintenance:on")]
+    MaintenanceOn(maintenance::SetArgs),
+    /// Take connections through DATABASE_URL again
+    #[command(name = "maintenance:off")]
+    MaintenanceOff(maintenance::SetArgs),
     /// Show how to connect to a database, password included
     #[command(name = "pg:credentials:url")]
     PgCredentialsUrl(credentials::UrlArgs),
@@ -163,6 +175,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::PgPsql(a) => return psql::psql(c, a).await,
         Command::Status(a) => server::status(c, a).await?,
         Command::PgUnfollow(a) => promotion::unfollow(c, a).await?,
+        Command::PgChangeover(a) => maintenance::changeover(c, a).await?,
+        Command::Maintenance(a) => maintenance::show(c, a).await?,
+        Command::MaintenanceOn(a) => maintenance::set(c, a, true).await?,
+        Command::MaintenanceOff(a) => maintenance::set(c, a, false).await?,
         Command::PgPromote(a) => promotion::promote(c, a).await?,
         Command::Hosts(a) => server::hosts(c, a).await?,
         Command::Plans(a) => server::plans(c, a).await?,

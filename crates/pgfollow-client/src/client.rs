@@ -239,6 +239,40 @@ impl Client {
         self.send_json(Method::POST, &path, request).await
     }
 
+    /// `GET /v1/apps/{app}/maintenance`.
+    pub async fn maintenance(
+        &self,
+        app: &str,
+    ) -> Result<pgfollow_types::api::Maintenance, ClientError> {
+        self.get(&["v1", "apps", app, "maintenance"]).await
+    }
+
+    /// `PUT /v1/apps/{app}/maintenance`.
+    pub async fn set_maintenance(
+        &self,
+        app: &str,
+        on: bool,
+    ) -> Result<pgfollow_types::api::Maintenance, ClientError> {
+        let body = pgfollow_types::api::Maintenance {
+            app: app.to_string(),
+            on,
+        };
+        self.send_json(Method::PUT, &["v1", "apps", app, "maintenance"], &body)
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/databases/{db}/changeover`.
+    pub async fn changeover(
+        &self,
+        app: &str,
+        db: &str,
+        request: &pgfollow_types::api::ChangeoverRequest,
+    ) -> Result<pgfollow_types::api::ChangeoverReport, ClientError> {
+        let body = request;
+        let path = ["v1", "apps", app, "databases", db, "changeover"];
+        self.send_json(Method::POST, &path, &body).await
+    }
+
     /// `GET /v1/apps/{app}/billing`.
     pub async fn billing(&self, app: &str) -> Result<Billing, ClientError> {
         self.get(&["v1", "apps", app, "billing"]).await

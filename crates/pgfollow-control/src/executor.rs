@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::endpoints::{main_database, needs_sync, Endpoints};
 use crate::error::ApiErr;
 use crate::hosts::Hosts;
 use crate::provision::{cluster_spec, pick_port};
@@ -35,6 +36,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub struct Executor {
     store: Store,
     hosts: Hosts,
+    endpoints: Arc<Endpoints>,
     port_range: (u16, u16),
     wake: Arc<Notify>,
     busy: Mutex<HashSet<String>>,
@@ -43,10 +45,17 @@ pub struct Executor {
 }
 
 impl Executor {
-    pub fn new(store: Store, hosts: Hosts, port_range: (u16, u16), wake: Arc<Notify>) -> Self {
+    pub fn new(
+        store: Store,
+        hosts: Hosts,
+        endpoints: Arc<Endpoints>,
+        port_range: (u16, u16),
+        wake: Arc<Notify>,
+    ) -> Self {
         Self {
             store,
             hosts,
+            endpoints,
             port_range,
             wake,
             busy: Mutex::default(),
@@ -109,7 +118,31 @@ impl Executor {
                 me.wake.notify_one();
             });
         }
+        self.tick_endpoints(&state, tasks);
         Ok(())
+    }
+
+    /// Starts or retargets every endpoint that does not match the catalog.
+    fn tick_endpoints(self: &Arc<Self>, state: &State, tasks: &mut JoinSet<()>) {
+        for app in state.apps.values() {
+            let key = format!("endpoint:{}", app.name);
+            if lock(&self.busy).contains(&key) || self.backing_off(&key) {
+                continue;
+            }
+            if !needs_sync(state, app, self.endpoints.is_running(app)) {
+                continue;
+            }
+            lock(&self.busy).insert(key.clone());
+            let me = self.clone();
+            let name = app.name.to_string();
+            tasks.spawn(async move {
+                if let Err(e) = me.endpoints.sync(&name, false).await {
+                    tracing::warn!("{name}: endpoint: {e}");
+                    lock(&me.backoff).insert(key.clone(), Instant::now() + RESTART_BACKOFF);
+                }
+                lock(&me.busy).remove(&key);
+            });
+        }
     }
 
     async fn observe(&self, db: &DatabaseRecord) -> Observed {
@@ -269,7 +302,15 @@ impl Executor {
                     }
                 }
             }
-            Action::MarkAvailable | Action::Forget | Action::Cancel | Action::Wait => {}
+            Action::MarkAvailable => {
+                // DATABASE_URL must work once the database shows available.
+                for app in state.apps.values() {
+                    if main_database(state, app).is_some_and(|m| m.id == db.id) {
+                        self.endpoints.sync(app.name.as_str(), false).await?;
+                    }
+                }
+            }
+            Action::Forget | Action::Cancel | Action::Wait => {}
         }
         Ok(Outcome::Done)
     }

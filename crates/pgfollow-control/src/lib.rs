@@ -3,7 +3,9 @@
 //! operation through the agents. `serve` runs it all with an embedded agent.
 
 pub mod api;
+mod changeover;
 pub mod config;
+mod endpoints;
 mod error;
 mod executor;
 mod hosts;

@@ -50,7 +50,11 @@ pub fn pick_port(state: &State, range: (u16, u16), address: &str) -> Result<u16,
     let start = rand::thread_rng().gen_range(0..span);
     for i in 0..span {
         let port = lo + ((start + i) % span) as u16;
-        let used = state.databases.values().any(|d| d.port == port);
+        let used = state.databases.values().any(|d| d.port == port)
+            || state
+                .apps
+                .values()
+                .any(|a| a.endpoint.as_ref().is_some_and(|e| e.port == port));
         if !used && TcpListener::bind((address, port)).is_ok() {
             return Ok(port);
         }
@@ -188,10 +192,15 @@ pub fn add_database(state: &mut State, new: &NewDatabase<'_>) -> Result<(String,
         format!("{}{}", pgfollow_types::names::COLOR_VAR_PREFIX, color),
         id.clone(),
     );
+    let needs_endpoint =
+        !app_rec.attachments.contains_key(MAIN_ATTACHMENT) && app_rec.endpoint.is_none();
     if !app_rec.attachments.contains_key(MAIN_ATTACHMENT) {
         app_rec
             .attachments
             .insert(MAIN_ATTACHMENT.to_string(), id.clone());
+    }
+    if needs_endpoint {
+        add_endpoint(state, app.name.as_str(), new.port_range)?;
     }
     state.databases.insert(id.clone(), db);
     state.operations.insert(
@@ -199,6 +208,24 @@ pub fn add_database(state: &mut State, new: &NewDatabase<'_>) -> Result<(String,
         new_operation(&op_id, OperationKind::Provision, &id, new.now),
     );
     Ok((id, op_id))
+}
+
+/// Gives `app` its endpoint on the control plane's host: a port, and a
+/// directory name.
+fn add_endpoint(state: &mut State, app: &str, range: (u16, u16)) -> Result<(), ApiErr> {
+    let host = crate::server::LOCAL_HOST.to_string();
+    let address = host_address(state, &host);
+    let port = pick_port(state, range, &address)?;
+    let id = format!("ep-{app}");
+    if let Some(a) = state.apps.get_mut(app) {
+        a.endpoint = Some(pgfollow_types::model::EndpointRecord {
+            id,
+            host,
+            port,
+            applied: None,
+        });
+    }
+    Ok(())
 }
 
 pub fn new_operation(
@@ -346,6 +373,8 @@ mod tests {
                 created_at: Utc::now(),
                 config: Default::default(),
                 attachments: Default::default(),
+                endpoint: None,
+                maintenance: false,
             },
         );
         s

@@ -74,11 +74,24 @@ fn resolve_url<'a>(state: &'a State, url: &str) -> Option<&'a DatabaseRecord> {
     let port = u.port()?;
     let dbname = u.path().trim_start_matches('/');
     let host = u.host_str()?;
-    state.databases.values().find(|db| {
+    let direct = state.databases.values().find(|db| {
         live(db)
             && db.port == port
             && db.database == dbname
             && db.owner.name == u.username()
             && state.hosts.get(&db.host).is_some_and(|h| h.address == host)
-    })
+    });
+    // An app's DATABASE_URL names its endpoint: the database behind it.
+    let behind_endpoint = || {
+        state.apps.values().find_map(|a| {
+            let ep = a.endpoint.as_ref()?;
+            let on_host = state.hosts.get(&ep.host).is_some_and(|h| h.address == host);
+            if ep.port != port || !on_host {
+                return None;
+            }
+            crate::endpoints::main_database(state, a)
+                .filter(|db| db.database == dbname && db.owner.name == u.username())
+        })
+    };
+    direct.or_else(behind_endpoint)
 }

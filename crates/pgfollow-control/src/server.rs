@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{router, Ctx};
 use crate::config::ServeConfig;
+use crate::endpoints::Endpoints;
 use crate::executor::Executor;
 use crate::hosts::Hosts;
 use crate::provision::secret;
@@ -82,6 +83,7 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     .store(data_dir)?;
 
     let wake = Arc::new(Notify::new());
+    let endpoints = Arc::new(Endpoints::new(store.clone(), agent.clone()));
     let ctx = Arc::new(Ctx {
         store: store.clone(),
         hosts: hosts.clone(),
@@ -89,8 +91,15 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
         token,
         port_range: config.pg_ports,
         wake: wake.clone(),
+        endpoints: endpoints.clone(),
     });
-    let executor = Arc::new(Executor::new(store, hosts, config.pg_ports, wake));
+    let executor = Arc::new(Executor::new(
+        store,
+        hosts,
+        endpoints,
+        config.pg_ports,
+        wake,
+    ));
     let exec_cancel = shutdown.child_token();
     let exec_task = tokio::spawn(executor.run(exec_cancel.clone()));
 

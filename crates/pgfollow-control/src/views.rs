@@ -88,12 +88,24 @@ pub fn owner_attachment_vars(state: &State, db: &DatabaseRecord) -> Vec<String> 
         .unwrap_or_default()
 }
 
-/// The user's vars plus one URL per attachment.
+/// The user's vars plus one URL per attachment. `DATABASE_URL` goes
+/// through the app's endpoint, the colour vars straight to each database.
 pub fn config_vars(state: &State, app: &AppRecord) -> ConfigVars {
     let mut vars = app.config.clone();
     for (name, id) in &app.attachments {
         if let Some(db) = state.databases.get(id) {
-            vars.insert(attachment_var(name), credentials(state, db).url);
+            let url = match (&app.endpoint, name.as_str() == MAIN_ATTACHMENT) {
+                (Some(ep), true) => format!(
+                    "postgres://{}:{}@{}:{}/{}",
+                    db.owner.name,
+                    db.owner.password,
+                    url_host(&crate::provision::host_address(state, &ep.host)),
+                    ep.port,
+                    db.database
+                ),
+                _ => credentials(state, db).url,
+            };
+            vars.insert(attachment_var(name), url);
         }
     }
     ConfigVars { vars }

@@ -350,6 +350,54 @@ pub struct PromoteResponse {
     pub message: String,
 }
 
+/// `GET`/`PUT /v1/apps/{app}/maintenance`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Maintenance {
+    pub app: String,
+    /// While on, the app's endpoint refuses connections (clients get an
+    /// error) and closes the open ones: no write reaches the app's
+    /// databases through `DATABASE_URL`.
+    pub on: bool,
+}
+
+/// `POST .../changeover`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ChangeoverRequest {
+    /// Only check and say what would be done.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// How long the follower may take to catch up while writes are held
+    /// (default 30 s); past it the changeover resumes on the old primary.
+    #[serde(default)]
+    pub catch_up_timeout_secs: Option<u64>,
+}
+
+/// One step of a changeover.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ChangeoverStep {
+    pub name: String,
+    pub millis: f64,
+    pub detail: String,
+}
+
+/// `POST .../changeover` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ChangeoverReport {
+    /// The new primary's colour.
+    pub promoted: String,
+    /// The old primary's colour.
+    pub previous: String,
+    pub dry_run: bool,
+    pub steps: Vec<ChangeoverStep>,
+    /// How long new transactions were held at the endpoint.
+    pub write_pause_ms: f64,
+    pub message: String,
+}
+
 /// `GET /v1/apps/{app}/billing`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -36,6 +36,25 @@ pub struct AppRecord {
     pub config: BTreeMap<String, String>,
     /// Attachment name (`DATABASE`, `PGFOLLOW_POSTGRESQL_WHITE`) → database id.
     pub attachments: BTreeMap<String, String>,
+    /// The stable address `DATABASE_URL` points at, once the app has one.
+    #[serde(default)]
+    pub endpoint: Option<EndpointRecord>,
+    /// While on, the endpoint refuses connections: no writes reach the
+    /// app's databases through `DATABASE_URL`.
+    #[serde(default)]
+    pub maintenance: bool,
+}
+
+/// An app's endpoint: a PgBouncer on the control plane's host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    /// Its directory name on the host.
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    /// The database it was last pointed at (id), none before the first time.
+    #[serde(default)]
+    pub applied: Option<String>,
 }
 
 /// Whether a database should exist.

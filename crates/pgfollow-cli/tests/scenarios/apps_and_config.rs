@@ -71,7 +71,21 @@ fn config_vars_and_run_give_the_app_its_database() {
     ] {
         assert!(vars.contains_key(v), "{v} missing from {vars:?}");
     }
-    assert_eq!(vars["DATABASE_URL"], vars["PGFOLLOW_POSTGRESQL_WHITE_URL"]);
+    // DATABASE_URL goes through the app's endpoint: same role and database
+    // as the direct colour URL, another port.
+    let (main, direct) = (
+        vars["DATABASE_URL"].as_str().unwrap(),
+        vars["PGFOLLOW_POSTGRESQL_WHITE_URL"].as_str().unwrap(),
+    );
+    assert_ne!(main, direct);
+    let without_port = |u: &str| {
+        let (head, tail) = u.rsplit_once(':').unwrap();
+        (
+            head.to_string(),
+            tail.split_once('/').unwrap().1.to_string(),
+        )
+    };
+    assert_eq!(without_port(main), without_port(direct));
     let text = s.cli(&["config", "--app", "sushi"]).ok().stdout;
     assert!(
         text.contains("GREETING:") && text.contains("DATABASE_URL:"),

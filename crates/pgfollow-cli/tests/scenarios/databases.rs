@@ -195,7 +195,12 @@ fn credentials_are_shown_and_rotated() {
         .ok()
         .json();
     let old_url = creds["url"].as_str().unwrap().to_string();
-    assert_eq!(old_url, config_get(&s, "sushi", "DATABASE_URL"));
+    assert_eq!(
+        old_url,
+        config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL")
+    );
+    let old_main = config_get(&s, "sushi", "DATABASE_URL");
+    assert_eq!(psql_url(&old_main, "select 1").ok().stdout, "1\n");
     assert_eq!(creds["password"].as_str().unwrap().len(), 32);
     assert_eq!(psql_url(&old_url, "select 1").ok().stdout, "1\n");
 
@@ -209,13 +214,14 @@ fn credentials_are_shown_and_rotated() {
         "sushi",
     ])
     .ok();
-    let new_url = config_get(&s, "sushi", "DATABASE_URL");
+    let new_url = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL");
     assert_ne!(new_url, old_url);
-    assert_eq!(
-        config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL"),
-        new_url
-    );
     assert_eq!(psql_url(&new_url, "select 1").ok().stdout, "1\n");
+    // The endpoint behind DATABASE_URL takes the new password, not the old.
+    let new_main = config_get(&s, "sushi", "DATABASE_URL");
+    assert_ne!(new_main, old_main);
+    assert_eq!(psql_url(&new_main, "select 1").ok().stdout, "1\n");
+    psql_url(&old_main, "select 1").failed();
     let refused = psql_url(&old_url, "select 1").failed();
     assert!(
         refused.stderr.contains("password authentication failed"),

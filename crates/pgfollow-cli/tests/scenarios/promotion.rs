@@ -150,8 +150,22 @@ fn promote_moves_database_url_and_keeps_the_old_one_reachable() {
     let s = server();
     leader_and_follower(&s);
     let white_url = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL");
-    let charcoal_url = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
-    assert_eq!(config_get(&s, "sushi", "DATABASE_URL"), white_url);
+    let main_url = config_get(&s, "sushi", "DATABASE_URL");
+    let port_of = |db: &str| {
+        s.cli(&["pg:credentials:url", db, "--app", "sushi", "--json"])
+            .ok()
+            .json()["port"]
+            .to_string()
+    };
+    // Which PostgreSQL answers through DATABASE_URL (the endpoint).
+    let behind_main = || {
+        psql_url(&main_url, "select inet_server_port()")
+            .ok()
+            .stdout
+            .trim()
+            .to_string()
+    };
+    assert_eq!(behind_main(), port_of("WHITE"));
 
     let out = s.cli(&["pg:promote", "WHITE", "--app", "sushi"]).failed();
     assert!(out.stderr.contains("already"), "{}", out.stderr);
@@ -164,7 +178,14 @@ fn promote_moves_database_url_and_keeps_the_old_one_reachable() {
         "{}",
         out.stdout
     );
-    assert_eq!(config_get(&s, "sushi", "DATABASE_URL"), charcoal_url);
+    assert!(
+        out.stdout.contains("now routes to CHARCOAL"),
+        "{}",
+        out.stdout
+    );
+    // The app's URL is the same; the endpoint behind it routes to CHARCOAL.
+    assert_eq!(config_get(&s, "sushi", "DATABASE_URL"), main_url);
+    assert_eq!(behind_main(), port_of("CHARCOAL"));
     assert_eq!(
         config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL"),
         white_url
@@ -193,7 +214,7 @@ fn promote_moves_database_url_and_keeps_the_old_one_reachable() {
         ])
         .success()
     });
-    assert_eq!(config_get(&s, "sushi", "DATABASE_URL"), charcoal_url);
+    assert_eq!(behind_main(), port_of("CHARCOAL"));
 }
 
 #[test]

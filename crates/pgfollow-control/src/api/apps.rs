@@ -63,6 +63,8 @@ pub async fn create(
             created_at: Utc::now(),
             config: Default::default(),
             attachments: Default::default(),
+            endpoint: None,
+            maintenance: false,
         };
         let view = app_view(state, &rec);
         state.apps.insert(name.to_string(), rec);
@@ -93,7 +95,7 @@ pub async fn destroy(
     Path(app): Path<String>,
     Query(q): Query<ConfirmQuery>,
 ) -> Result<Json<App>, ApiErr> {
-    let view = changed(
+    let (view, endpoint) = changed(
         &ctx,
         ctx.store.update(|state| {
             let rec = find_app(state, &app)?.clone();
@@ -112,9 +114,12 @@ pub async fn destroy(
                 remove_database(state, &id, now)?;
             }
             state.apps.remove(&app);
-            Ok(view)
+            Ok((view, rec.endpoint.clone()))
         }),
     )?;
+    if let Some(ep) = endpoint {
+        ctx.endpoints.destroy(&ep.id).await;
+    }
     tracing::info!(
         "destroyed app {app} and its {} databases",
         view.databases.len()

@@ -264,5 +264,26 @@ pub async fn rotate(
         Ok(views::credentials(state, &d))
     })?;
     tracing::info!("{} ({}): rotated the owner's password", db.color, db.name);
+    // Endpoints log in with the owner's password too: the database's own,
+    // and those routing to one of its followers (they share it).
+    let state = ctx.store.read()?;
+    let mut shared: Vec<String> = views::followers_of(&state, &db.id)
+        .iter()
+        .map(|f| f.id.clone())
+        .collect();
+    shared.push(db.id.clone());
+    let apps: Vec<String> = state
+        .apps
+        .values()
+        .filter(|a| {
+            a.attachments
+                .get(views::MAIN_ATTACHMENT)
+                .is_some_and(|id| shared.contains(id))
+        })
+        .map(|a| a.name.to_string())
+        .collect();
+    for app in apps {
+        ctx.endpoints.sync(&app, true).await?;
+    }
     Ok(Json(creds))
 }

@@ -5,6 +5,7 @@
 mod addons;
 mod apps;
 mod databases;
+mod maintenance;
 mod misc;
 mod promotion;
 
@@ -32,6 +33,7 @@ pub struct Ctx {
     pub port_range: (u16, u16),
     /// Wakes the executor after a write that gives it work.
     pub wake: Arc<Notify>,
+    pub endpoints: Arc<crate::endpoints::Endpoints>,
 }
 
 pub type Shared = State<Arc<Ctx>>;
@@ -46,6 +48,7 @@ pub type Shared = State<Arc<Ctx>>;
         databases::info_all, databases::info, databases::ps, databases::kill,
         databases::kill_all, databases::credentials, databases::rotate,
         promotion::unfollow, promotion::promote,
+        maintenance::show, maintenance::set, maintenance::changeover,
     ),
     components(schemas(pgfollow_types::api::ApiError)),
     modifiers(&BearerAuth),
@@ -112,6 +115,14 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route(
             "/apps/{app}/databases/{db}/promote",
             post(promotion::promote),
+        )
+        .route(
+            "/apps/{app}/databases/{db}/changeover",
+            post(maintenance::changeover),
+        )
+        .route(
+            "/apps/{app}/maintenance",
+            get(maintenance::show).put(maintenance::set),
         );
     Router::new()
         .nest("/v1", v1)

@@ -179,5 +179,18 @@ pub async fn promote(
         answer.color,
         answer.name
     );
+    let mut answer = answer;
+    // Connected apps follow without a restart: the endpoint is retargeted.
+    match ctx.endpoints.sync(&app, false).await {
+        Ok(Some(held)) => answer.message.push_str(&format!(
+            "\nDATABASE_URL now routes to {} (connections held {:.0} ms, none dropped).",
+            answer.color,
+            held.as_secs_f64() * 1000.0
+        )),
+        Ok(None) => {}
+        Err(e) => answer.message.push_str(&format!(
+            "\nWarning: the endpoint still routes to the old database ({e}); pgfollow keeps trying."
+        )),
+    }
     Ok(Json(answer))
 }

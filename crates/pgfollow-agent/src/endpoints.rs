@@ -1,0 +1,92 @@
+//! The app endpoints this agent runs: one PgBouncer per app, under the
+//! agent's `endpoints` directory, through pgfollow-pgbouncer.
+
+use std::time::Duration;
+
+use pgfollow_pgbouncer::{Endpoint, EndpointSpec, EndpointStatus};
+
+use crate::agent::{Agent, AgentError};
+
+impl Agent {
+    /// The endpoint `id` itself, for callers that drive its admin console
+    /// through several steps (a changeover).
+    pub fn endpoint(&self, id: &str) -> Result<Endpoint, AgentError> {
+        if !crate::agent::valid_id(id) {
+            return Err(AgentError::InvalidId(id.to_string()));
+        }
+        let bin = self.bouncer().ok_or(AgentError::NoBouncer)?;
+        Ok(Endpoint::new(
+            self.endpoints_dir().join(id),
+            bin,
+            self.os_user(),
+        ))
+    }
+
+    pub fn endpoint_status(&self, id: &str) -> Result<EndpointStatus, AgentError> {
+        Ok(self.endpoint(id)?.status())
+    }
+
+    /// Makes the endpoint match `spec`: starts it if it is not running,
+    /// else retargets it (PAUSE, new config, RELOAD, RESUME) and returns how
+    /// long clients were held.
+    pub async fn endpoint_apply(
+        &self,
+        spec: &EndpointSpec,
+    ) -> Result<Option<Duration>, AgentError> {
+        let ep = self.endpoint(&spec.id)?;
+        if ep.status().running {
+            return Ok(Some(ep.retarget(spec).await?));
+        }
+        ep.write_config(spec)?;
+        ep.start().await?;
+        Ok(None)
+    }
+
+    /// Holds new transactions (waits for those in flight to end).
+    pub async fn endpoint_pause(&self, id: &str, dbname: &str) -> Result<(), AgentError> {
+        Ok(self.endpoint(id)?.pause(dbname).await?)
+    }
+
+    pub async fn endpoint_resume(&self, id: &str, dbname: &str) -> Result<(), AgentError> {
+        Ok(self.endpoint(id)?.resume(dbname).await?)
+    }
+
+    /// Refuses new connections and closes the open ones.
+    pub async fn endpoint_block(&self, id: &str, dbname: &str) -> Result<(), AgentError> {
+        let ep = self.endpoint(id)?;
+        ep.disable(dbname).await?;
+        ep.kill_clients(dbname).await?;
+        Ok(())
+    }
+
+    /// Takes connections again after [`Agent::endpoint_block`].
+    pub async fn endpoint_unblock(&self, id: &str, dbname: &str) -> Result<(), AgentError> {
+        let ep = self.endpoint(id)?;
+        ep.enable(dbname).await?;
+        ep.resume(dbname).await?;
+        Ok(())
+    }
+
+    pub async fn endpoint_destroy(&self, id: &str) -> Result<(), AgentError> {
+        Ok(self.endpoint(id)?.destroy().await?)
+    }
+
+    /// Stops every running endpoint, for an orderly stop of the agent.
+    pub async fn stop_endpoints(&self) {
+        let Ok(entries) = std::fs::read_dir(self.endpoints_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Ok(ep) = self.endpoint(&id) else { continue };
+            if ep.status().running {
+                match ep.stop().await {
+                    Ok(()) => tracing::info!("stopped endpoint {id}"),
+                    Err(e) => tracing::warn!("could not stop endpoint {id}: {e}"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! `maintenance`, `maintenance:on`, `maintenance:off` and `pg:changeover`.
+//!
+//! Formats:
+//! - `maintenance`: `on` or `off`.
+//! - `maintenance:on`: `Enabling maintenance mode for APP... done`, and what
+//!   it means for clients; `maintenance:off`: `Disabling maintenance mode for APP... done`.
+//! - `pg:changeover DB`: one line per step with its duration,
+//!   `  freeze      0.4 ms  new transactions wait at the endpoint`, then
+//!   `Writes were held for 52.3 ms.` and the server's message.
+
+use clap::Args;
+use pgfollow_client::Client;
+use pgfollow_types::api::ChangeoverReport;
+
+use crate::args::{AppArg, JsonArg};
+use crate::output::print_json;
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub app: AppArg,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    #[command(flatten)]
+    pub app: AppArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangeoverArgs {
+    /// The follower to move the app to
+    pub db: String,
+    #[command(flatten)]
+    pub app: AppArg,
+    /// Only check, and say what would be done
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long the follower may take to catch up while writes are held
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub catch_up_timeout: u64,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+pub async fn show(client: &Client, args: ShowArgs) -> anyhow::Result<()> {
+    let m = client.maintenance(&args.app.app).await?;
+    if args.json.json {
+        return print_json(&m);
+    }
+    println!("{}", if m.on { "on" } else { "off" });
+    Ok(())
+}
+
+pub async fn set(client: &Client, args: SetArgs, on: bool) -> anyhow::Result<()> {
+    let app = &args.app.app;
+    client.set_maintenance(app, on).await?;
+    if on {
+        println!("Enabling maintenance mode for {app}... done");
+        println!("Connections through DATABASE_URL are refused (clients get an error) until `pgfollow maintenance:off --app {app}`.");
+    } else {
+        println!("Disabling maintenance mode for {app}... done");
+    }
+    Ok(())
+}
+
+pub async fn changeover(client: &Client, args: ChangeoverArgs) -> anyhow::Result<()> {
+    let request = pgfollow_types::api::ChangeoverRequest {
+        dry_run: args.dry_run,
+        catch_up_timeout_secs: Some(args.catch_up_timeout),
+    };
+    let report = client.changeover(&args.app.app, &args.db, &request).await?;
+    if args.json.json {
+        return print_json(&report);
+    }
+    print!("{}", report_text(&report));
+    Ok(())
+}
+
+/// The steps, their durations, the pause and the message.
+pub fn report_text(r: &ChangeoverReport) -> String {
+    let width = r.steps.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for s in &r.steps {
+        if r.dry_run {
+            out.push_str(&format!("  {:width$}  {}\n", s.name, s.detail));
+        } else {
+            out.push_str(&format!(
+                "  {:width$}  {:>8.1} ms  {}\n",
+                s.name, s.millis, s.detail
+            ));
+        }
+    }
+    if !r.dry_run {
+        out.push_str(&format!(
+            "Writes were held for {:.1} ms.\n",
+            r.write_pause_ms
+        ));
+    }
+    out.push_str(&r.message);
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgfollow_types::api::ChangeoverStep;
+
+    #[test]
+    fn a_report_lists_steps_with_durations() {
+        let step = |name: &str, millis: f64| ChangeoverStep {
+            name: name.into(),
+            millis,
+            detail: format!("{name} detail"),
+        };
+        let r = ChangeoverReport {
+            promoted: "CHARCOAL".into(),
+            previous: "WHITE".into(),
+            dry_run: false,
+            steps: vec![step("freeze", 0.42), step("catch up", 12.0)],
+            write_pause_ms: 52.34,
+            message: "sushi now runs on CHARCOAL".into(),
+        };
+        assert_eq!(
+            report_text(&r),
+            "  freeze         0.4 ms  freeze detail\n  \
+             catch up      12.0 ms  catch up detail\n\
+             Writes were held for 52.3 ms.\n\
+             sushi now runs on CHARCOAL\n"
+        );
+    }
+}

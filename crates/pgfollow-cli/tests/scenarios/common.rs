@@ -128,3 +128,115 @@ pub fn token(s: &Server) -> String {
     let v: serde_json::Value = serde_json::from_str(&text).expect("api.json is JSON");
     v["token"].as_str().expect("token").to_string()
 }
+
+/// What a writer saw.
+#[derive(Debug, Default)]
+pub struct WriterReport {
+    /// Ids whose INSERT was acknowledged, in order.
+    pub acked: Vec<i64>,
+    pub errors: Vec<String>,
+    /// The longest single INSERT.
+    pub longest: Duration,
+}
+
+/// A client inserting `1, 2, 3, ...` into `table (id)` one transaction at a
+/// time through `url`, with the simple query protocol (what PgBouncer in
+/// transaction mode carries), until stopped or `limit` passes.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<WriterReport>>,
+}
+
+impl Writer {
+    pub fn start(url: &str, table: &str, limit: Duration) -> Writer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (url, table, flag) = (url.to_string(), table.to_string(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(write_loop(url, table, flag, limit))
+        });
+        Writer {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops it and returns what it saw.
+    pub fn finish(mut self) -> WriterReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+
+    /// How many inserts were acknowledged so far is not tracked live; wait a
+    /// little for the writer to be busy.
+    pub fn warm_up(&self) {
+        std::thread::sleep(Duration::from_millis(700));
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+async fn write_loop(
+    url: String,
+    table: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    limit: Duration,
+) -> WriterReport {
+    let mut report = WriterReport::default();
+    let deadline = Instant::now() + limit;
+    let mut client = None;
+    let mut next = 1i64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+        if client.is_none() {
+            match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    client = Some(c);
+                }
+                Err(e) => {
+                    report.errors.push(format!("connect: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = &client else { continue };
+        let started = Instant::now();
+        match c
+            .simple_query(&format!("INSERT INTO {table} (id) VALUES ({next})"))
+            .await
+        {
+            Ok(_) => {
+                report.longest = report.longest.max(started.elapsed());
+                report.acked.push(next);
+                next += 1;
+            }
+            Err(e) => {
+                report.errors.push(format!("insert {next}: {e}"));
+                client = None;
+                next += 1;
+            }
+        }
+    }
+    report
+}
+
+/// The ids in `table` of the database at `url`.
+pub fn ids(url: &str, table: &str) -> std::collections::BTreeSet<i64> {
+    psql_url(url, &format!("select id from {table}"))
+        .ok()
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}

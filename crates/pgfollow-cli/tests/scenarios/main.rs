@@ -8,6 +8,7 @@ mod common;
 
 mod apps_and_config;
 mod bad_input;
+mod changeover;
 mod databases;
 mod durability;
 mod followers;

@@ -324,6 +324,28 @@ impl Agent {
 
     /// Stops every running cluster of this host (fast shutdown), for an
     /// orderly stop of the agent. Failures are logged, not returned.
+    /// Stops (immediately) every running cluster that is not a standby.
+    pub async fn stop_primaries(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.clusters_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Ok(cluster) = self.cluster(&id) else {
+                continue;
+            };
+            let standby = cluster.pgdata().join("standby.signal").exists();
+            if !standby && cluster.status(&id).running {
+                match cluster.stop(StopMode::Immediate).await {
+                    Ok(()) => tracing::warn!("fenced cluster {id}: stopped"),
+                    Err(e) => tracing::error!("could not fence cluster {id}: {e}"),
+                }
+            }
+        }
+    }
+
     pub async fn stop_all(&self) {
         self.stop_endpoints().await;
         let entries = match std::fs::read_dir(&self.clusters_dir) {

@@ -15,7 +15,11 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{Agent, AgentConfig};
 
 /// How often an agent tells the control plane it is alive.
-pub const HEARTBEAT: Duration = Duration::from_millis(500);
+pub const HEARTBEAT: Duration = Duration::from_millis(250);
+
+/// An agent that has not reached the control plane for this long stops
+/// its primaries: a control plane that cannot see it may fail them over.
+pub const FENCE_AFTER: Duration = Duration::from_millis(2000);
 
 /// Everything `pgfollow agent` takes from its command line.
 #[derive(Debug, Clone)]
@@ -99,7 +103,12 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> anyhow::Resu
     );
     tracing::info!("agent {} listening on {url}", host.name);
 
-    let beat = tokio::spawn(heartbeat(control, registration, shutdown.clone()));
+    let beat = tokio::spawn(heartbeat(
+        control,
+        registration,
+        agent.clone(),
+        shutdown.clone(),
+    ));
     let served = axum::serve(
         listener,
         crate::http::router(agent.clone(), config.token.clone()),
@@ -113,24 +122,49 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> anyhow::Resu
     served.context("the agent API failed")
 }
 
-async fn heartbeat(control: Client, registration: AgentRegistration, shutdown: CancellationToken) {
+async fn heartbeat(
+    control: Client,
+    registration: AgentRegistration,
+    agent: Arc<Agent>,
+    shutdown: CancellationToken,
+) {
+    let mut last_ok = std::time::Instant::now();
     let mut failing = false;
+    let mut fenced = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(HEARTBEAT) => {}
         }
-        match control.register_host(&registration).await {
-            Ok(_) if failing => {
-                tracing::info!("the control plane answers again");
+        let beat = tokio::time::timeout(HEARTBEAT * 2, control.register_host(&registration)).await;
+        match beat {
+            Ok(Ok(_)) => {
+                if failing {
+                    tracing::info!("the control plane answers again");
+                }
+                last_ok = std::time::Instant::now();
                 failing = false;
+                fenced = false;
             }
-            Ok(_) => {}
-            Err(e) if !failing => {
+            Ok(Err(e)) if !failing => {
                 tracing::warn!("heartbeat to the control plane failed: {e}");
                 failing = true;
             }
-            Err(_) => {}
+            Err(_) if !failing => {
+                tracing::warn!("heartbeat to the control plane timed out");
+                failing = true;
+            }
+            _ => {}
+        }
+        if failing && !fenced && last_ok.elapsed() >= FENCE_AFTER {
+            // The control plane may be failing our primaries over: they
+            // must not take writes any more.
+            tracing::warn!(
+                "no word from the control plane for {:.1} s: stopping this host's primaries",
+                last_ok.elapsed().as_secs_f64()
+            );
+            agent.stop_primaries().await;
+            fenced = true;
         }
     }
 }

@@ -37,6 +37,10 @@ pub struct CreateArgs {
     /// OTHERAPP::VAR, add-on name or URL)
     #[arg(long, value_name = "DB")]
     pub follow: Option<String>,
+    /// Premium and enterprise: commits wait for the HA standby, so a
+    /// failover loses no acknowledged commit
+    #[arg(long)]
+    pub sync: bool,
     /// Then wait until the new database is available, as pg:wait does
     #[arg(long)]
     pub wait: bool,
@@ -70,6 +74,7 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<()> {
     let req = CreateAddon {
         plan: args.plan.clone(),
         follow: args.follow.clone(),
+        sync: args.sync,
     };
     let resp = client.create_addon(app, &req).await?;
     if !args.json.json {

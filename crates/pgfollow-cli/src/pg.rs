@@ -152,6 +152,9 @@ pub fn info_block(db: &DatabaseInfo) -> String {
         ("Tables", or_unknown(db.tables.map(|n| n.to_string()))),
         ("Fork/Follow", db.fork_follow.clone()),
     ];
+    if let Some(ha) = &db.ha_status {
+        rows.push(("HA Status", ha.clone()));
+    }
     if let Some(leader) = &db.following {
         rows.push(("Following", color_name(leader)));
         let behind = match &db.behind_by {

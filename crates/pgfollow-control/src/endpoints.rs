@@ -174,3 +174,59 @@ impl Endpoints {
         }
     }
 }
+
+impl Endpoints {
+    /// Holds new transactions at every endpoint that routes to `db_id`
+    /// (HA fencing: nothing reaches a lost primary through an endpoint).
+    /// Returns the apps whose endpoints were held.
+    pub async fn hold_routes_to(&self, db_id: &str) -> Vec<String> {
+        let Ok(state) = self.store.read() else {
+            return Vec::new();
+        };
+        let mut held = Vec::new();
+        for app in state.apps.values() {
+            let (Some(ep), Some(db)) = (&app.endpoint, main_database(&state, app)) else {
+                continue;
+            };
+            if ep.applied.as_deref() != Some(db_id) || db.id != db_id {
+                continue;
+            }
+            match self.agent.endpoint_pause(&ep.id, &db.database).await {
+                Ok(()) => held.push(app.name.to_string()),
+                Err(e) => tracing::warn!("{}: could not hold the endpoint: {e}", app.name),
+            }
+        }
+        held
+    }
+
+    /// Points `app`'s held endpoint at the database now behind
+    /// `DATABASE`, then lets transactions through.
+    pub async fn reroute_held(&self, app: &str) -> Result<(), ApiErr> {
+        let lock = self.lock(app);
+        let _held = lock.lock().await;
+        let state = self.store.read()?;
+        let Some(rec) = state.apps.get(app) else {
+            return Ok(());
+        };
+        let Some(db) = main_database(&state, rec) else {
+            return Ok(());
+        };
+        let Some(spec) = endpoint_spec(&state, rec, db) else {
+            return Ok(());
+        };
+        let ep = self.agent.endpoint(&spec.id)?;
+        let fail = |e: pgfollow_pgbouncer::BouncerError| ApiErr::unavailable(e.to_string());
+        ep.write_config(&spec).map_err(fail)?;
+        let admin = ep.admin().await.map_err(fail)?;
+        admin.reload().await.map_err(fail)?;
+        admin.resume(&spec.dbname).await.map_err(fail)?;
+        let db_id = db.id.clone();
+        self.store.update(|state| {
+            if let Some(e) = state.apps.get_mut(app).and_then(|a| a.endpoint.as_mut()) {
+                e.applied = Some(db_id.clone());
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+}

@@ -20,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::endpoints::{main_database, needs_sync, Endpoints};
 use crate::error::ApiErr;
+use crate::ha::{self, HaMemory};
 use crate::hosts::Hosts;
-use crate::provision::{cluster_spec, pick_port};
+use crate::provision::{cluster_spec, pick_port, synchronous_standby};
 use crate::store::Store;
+use pgfollow_planner::HaVerdict;
 
 /// How often the executor looks, when nothing wakes it sooner.
 const TICK: Duration = Duration::from_millis(250);
@@ -39,6 +41,7 @@ pub struct Executor {
     endpoints: Arc<Endpoints>,
     port_range: (u16, u16),
     wake: Arc<Notify>,
+    ha: HaMemory,
     busy: Mutex<HashSet<String>>,
     backoff: Mutex<HashMap<String, Instant>>,
     last_sentence: Mutex<HashMap<String, String>>,
@@ -58,6 +61,7 @@ impl Executor {
             endpoints,
             port_range,
             wake,
+            ha: HaMemory::default(),
             busy: Mutex::default(),
             backoff: Mutex::default(),
             last_sentence: Mutex::default(),
@@ -119,7 +123,122 @@ impl Executor {
             });
         }
         self.tick_endpoints(&state, tasks);
+        self.tick_ha(&state, tasks).await;
         Ok(())
+    }
+
+    /// Watches every HA primary: measures its standby's lag, keeps the
+    /// synchronous standby setting current, and fails over when the
+    /// planner says so.
+    async fn tick_ha(self: &Arc<Self>, state: &Arc<State>, tasks: &mut JoinSet<()>) {
+        for (primary, standby) in ha::primaries(state) {
+            let key = format!("ha:{}", primary.id);
+            if lock(&self.busy).contains(&key) || lock(&self.busy).contains(&primary.id) {
+                continue;
+            }
+            let o = ha::observe(&self.hosts, &self.ha, primary, standby).await;
+            let v = ha::verdict(&o);
+            let sentence = match &v {
+                HaVerdict::Healthy => None,
+                HaVerdict::Watch(w) => Some(format!("HA: {} is being watched: {w}", primary.color)),
+                HaVerdict::Refuse(r) => {
+                    Some(format!("HA: {} is not failed over: {r}", primary.color))
+                }
+                HaVerdict::Failover(f) => Some(format!(
+                    "HA: failing {} over to its standby: {f}",
+                    primary.color
+                )),
+            };
+            if let Some(sentence) = &sentence {
+                self.log_once(
+                    &key,
+                    &Decision {
+                        action: Action::Wait,
+                        sentence: sentence.clone(),
+                    },
+                );
+            }
+            let me = self.clone();
+            let (p, sb, st) = (primary.clone(), standby.clone(), state.clone());
+            match v {
+                HaVerdict::Failover(why) => {
+                    lock(&self.busy).insert(key.clone());
+                    lock(&self.busy).insert(p.id.clone());
+                    lock(&self.busy).insert(sb.id.clone());
+                    tasks.spawn(async move {
+                        match ha::failover(&me.store, &me.hosts, &me.endpoints, &p.id, &why).await {
+                            Ok(done) => tracing::warn!("{done}"),
+                            Err(e) => tracing::error!("HA: failover of {} failed: {e}", p.color),
+                        }
+                        for k in [&key, &p.id, &sb.id] {
+                            lock(&me.busy).remove(k);
+                        }
+                        me.wake.notify_one();
+                    });
+                }
+                HaVerdict::Refuse(why) => {
+                    if p.status_detail.as_deref() != Some(why.as_str()) {
+                        let _ = self.store.update(|s| {
+                            if let Some(d) = s.databases.get_mut(&p.id) {
+                                d.status_detail = Some(why.clone());
+                            }
+                            Ok(())
+                        });
+                    }
+                }
+                HaVerdict::Healthy => {
+                    let want_sync = synchronous_standby(state, primary);
+                    if want_sync != primary.sync_applied {
+                        lock(&self.busy).insert(key.clone());
+                        tasks.spawn(async move {
+                            if let Err(e) = me.apply_sync(&st, &p, want_sync).await {
+                                tracing::warn!(
+                                    "{}: could not set its synchronous standby: {e}",
+                                    p.color
+                                );
+                            }
+                            lock(&me.busy).remove(&key);
+                        });
+                    } else if sb.state == DatabaseState::Available && self.ha.lag_due(&p.id) {
+                        lock(&self.busy).insert(key.clone());
+                        tasks.spawn(async move {
+                            if let Ok(lag) = crate::lag::measure(&me.hosts, &st, &sb).await {
+                                me.ha.record_lag(&p.id, lag.bytes);
+                            }
+                            lock(&me.busy).remove(&key);
+                        });
+                    }
+                }
+                HaVerdict::Watch(_) => {}
+            }
+        }
+    }
+
+    /// Names (or clears) the primary's synchronous standby and reloads it.
+    async fn apply_sync(
+        &self,
+        state: &State,
+        primary: &DatabaseRecord,
+        want: Option<String>,
+    ) -> Result<(), ApiErr> {
+        let spec = cluster_spec(state, primary);
+        self.hosts.agent(&primary.host)?.set_upstream(&spec).await?;
+        tracing::info!(
+            "{}: commits {}",
+            primary.color,
+            if want.is_some() {
+                "now wait for its standby (synchronous)"
+            } else {
+                "no longer wait for a standby"
+            }
+        );
+        let id = primary.id.clone();
+        self.store.update(|s| {
+            if let Some(d) = s.databases.get_mut(&id) {
+                d.sync_applied = want.clone();
+            }
+            Ok(())
+        })
     }
 
     /// Starts or retargets every endpoint that does not match the catalog.
@@ -188,12 +307,20 @@ impl Executor {
                 tracing::warn!("{} ({}): {reason}", db.color, db.name);
                 self.record_broken(db, reason)
             }
-            (Ok(_), None) => self.record_reconciled(db, &action),
+            (Ok(_), None) => {
+                if action == Action::Start {
+                    self.ha.start_failed(&db.id, false);
+                }
+                self.record_reconciled(db, &action)
+            }
             (Err(e), Some(op)) => {
                 tracing::warn!("{} ({}): step {step} failed: {e}", db.color, db.name);
                 self.record_failure(db, op, &e.message)
             }
             (Err(e), None) => {
+                if action == Action::Start {
+                    self.ha.start_failed(&db.id, true);
+                }
                 tracing::warn!("{} ({}): {step} failed: {e}", db.color, db.name);
                 lock(&self.backoff).insert(db.id.clone(), Instant::now() + RESTART_BACKOFF);
                 self.record_unavailable(db, &e.message)

@@ -18,8 +18,10 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiErr;
 
-/// A remote agent whose last heartbeat is older than this is taken as down.
-pub const HOST_LEASE: Duration = Duration::from_secs(3);
+/// A remote agent whose last heartbeat is older than this is taken as down
+/// (it heartbeats every 250 ms). It is also the HA grace: a primary whose
+/// host is silent this long is failed over, so a shorter stall never is.
+pub const HOST_LEASE: Duration = Duration::from_millis(2000);
 /// How long a look at a remote cluster may take: the executor waits for it.
 const GLANCE: Duration = Duration::from_secs(1);
 /// How long a quick call to a remote agent may take.
@@ -94,6 +96,15 @@ impl Hosts {
                 "host {host} does not answer; check that `pgfollow agent --name {host}` runs there"
             ))
         })
+    }
+
+    /// How long `host`'s agent has been silent (zero for the embedded one);
+    /// none for a host never heard from since this control plane started.
+    pub fn silence(&self, host: &str) -> Option<Duration> {
+        if self.local.as_ref().is_some_and(|a| a.name() == host) {
+            return Some(Duration::ZERO);
+        }
+        self.remotes().get(host).map(|r| r.last_seen.elapsed())
     }
 
     pub fn is_up(&self, host: &str) -> bool {

@@ -8,6 +8,7 @@ pub mod config;
 mod endpoints;
 mod error;
 mod executor;
+mod ha;
 mod hosts;
 mod lag;
 mod provision;

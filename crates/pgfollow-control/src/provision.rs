@@ -116,6 +116,10 @@ pub struct NewDatabase<'a> {
     pub now: DateTime<Utc>,
     /// The database the new one follows, for a follower.
     pub leader: Option<&'a DatabaseRecord>,
+    /// Commits wait for the HA standby (`--sync`), whatever the plan says.
+    pub sync: bool,
+    /// An HA standby of `leader`: attached to no app, not billed apart.
+    pub hidden: bool,
 }
 
 /// Adds a database, its attachments, its billing record and its provision
@@ -125,15 +129,19 @@ pub fn add_database(state: &mut State, new: &NewDatabase<'_>) -> Result<(String,
     let taken: Vec<Color> = state
         .databases
         .values()
-        .filter(|d| d.app == app.name)
+        .filter(|d| d.app == app.name && !d.hidden)
         .map(|d| d.color.clone())
         .collect();
-    let color = Color::first_free(&taken).ok_or_else(|| {
-        ApiErr::conflict(format!(
-            "app {} has a database of every colour; destroy one first",
-            app.name
-        ))
-    })?;
+    // An HA standby is invisible: it carries its primary's colour.
+    let color = match new.leader.filter(|_| new.hidden) {
+        Some(l) => l.color.clone(),
+        None => Color::first_free(&taken).ok_or_else(|| {
+            ApiErr::conflict(format!(
+                "app {} has a database of every colour; destroy one first",
+                app.name
+            ))
+        })?,
+    };
     let port = pick_port(state, new.port_range, &new.host.address)?;
     state.next_serial += 1;
     let serial = state.next_serial;
@@ -174,7 +182,37 @@ pub fn add_database(state: &mut State, new: &NewDatabase<'_>) -> Result<(String,
         pg_version: None,
         following: new.leader.map(|l| l.id.clone()),
         fork_pending: false,
+        ha_standby: None,
+        hidden: false,
+        sync: new.plan.synchronous_standby || new.sync,
+        sync_applied: None,
     };
+    let mut db = db;
+    db.hidden = new.hidden;
+    if new.hidden {
+        if let Some(l) = new.leader.and_then(|l| state.databases.get_mut(&l.id)) {
+            l.ha_standby = Some(id.clone());
+        }
+    } else {
+        attach_and_bill(state, &app, &db, new)?;
+    }
+    state.databases.insert(id.clone(), db);
+    state.operations.insert(
+        op_id.clone(),
+        new_operation(&op_id, OperationKind::Provision, &id, new.now),
+    );
+    Ok((id, op_id))
+}
+
+/// Attaches a new database to its app (its colour var, and `DATABASE_URL`
+/// when the app has none, with an endpoint) and starts its bill.
+fn attach_and_bill(
+    state: &mut State,
+    app: &pgfollow_types::model::AppRecord,
+    db: &DatabaseRecord,
+    new: &NewDatabase<'_>,
+) -> Result<(), ApiErr> {
+    let (id, color) = (db.id.clone(), db.color.clone());
     state.billing.push(BillingRecord {
         app: app.name.clone(),
         database: db.name.clone(),
@@ -202,12 +240,7 @@ pub fn add_database(state: &mut State, new: &NewDatabase<'_>) -> Result<(String,
     if needs_endpoint {
         add_endpoint(state, app.name.as_str(), new.port_range)?;
     }
-    state.databases.insert(id.clone(), db);
-    state.operations.insert(
-        op_id.clone(),
-        new_operation(&op_id, OperationKind::Provision, &id, new.now),
-    );
-    Ok((id, op_id))
+    Ok(())
 }
 
 /// Gives `app` its endpoint on the control plane's host: a port, and a
@@ -280,6 +313,20 @@ pub fn remove_database(state: &mut State, id: &str, now: DateTime<Utc>) -> Resul
     Ok(op_id)
 }
 
+/// The standby whose confirmation `db`'s commits wait for: its HA
+/// standby, when `db` is in sync mode and the standby has caught up (until
+/// then commits do not wait, or they would hang).
+pub fn synchronous_standby(state: &State, db: &DatabaseRecord) -> Option<String> {
+    if !db.sync || db.is_follower() {
+        return None;
+    }
+    db.ha_standby
+        .as_ref()
+        .and_then(|id| state.databases.get(id))
+        .filter(|s| s.is_live() && s.state == DatabaseState::Available)
+        .map(|s| s.id.clone())
+}
+
 /// The address of `host`'s databases.
 pub fn host_address(state: &State, host: &str) -> String {
     state
@@ -313,6 +360,7 @@ pub fn cluster_spec(state: &State, db: &DatabaseRecord) -> ClusterSpec {
         owner: db.owner.clone(),
         replication: db.replication.clone(),
         upstream,
+        synchronous_standby: synchronous_standby(state, db),
     }
 }
 
@@ -391,6 +439,8 @@ mod tests {
                 port_range: (40000, 40999),
                 now: Utc::now(),
                 leader: None,
+                sync: false,
+                hidden: false,
             },
         )
         .unwrap();

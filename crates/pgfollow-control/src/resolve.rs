@@ -15,7 +15,7 @@ pub fn find_app<'a>(state: &'a State, app: &str) -> Result<&'a AppRecord, ApiErr
 }
 
 fn live(db: &DatabaseRecord) -> bool {
-    db.desired == Desired::Running
+    db.desired == Desired::Running && !db.hidden
 }
 
 /// The database `reference` names, seen from `app`.

@@ -30,7 +30,7 @@ pub fn followers_of<'a>(state: &'a State, id: &str) -> Vec<&'a DatabaseRecord> {
     state
         .databases
         .values()
-        .filter(|d| d.is_live() && d.following.as_deref() == Some(id))
+        .filter(|d| d.is_live() && !d.hidden && d.following.as_deref() == Some(id))
         .collect()
 }
 

@@ -115,7 +115,34 @@ pub fn decide(
         OperationKind::Provision => decide_provision(db, op, observed),
         OperationKind::Destroy => decide_destroy(db, op, observed, leader),
         OperationKind::Unfollow => decide_unfollow(db, op, observed, leader),
+        OperationKind::Rejoin => decide_rejoin(db, op, observed, leader),
     }
+}
+
+/// Rejoin: an old primary comes back as the standby of the database that
+/// replaced it. Its files are removed first, so it can never start as a
+/// primary again, then it is copied afresh like any new follower.
+fn decide_rejoin(
+    db: &DatabaseRecord,
+    op: &OperationRecord,
+    observed: &Observed,
+    leader: Option<&DatabaseRecord>,
+) -> Decision {
+    if let Observed::HostUnreachable(host) = observed {
+        return decision(
+            db,
+            Action::Wait,
+            format!("host {host} is still down; it rejoins as a standby when it is back"),
+        );
+    }
+    if !op.has_done(Action::DestroyCluster.step()) {
+        return decision(
+            db,
+            Action::DestroyCluster,
+            "back after a failover: removing its old data before it rejoins as a standby",
+        );
+    }
+    decide_follower(db, op, observed, leader)
 }
 
 /// Unfollow: promote, drop the upstream from the configuration, drop the
@@ -382,6 +409,71 @@ pub fn follower_fell_off(slot: Option<&SlotStatus>) -> Option<String> {
     }
 }
 
+/// What the HA monitor saw of a primary and its standby.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaObservation {
+    /// The primary's agent heartbeats within its lease.
+    pub host_up: bool,
+    /// Time since the primary's agent was last heard from.
+    pub silent_for: std::time::Duration,
+    pub running: bool,
+    /// Failed attempts to start the primary in a row.
+    pub start_failures: u32,
+    /// The standby is available (built and caught up once).
+    pub standby_ready: bool,
+    /// WAL bytes the standby is behind the primary's last known position.
+    pub standby_lag_bytes: Option<u64>,
+}
+
+/// What the HA monitor does about one primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HaVerdict {
+    Healthy,
+    /// Something is off but within what a restart or the grace covers.
+    Watch(String),
+    Failover(String),
+    /// It should fail over but must not (why).
+    Refuse(String),
+}
+
+/// Failed starts after which a primary counts as lost.
+pub const MAX_START_FAILURES: u32 = 3;
+
+/// Fail over when the primary's host is silent past `grace`, or postgres
+/// will not start; only to a ready standby within `max_lag_bytes`.
+pub fn ha_verdict(o: &HaObservation, grace: std::time::Duration, max_lag_bytes: u64) -> HaVerdict {
+    let why = if !o.host_up && o.silent_for >= grace {
+        format!(
+            "its host has been silent for {:.1} s",
+            o.silent_for.as_secs_f64()
+        )
+    } else if o.host_up && !o.running && o.start_failures >= MAX_START_FAILURES {
+        format!("postgres failed to start {} times", o.start_failures)
+    } else if !o.host_up {
+        return HaVerdict::Watch(format!(
+            "its host has been silent for {:.1} s (grace {:.1} s)",
+            o.silent_for.as_secs_f64(),
+            grace.as_secs_f64()
+        ));
+    } else if !o.running {
+        return HaVerdict::Watch("postgres is down; restarting it".into());
+    } else {
+        return HaVerdict::Healthy;
+    };
+    if !o.standby_ready {
+        return HaVerdict::Refuse(format!("{why}, but its standby is not ready"));
+    }
+    match o.standby_lag_bytes {
+        Some(lag) if lag <= max_lag_bytes => HaVerdict::Failover(why),
+        Some(lag) => HaVerdict::Refuse(format!(
+            "{why}, but its standby is {} kB behind (limit {} kB)",
+            lag / 1024,
+            max_lag_bytes / 1024
+        )),
+        None => HaVerdict::Refuse(format!("{why}, but its standby's lag is unknown")),
+    }
+}
+
 /// A follower this close to its leader counts as caught up.
 pub const CAUGHT_UP_COMMITS: u64 = 100;
 
@@ -458,6 +550,10 @@ mod tests {
             pg_version: None,
             following: None,
             fork_pending: false,
+            ha_standby: None,
+            hidden: false,
+            sync: false,
+            sync_applied: None,
         }
     }
 
@@ -737,5 +833,87 @@ mod tests {
             reconcile(&f, &seen(true, true)).map(|d| d.action),
             Some(Action::CheckFollower)
         );
+    }
+
+    #[test]
+    fn failover_only_past_the_grace_and_to_a_close_standby() {
+        use std::time::Duration;
+        let grace = Duration::from_secs(2);
+        let ok = HaObservation {
+            host_up: true,
+            silent_for: Duration::from_millis(200),
+            running: true,
+            start_failures: 0,
+            standby_ready: true,
+            standby_lag_bytes: Some(1000),
+        };
+        let v = |o: HaObservation| ha_verdict(&o, grace, 16 << 20);
+        assert_eq!(v(ok.clone()), HaVerdict::Healthy);
+        // A stall shorter than the grace: watch, keep the role.
+        let stalled = HaObservation {
+            host_up: false,
+            silent_for: Duration::from_millis(1200),
+            ..ok.clone()
+        };
+        assert!(matches!(v(stalled), HaVerdict::Watch(_)));
+        // A crashed postgres is restarted, not failed over.
+        let crashed = HaObservation {
+            running: false,
+            start_failures: 1,
+            ..ok.clone()
+        };
+        assert!(matches!(v(crashed), HaVerdict::Watch(_)));
+        let lost = HaObservation {
+            host_up: false,
+            silent_for: Duration::from_secs(3),
+            ..ok.clone()
+        };
+        assert!(matches!(v(lost.clone()), HaVerdict::Failover(_)));
+        let broken = HaObservation {
+            running: false,
+            start_failures: 3,
+            ..ok.clone()
+        };
+        assert!(matches!(v(broken), HaVerdict::Failover(_)));
+        let far = HaObservation {
+            standby_lag_bytes: Some(17 << 20),
+            ..lost.clone()
+        };
+        assert!(matches!(v(far), HaVerdict::Refuse(r) if r.contains("behind")));
+        let unready = HaObservation {
+            standby_ready: false,
+            ..lost
+        };
+        assert!(matches!(v(unready), HaVerdict::Refuse(_)));
+    }
+
+    #[test]
+    fn an_old_primary_rejoins_only_after_its_files_are_gone() {
+        let leader = db(DatabaseState::Available, Desired::Running);
+        let old = follower(&leader);
+        let rejoin = |done: &[&str]| op(OperationKind::Rejoin, done, 0);
+        let got = decide(
+            &old,
+            &rejoin(&[]),
+            &Observed::HostUnreachable("h".into()),
+            Some(&leader),
+        );
+        assert_eq!(got.action, Action::Wait);
+        let got = decide(&old, &rejoin(&[]), &seen(true, true), Some(&leader));
+        assert_eq!(got.action, Action::DestroyCluster);
+        let got = decide(
+            &old,
+            &rejoin(&["destroy"]),
+            &seen(false, false),
+            Some(&leader),
+        );
+        assert_eq!(got.action, Action::CreateSlot);
+        let got = decide(
+            &old,
+            &rejoin(&["destroy", "create-slot"]),
+            &seen(false, false),
+            Some(&leader),
+        );
+        assert_eq!(got.action, Action::BaseBackup);
     }
 }

@@ -7,6 +7,6 @@
 mod decide;
 
 pub use decide::{
-    decide, follower_fell_off, is_caught_up, reconcile, Action, Decision, Observed,
-    CAUGHT_UP_COMMITS, MAX_STEP_FAILURES,
+    decide, follower_fell_off, ha_verdict, is_caught_up, reconcile, Action, Decision,
+    HaObservation, HaVerdict, Observed, CAUGHT_UP_COMMITS, MAX_START_FAILURES, MAX_STEP_FAILURES,
 };

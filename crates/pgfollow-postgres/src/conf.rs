@@ -101,6 +101,13 @@ pub fn render_conf(spec: &ClusterSpec, socket_dir: &Path) -> String {
     for (name, value) in settings {
         out.push_str(&format!("{name} = {value}\n"));
     }
+    if let Some(standby) = &spec.synchronous_standby {
+        out.push_str("# Commits wait until this standby has them.\n");
+        out.push_str(&format!(
+            "synchronous_standby_names = {}\n",
+            quote(&format!("\"{standby}\""))
+        ));
+    }
     if let Some(up) = &spec.upstream {
         out.push_str("# Follower: streams WAL from its leader (with `standby.signal`).\n");
         for (name, value) in [
@@ -338,6 +345,7 @@ mod tests {
                 password: "r3pl".into(),
             },
             upstream: None,
+            synchronous_standby: None,
         }
     }
 

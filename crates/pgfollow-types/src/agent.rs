@@ -72,6 +72,10 @@ pub struct ClusterSpec {
     /// `primary_conninfo` and `primary_slot_name`, with `standby.signal`.
     #[serde(default)]
     pub upstream: Option<Upstream>,
+    /// Set on a leader whose commits wait for a standby: that standby's
+    /// `application_name` (`synchronous_standby_names`).
+    #[serde(default)]
+    pub synchronous_standby: Option<String>,
 }
 
 /// The leader a follower streams from.

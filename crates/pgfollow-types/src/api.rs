@@ -83,6 +83,10 @@ pub struct CreateAddon {
     /// The database to follow, in any form a database can be named.
     #[serde(default)]
     pub follow: Option<String>,
+    /// On premium and enterprise plans: commits wait for the HA standby, so
+    /// a failover loses no acknowledged commit.
+    #[serde(default)]
+    pub sync: bool,
 }
 
 /// What a database is doing, as users see it.
@@ -204,6 +208,10 @@ pub struct DatabaseInfo {
     /// On a follower: how far behind its leader it is.
     #[serde(default)]
     pub behind_by: Option<Lag>,
+    /// On premium and enterprise plans: `Available`, or `Temporarily
+    /// Unavailable` while the standby is built or too far behind.
+    #[serde(default)]
+    pub ha_status: Option<String>,
 }
 
 /// How far a follower is behind its leader.

@@ -97,6 +97,18 @@ pub struct DatabaseRecord {
     /// A fresh fork (an unfollowed follower) that cannot be followed yet.
     #[serde(default)]
     pub fork_pending: bool,
+    /// On an HA leader (premium, enterprise): its standby's id.
+    #[serde(default)]
+    pub ha_standby: Option<String>,
+    /// An HA standby: a follower attached to no app, shown in no list.
+    #[serde(default)]
+    pub hidden: bool,
+    /// Commits wait for the HA standby (plan setting or `--sync`).
+    #[serde(default)]
+    pub sync: bool,
+    /// The synchronous standby its running configuration names.
+    #[serde(default)]
+    pub sync_applied: Option<String>,
 }
 
 impl DatabaseRecord {
@@ -122,6 +134,8 @@ pub enum OperationKind {
     Destroy,
     /// A follower stops following and becomes a writable fork.
     Unfollow,
+    /// A failed-over primary comes back as its successor's standby.
+    Rejoin,
 }
 
 impl OperationKind {
@@ -130,6 +144,7 @@ impl OperationKind {
             OperationKind::Provision => "provision",
             OperationKind::Destroy => "destroy",
             OperationKind::Unfollow => "unfollow",
+            OperationKind::Rejoin => "rejoin",
         }
     }
 }

@@ -12,5 +12,6 @@ mod changeover;
 mod databases;
 mod durability;
 mod followers;
+mod ha;
 mod promotion;
 mod security;

@@ -27,7 +27,7 @@ pub async fn list(
     let dbs = state
         .databases
         .values()
-        .filter(|d| d.desired == Desired::Running)
+        .filter(|d| d.desired == Desired::Running && !d.hidden)
         .filter(|d| d.app == a.name || a.attachments.values().any(|id| *id == d.id))
         .map(|d| views::addon_summary(&state, d))
         .collect();
@@ -48,6 +48,12 @@ pub async fn create(
             req.plan
         ))
     })?;
+    if req.sync && !plan.tier.has_ha() {
+        return Err(ApiErr::bad_request(format!(
+            "--sync needs a plan with an HA standby (premium or enterprise); {} is {}",
+            plan.name, plan.tier
+        )));
+    }
     let (id, op) = changed(
         &ctx,
         ctx.store.update(|state| {
@@ -60,18 +66,42 @@ pub async fn create(
                 }
                 None => None,
             };
-            let host = choose_host(state, leader.as_ref(), &|h| ctx.hosts.is_up(h))?;
-            add_database(
+            let is_up = |h: &str| ctx.hosts.is_up(h);
+            let host = choose_host(state, leader.as_ref(), &is_up)?;
+            let now = Utc::now();
+            let (id, op) = add_database(
                 state,
                 &NewDatabase {
                     app: &app,
                     plan,
                     host: &host,
                     port_range: ctx.port_range,
-                    now: Utc::now(),
+                    now,
                     leader: leader.as_ref(),
+                    sync: req.sync,
+                    hidden: false,
                 },
-            )
+            )?;
+            if plan.tier.has_ha() && leader.is_none() {
+                // Its HA standby: a hidden follower, on another host when
+                // there is one.
+                let primary = state.databases[&id].clone();
+                let standby_host = choose_host(state, Some(&primary), &is_up)?;
+                add_database(
+                    state,
+                    &NewDatabase {
+                        app: &app,
+                        plan,
+                        host: &standby_host,
+                        port_range: ctx.port_range,
+                        now,
+                        leader: Some(&primary),
+                        sync: false,
+                        hidden: true,
+                    },
+                )?;
+            }
+            Ok((id, op))
         }),
     )?;
     let state = ctx.store.read()?;
@@ -158,6 +188,11 @@ pub async fn destroy(
                 )));
             }
             let op = remove_database(state, &db.id, Utc::now())?;
+            if let Some(standby) = db.ha_standby.clone() {
+                if state.databases.get(&standby).is_some_and(|s| s.is_live()) {
+                    remove_database(state, &standby, Utc::now())?;
+                }
+            }
             Ok(DestroyAddonResponse {
                 name: db.name.clone(),
                 color: db.color.clone(),

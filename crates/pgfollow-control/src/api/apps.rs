@@ -29,7 +29,9 @@ fn app_view(state: &Catalog, a: &AppRecord) -> App {
         databases: state
             .databases
             .values()
-            .filter(|d| d.app == a.name && d.desired == pgfollow_types::model::Desired::Running)
+            .filter(|d| {
+                d.app == a.name && d.desired == pgfollow_types::model::Desired::Running && !d.hidden
+            })
             .map(|d| d.name.clone())
             .collect(),
     }

@@ -100,7 +100,37 @@ async fn info_of(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> DatabaseInf
         following,
         followers,
         behind_by,
+        ha_status: ha_status(ctx, state, db).await,
     }
+}
+
+/// `HA Status` of a premium or enterprise primary.
+async fn ha_status(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> Option<String> {
+    if !db.plan.tier.has_ha() || db.is_follower() || db.hidden {
+        return None;
+    }
+    let standby = db
+        .ha_standby
+        .as_ref()
+        .and_then(|id| state.databases.get(id));
+    let ready = match standby {
+        Some(s) if s.is_live() && s.state == DatabaseState::Available => {
+            tokio::time::timeout(STATS_TIMEOUT, crate::lag::measure(&ctx.hosts, state, s))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .is_some_and(|lag| lag.bytes <= crate::ha::HA_MAX_LAG_BYTES)
+        }
+        _ => false,
+    };
+    Some(
+        if ready {
+            "Available"
+        } else {
+            "Temporarily Unavailable"
+        }
+        .to_string(),
+    )
 }
 
 /// `pg:info` of every database of the app.
@@ -115,7 +145,7 @@ pub async fn info_all(
     let mut dbs: Vec<&DatabaseRecord> = state
         .databases
         .values()
-        .filter(|d| d.desired == Desired::Running)
+        .filter(|d| d.desired == Desired::Running && !d.hidden)
         .filter(|d| d.app == a.name || a.attachments.values().any(|id| *id == d.id))
         .collect();
     // The main database first, then by creation.

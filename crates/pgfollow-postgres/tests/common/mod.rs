@@ -53,6 +53,7 @@ pub fn spec(port: u16) -> ClusterSpec {
             password: "repl-pw".into(),
         },
         upstream: None,
+        synchronous_standby: None,
     }
 }
 

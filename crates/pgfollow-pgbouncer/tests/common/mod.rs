@@ -69,6 +69,7 @@ fn cluster_spec(id: &str, port: u16) -> ClusterSpec {
             password: "repl-pw".into(),
         },
         upstream: None,
+        synchronous_standby: None,
     }
 }
 

@@ -136,6 +136,22 @@ impl Executor {
             if lock(&self.busy).contains(&key) || lock(&self.busy).contains(&primary.id) {
                 continue;
             }
+            if ha::rejoin_hopeless(state, &self.hosts, standby) {
+                match ha::replace_standby(
+                    &self.store,
+                    &self.hosts,
+                    self.port_range,
+                    &primary.id,
+                    &standby.id,
+                ) {
+                    Ok(sentence) => tracing::warn!("HA: {sentence}"),
+                    Err(e) => {
+                        tracing::warn!("HA: cannot build a new standby for {}: {e}", primary.color)
+                    }
+                }
+                self.wake.notify_one();
+                continue;
+            }
             let o = ha::observe(&self.hosts, &self.ha, primary, standby).await;
             let v = ha::verdict(&o);
             let sentence = match &v {

@@ -24,6 +24,9 @@ use crate::store::Store;
 
 /// Standby lag beyond which a failover is refused (WAL bytes).
 pub const HA_MAX_LAG_BYTES: u64 = 16 * 1024 * 1024;
+/// How long an old primary's host may stay down before a new standby is
+/// built elsewhere instead of waiting for it to rejoin.
+pub const REJOIN_PATIENCE: Duration = Duration::from_secs(10);
 /// How often a healthy standby's lag is measured.
 const LAG_EVERY: Duration = Duration::from_millis(500);
 
@@ -220,4 +223,55 @@ pub async fn failover(
         started.elapsed().as_secs_f64() * 1000.0,
         standby.host
     ))
+}
+
+/// Whether `standby` is an old primary waiting to rejoin whose host has
+/// been down past [`REJOIN_PATIENCE`].
+pub fn rejoin_hopeless(state: &State, hosts: &Hosts, standby: &DatabaseRecord) -> bool {
+    let rejoining = state.operations.values().any(|o| {
+        o.database == standby.id && o.kind == OperationKind::Rejoin && o.state.is_active()
+    });
+    rejoining
+        && hosts
+            .silence(&standby.host)
+            .is_none_or(|s| s >= REJOIN_PATIENCE)
+}
+
+/// Gives up on `old` rejoining: it is removed (its files go when its host
+/// is back) and `primary` gets a new standby on the best host up.
+pub fn replace_standby(
+    store: &Store,
+    hosts: &Hosts,
+    port_range: (u16, u16),
+    primary_id: &str,
+    old_id: &str,
+) -> Result<String, ApiErr> {
+    store.update(|state| {
+        let primary = state
+            .databases
+            .get(primary_id)
+            .cloned()
+            .ok_or_else(|| ApiErr::not_found("the primary vanished"))?;
+        crate::provision::remove_database(state, old_id, Utc::now())?;
+        let host = crate::provision::choose_host(state, Some(&primary), &|h| hosts.is_up(h))?;
+        crate::provision::add_database(
+            state,
+            &crate::provision::NewDatabase {
+                app: primary.app.as_str(),
+                plan: &primary.plan,
+                host: &host,
+                port_range,
+                now: Utc::now(),
+                leader: Some(&primary),
+                sync: false,
+                hidden: true,
+            },
+        )?;
+        Ok(format!(
+            "{}: its old primary's host is still down after {} s; building a new standby on host {}",
+            primary.color,
+            REJOIN_PATIENCE.as_secs(),
+            host.name
+        ))
+    })
 }

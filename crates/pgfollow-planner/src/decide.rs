@@ -128,6 +128,13 @@ fn decide_rejoin(
     observed: &Observed,
     leader: Option<&DatabaseRecord>,
 ) -> Decision {
+    if is_being_destroyed(db) {
+        return decision(
+            db,
+            Action::Cancel,
+            "it is being destroyed; it will not rejoin",
+        );
+    }
     if let Observed::HostUnreachable(host) = observed {
         return decision(
             db,

@@ -229,3 +229,34 @@ fn a_short_stall_of_the_primarys_host_is_not_a_failover() {
     psql_url(&main, "select 1").ok();
     let _ = &mut h2;
 }
+
+#[test]
+fn when_the_old_primarys_host_stays_down_a_new_standby_is_built_and_its_files_go_later() {
+    let s = server();
+    let mut h2 = premium_on_h2(&s, &[]);
+    lose_host(&mut h2);
+    eventually(Duration::from_secs(30), "WHITE moves to host local", || {
+        host_of_white(&s) == "local"
+    });
+    // Without h2 a new standby is built on the only host left.
+    wait_ha_available(&s);
+    assert_eq!(
+        s.running_postmasters().len(),
+        2,
+        "primary and new standby on local"
+    );
+    assert!(s.log().contains("building a new standby"), "{}", s.log());
+    // When h2 is back, the old primary's files are removed, not started.
+    h2.restart().unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "h2 holds no cluster any more",
+        || {
+            std::fs::read_dir(h2.data_dir().join("clusters"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(true)
+        },
+    );
+    assert!(h2.running_postmasters().is_empty());
+    assert_eq!(ha_status(&s), "Available");
+}

@@ -923,4 +923,18 @@ mod tests {
         );
         assert_eq!(got.action, Action::BaseBackup);
     }
+
+    #[test]
+    fn an_abandoned_rejoin_is_cancelled() {
+        let leader = db(DatabaseState::Available, Desired::Running);
+        let mut old = follower(&leader);
+        old.desired = Desired::Absent;
+        let got = decide(
+            &old,
+            &op(OperationKind::Rejoin, &[], 0),
+            &Observed::HostUnreachable("h".into()),
+            Some(&leader),
+        );
+        assert_eq!(got.action, Action::Cancel);
+    }
 }

@@ -302,6 +302,11 @@ impl Agent {
         Ok(self.cluster(id)?.commits_since(from, max_bytes).await?)
     }
 
+    /// Winds an old primary back and makes it a standby of `spec.upstream`.
+    pub async fn rewind(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
+        Ok(self.cluster(&spec.id)?.rewind(spec).await?)
+    }
+
     /// `CHECKPOINT`.
     pub async fn checkpoint(&self, id: &str) -> Result<(), AgentError> {
         Ok(self.cluster(id)?.checkpoint().await?)

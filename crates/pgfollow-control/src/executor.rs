@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use pgfollow_planner::{
-    decide, follower_fell_off, is_caught_up, reconcile, Action, Decision, Observed,
+    decide, follower_fell_off, is_caught_up, reconcile, Action, Decision, Observed, REWIND_FAILED,
 };
 use pgfollow_types::api::DatabaseState;
 use pgfollow_types::model::{DatabaseRecord, OperationRecord, OperationState, State};
@@ -166,13 +166,14 @@ impl Executor {
                 )),
             };
             if let Some(sentence) = &sentence {
-                self.log_once(
-                    &key,
-                    &Decision {
-                        action: Action::Wait,
-                        sentence: sentence.clone(),
-                    },
-                );
+                // Once per kind of verdict: the seconds in it change every tick.
+                let kind = sentence.split(':').take(2).collect::<String>();
+                if lock(&self.last_sentence).get(&key) != Some(&kind) {
+                    tracing::info!("{sentence}");
+                    lock(&self.last_sentence).insert(key.clone(), kind);
+                }
+            } else {
+                lock(&self.last_sentence).remove(&key);
             }
             let me = self.clone();
             let (p, sb, st) = (primary.clone(), standby.clone(), state.clone());
@@ -319,6 +320,10 @@ impl Executor {
         let recorded = match (&result, op) {
             (Ok(Outcome::Done), Some(op)) => self.record_success(db, op, &action),
             (Ok(Outcome::NotYet(detail)), Some(_)) => self.record_detail(db, detail),
+            (Ok(Outcome::Fallback(step, why)), Some(op)) => {
+                tracing::warn!("{} ({}): {why}", db.color, db.name);
+                self.record_step(op, step)
+            }
             (Ok(Outcome::Broken(reason)), _) => {
                 tracing::warn!("{} ({}): {reason}", db.color, db.name);
                 self.record_broken(db, reason)
@@ -410,11 +415,14 @@ impl Executor {
                 let Some(l) = leader.filter(|l| l.is_live()) else {
                     return Ok(Outcome::Done);
                 };
-                let slot = self
-                    .hosts
-                    .agent(&l.host)?
-                    .slot_status(&l.id, &db.slot_name())
-                    .await?;
+                // A leader that cannot be asked says nothing about the
+                // follower: that is the HA monitor's business.
+                let Ok(leader_agent) = self.hosts.agent(&l.host) else {
+                    return Ok(Outcome::Done);
+                };
+                let Ok(slot) = leader_agent.slot_status(&l.id, &db.slot_name()).await else {
+                    return Ok(Outcome::Done);
+                };
                 if let Some(why) = follower_fell_off(slot.as_ref()) {
                     return Ok(Outcome::Broken(format!(
                         "{why}. Rebuild it: `pgfollow addons:destroy {color} --app {app} --confirm {app}`, then `pgfollow addons:create {plan} --follow {leader} --app {app}`",
@@ -423,6 +431,19 @@ impl Executor {
                         plan = db.plan.name,
                         leader = l.color,
                     )));
+                }
+            }
+            Action::Rewind => {
+                // A just-promoted source shows its new timeline in its
+                // control file only after a checkpoint; without it
+                // pg_rewind would find nothing to rewind.
+                let l = leader.ok_or_else(|| ApiErr::not_found("its new primary is gone"))?;
+                self.hosts.agent(&l.host)?.checkpoint(&l.id).await?;
+                if let Err(e) = agent.rewind(&spec).await {
+                    return Ok(Outcome::Fallback(
+                        REWIND_FAILED,
+                        format!("pg_rewind failed ({e}); copying it afresh"),
+                    ));
                 }
             }
             Action::Promote => agent.promote(&db.id).await?,
@@ -592,6 +613,17 @@ impl Executor {
         })
     }
 
+    /// Marks `step` done on `op` without anything else.
+    fn record_step(&self, op: &OperationRecord, step: &str) -> Result<(), ApiErr> {
+        self.store.update(|state| {
+            if let Some(o) = state.operations.get_mut(&op.id) {
+                o.done.push(step.to_string());
+                o.updated_at = Utc::now();
+            }
+            Ok(())
+        })
+    }
+
     fn record_broken(&self, db: &DatabaseRecord, reason: &str) -> Result<(), ApiErr> {
         self.store.update(|state| {
             if let Some(d) = state.databases.get_mut(&db.id) {
@@ -645,6 +677,9 @@ enum Outcome {
     NotYet(String),
     /// The database can no longer work as it should (why, and what to do).
     Broken(String),
+    /// The step could not work; the operation goes on another way, marked
+    /// by this step name.
+    Fallback(&'static str, String),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

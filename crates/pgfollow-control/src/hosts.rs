@@ -350,6 +350,13 @@ impl AgentHandle {
         }
     }
 
+    pub async fn rewind(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
+        match self {
+            Self::Local(a) => a.rewind(spec).await,
+            Self::Remote(c) => Self::call(c, AgentCall::Rewind { spec: spec.clone() }, SLOW).await,
+        }
+    }
+
     pub async fn checkpoint(&self, id: &str) -> Result<(), AgentError> {
         match self {
             Self::Local(a) => a.checkpoint(id).await,

@@ -5,6 +5,9 @@ use pgfollow_types::api::DatabaseState;
 use pgfollow_types::api::Lag;
 use pgfollow_types::model::{DatabaseRecord, Desired, OperationKind, OperationRecord};
 
+/// The step recorded when `pg_rewind` failed and a fresh copy is needed.
+pub const REWIND_FAILED: &str = "rewind-failed";
+
 /// A step gives up after failing this many times in a row.
 pub const MAX_STEP_FAILURES: u32 = 3;
 
@@ -37,6 +40,8 @@ pub enum Action {
     Checkpoint,
     /// Check that a follower's leader still keeps the WAL it needs.
     CheckFollower,
+    /// Wind an old primary back (`pg_rewind`) so it can follow its successor.
+    Rewind,
     /// Start postgres.
     Start,
     /// Create the owner and replication roles and the app's database.
@@ -68,6 +73,7 @@ impl Action {
             Action::Reconfigure => "reconfigure",
             Action::Checkpoint => "checkpoint",
             Action::CheckFollower => "check-follower",
+            Action::Rewind => "rewind",
             Action::Start => "start",
             Action::Bootstrap => "bootstrap",
             Action::MarkAvailable => "mark-available",
@@ -142,11 +148,24 @@ fn decide_rejoin(
             format!("host {host} is still down; it rejoins as a standby when it is back"),
         );
     }
-    if !op.has_done(Action::DestroyCluster.step()) {
+    let Observed::Cluster(cluster) = observed else {
+        return decision(db, Action::Wait, "waiting for its host");
+    };
+    let rewound = op.has_done(Action::Rewind.step());
+    let copy_afresh = op.has_done(REWIND_FAILED) || !cluster.initialized;
+    if !rewound && !copy_afresh && op.has_done(Action::CreateSlot.step()) {
+        return decision(
+            db,
+            Action::Rewind,
+            "back after a failover: winding it back with pg_rewind to follow its successor",
+        );
+    }
+    if !rewound && copy_afresh && cluster.initialized && !op.has_done(Action::DestroyCluster.step())
+    {
         return decision(
             db,
             Action::DestroyCluster,
-            "back after a failover: removing its old data before it rejoins as a standby",
+            "pg_rewind could not work: removing its old data to copy it afresh",
         );
     }
     decide_follower(db, op, observed, leader)
@@ -895,33 +914,36 @@ mod tests {
     }
 
     #[test]
-    fn an_old_primary_rejoins_only_after_its_files_are_gone() {
+    fn an_old_primary_rejoins_by_rewind_or_else_a_fresh_copy() {
         let leader = db(DatabaseState::Available, Desired::Running);
         let old = follower(&leader);
         let rejoin = |done: &[&str]| op(OperationKind::Rejoin, done, 0);
-        let got = decide(
-            &old,
-            &rejoin(&[]),
-            &Observed::HostUnreachable("h".into()),
-            Some(&leader),
+        let unreachable = Observed::HostUnreachable("h".into());
+        assert_eq!(
+            decide(&old, &rejoin(&[]), &unreachable, Some(&leader)).action,
+            Action::Wait
         );
-        assert_eq!(got.action, Action::Wait);
-        let got = decide(&old, &rejoin(&[]), &seen(true, true), Some(&leader));
-        assert_eq!(got.action, Action::DestroyCluster);
-        let got = decide(
-            &old,
-            &rejoin(&["destroy"]),
-            &seen(false, false),
-            Some(&leader),
-        );
-        assert_eq!(got.action, Action::CreateSlot);
-        let got = decide(
-            &old,
-            &rejoin(&["destroy", "create-slot"]),
-            &seen(false, false),
-            Some(&leader),
-        );
-        assert_eq!(got.action, Action::BaseBackup);
+        let table: &[(&[&str], Observed, Action)] = &[
+            // Back: a slot on its successor, then pg_rewind, then start.
+            (&[], seen(true, false), Action::CreateSlot),
+            (&["create-slot"], seen(true, false), Action::Rewind),
+            (&["create-slot", "rewind"], seen(true, false), Action::Start),
+            // pg_rewind failed: its files go, and it is copied afresh.
+            (
+                &["create-slot", REWIND_FAILED],
+                seen(true, false),
+                Action::DestroyCluster,
+            ),
+            (
+                &["create-slot", REWIND_FAILED, "destroy"],
+                seen(false, false),
+                Action::BaseBackup,
+            ),
+        ];
+        for (done, observed, want) in table {
+            let got = decide(&old, &rejoin(done), observed, Some(&leader));
+            assert_eq!(&got.action, want, "after {done:?}");
+        }
     }
 
     #[test]

@@ -9,4 +9,5 @@ mod decide;
 pub use decide::{
     decide, follower_fell_off, ha_verdict, is_caught_up, reconcile, Action, Decision,
     HaObservation, HaVerdict, Observed, CAUGHT_UP_COMMITS, MAX_START_FAILURES, MAX_STEP_FAILURES,
+    REWIND_FAILED,
 };

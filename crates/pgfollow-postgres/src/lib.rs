@@ -31,6 +31,7 @@ pub mod files;
 pub mod pidfile;
 pub mod process;
 pub mod replication;
+pub mod rewind;
 pub mod sql;
 pub mod user;
 

@@ -131,6 +131,17 @@ impl Cluster {
             "creating extension pg_walinspect",
         )
         .await?;
+        // pg_rewind, run by a failed-over primary against this cluster,
+        // reads files through these functions as the replication role.
+        let repl = escape_identifier(&spec.replication.name);
+        for function in crate::rewind::REWIND_GRANTS {
+            exec(
+                &client,
+                &format!("GRANT EXECUTE ON FUNCTION {function} TO {repl}"),
+                "granting pg_rewind's functions to the replication role",
+            )
+            .await?;
+        }
 
         let app = self.connect(&spec.database).await?;
         // PostgreSQL 15 already keeps CREATE on `public` from PUBLIC; older

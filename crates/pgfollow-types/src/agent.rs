@@ -239,6 +239,9 @@ pub enum AgentCall {
     Checkpoint {
         id: String,
     },
+    Rewind {
+        spec: ClusterSpec,
+    },
     SetUpstream {
         spec: ClusterSpec,
     },
@@ -267,6 +270,7 @@ impl AgentCall {
             AgentCall::CommitsSince { .. } => "commits_since",
             AgentCall::Promote { .. } => "promote",
             AgentCall::Checkpoint { .. } => "checkpoint",
+            AgentCall::Rewind { .. } => "rewind",
             AgentCall::SetUpstream { .. } => "set_upstream",
         }
     }

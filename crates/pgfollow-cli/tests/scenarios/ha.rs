@@ -118,7 +118,7 @@ fn a_crashed_postgres_is_restarted_not_failed_over() {
 }
 
 #[test]
-fn a_lost_host_fails_over_to_the_standby_which_the_old_primary_rejoins() {
+fn a_lost_host_fails_over_to_the_standby_which_the_old_primary_rejoins_by_rewind() {
     let s = server();
     let mut h2 = premium_on_h2(&s, &[]);
     let main = config_get(&s, "sushi", "DATABASE_URL");
@@ -169,6 +169,9 @@ fn a_lost_host_fails_over_to_the_standby_which_the_old_primary_rejoins() {
         standby_dir.join("pgdata/standby.signal").exists(),
         "it rejoined as a standby"
     );
+    let log = s.log();
+    assert!(log.contains("winding it back with pg_rewind"), "{log}");
+    assert!(!log.contains("pg_rewind failed"), "{log}");
     assert_eq!(host_of_white(&s), "local");
     psql_url(&main, "insert into w values (-2)").ok();
 }

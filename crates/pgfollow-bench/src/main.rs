@@ -8,7 +8,15 @@
 //! one sample costs. It prints a table and one PASS/MISS line per target.
 //! Everything runs on loopback, bounded in time; Ctrl-C stops it and removes
 //! what it made.
+//! `pgfollow-bench changeover` (`scripts/bench-changeover`) measures what
+//! writers through `DATABASE_URL` see during `pg:changeover`, the manual
+//! procedure and a hand-made PgBouncer switch on plain PostgreSQL;
+//! `pgfollow-bench failover` (`scripts/bench-failover`) the time to write
+//! again after a lost host or a crashed postgres, and the commits lost.
 
+mod changeover;
+mod failover;
+mod floor;
 mod follower;
 mod followers;
 mod leader;
@@ -19,6 +27,7 @@ mod report;
 mod sampler;
 mod standby;
 mod tools;
+mod writers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +50,12 @@ enum Command {
     /// Followers: creation time, leader TPS and Behind By, against a
     /// hand-made `pg_basebackup -R` standby of the same leader
     Followers(FollowersArgs),
+    /// Changeover: write pause, failed and lost commits of `pg:changeover`,
+    /// of the manual procedure and of a hand-made PgBouncer switch
+    Changeover(changeover::Options),
+    /// Failover: time to write again after a lost host or a crashed
+    /// postgres, and commits lost (async and sync)
+    Failover(failover::Options),
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,7 +104,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Command::Followers(args) = cli.command;
+    let args = match cli.command {
+        Command::Followers(args) => args,
+        Command::Changeover(opts) => return report(&runtime, changeover::run(opts)),
+        Command::Failover(opts) => return report(&runtime, failover::run(opts)),
+    };
     let opts = followers::Options {
         pgfollow: args.pgfollow,
         plan: args.plan,
@@ -115,6 +134,34 @@ fn main() -> ExitCode {
     match outcome {
         Ok(Some(results)) => {
             print!("{}", results.render());
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!("interrupted; cleaned up");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a benchmark that returns its report, printing it; Ctrl-C drops it,
+/// which stops and removes everything it started.
+fn report(
+    runtime: &tokio::runtime::Runtime,
+    bench: impl std::future::Future<Output = anyhow::Result<String>>,
+) -> ExitCode {
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            r = bench => r.map(Some),
+            _ = tokio::signal::ctrl_c() => Ok(None),
+        }
+    });
+    match outcome {
+        Ok(Some(text)) => {
+            print!("{text}");
             ExitCode::SUCCESS
         }
         Ok(None) => {

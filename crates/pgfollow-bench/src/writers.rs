@@ -1,0 +1,350 @@
+//! The load of the changeover and failover benchmarks: a few writers, each
+//! its own connection through a URL (an app's `DATABASE_URL`: PgBouncer in
+//! transaction mode, so the simple query protocol only), committing
+//! single-row inserts of ids no other writer uses, one after the other.
+//! Every acknowledged insert and every error is recorded with its time, so
+//! the longest pause, the failures and the lost commits can be worked out
+//! afterwards. A writer that sees an error reconnects (after
+//! [`RETRY_AFTER`]) and carries on.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+/// The table the writers insert into.
+pub const TABLE: &str = "bench_writes";
+
+/// How long a writer waits after an error before it tries again.
+pub const RETRY_AFTER: Duration = Duration::from_millis(20);
+/// Longest a connection attempt may take.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+/// Longest one insert may take before it counts as failed.
+const INSERT_LIMIT: Duration = Duration::from_secs(30);
+/// Ids of writer `w` are `w * ID_SPACE + 1, + 2, ...`.
+const ID_SPACE: i64 = 1_000_000_000;
+/// Writers started so far in this process: each gets its own `w`, so runs
+/// that share a table never reuse an id.
+static STARTED: AtomicI64 = AtomicI64::new(0);
+
+/// One acknowledged insert.
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
+    pub id: i64,
+    /// When the INSERT was sent.
+    pub sent: Instant,
+    /// When its acknowledgement arrived.
+    pub done: Instant,
+}
+
+/// One failed attempt: a refused or broken connection, or an INSERT that
+/// returned an error or took longer than 30 s.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub at: Instant,
+    pub what: String,
+}
+
+/// What all writers saw, acknowledgements in the order they arrived.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub acks: Vec<Ack>,
+    pub failures: Vec<Failure>,
+}
+
+/// Writers running on the current tokio runtime; dropping them stops them.
+pub struct Writers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<Seen>>,
+    origin: Instant,
+    /// Nanoseconds after `origin` at which the latest-sent acknowledged
+    /// insert was sent (0: none yet).
+    latest_sent: Arc<AtomicU64>,
+}
+
+impl Writers {
+    /// Starts `count` writers on `url`.
+    pub fn start(url: &str, count: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let origin = Instant::now();
+        let latest_sent = Arc::new(AtomicU64::new(0));
+        let tasks = (0..count)
+            .map(|_| {
+                let w = STARTED.fetch_add(1, Ordering::Relaxed) + 1;
+                let live = Live {
+                    stop: stop.clone(),
+                    origin,
+                    latest_sent: latest_sent.clone(),
+                };
+                tokio::spawn(write_loop(url.to_string(), w * ID_SPACE, live))
+            })
+            .collect();
+        Self {
+            stop,
+            tasks,
+            origin,
+            latest_sent,
+        }
+    }
+
+    /// True once an insert sent after `t` was acknowledged.
+    pub fn acked_one_sent_after(&self, t: Instant) -> bool {
+        let ns = self.latest_sent.load(Ordering::Relaxed);
+        ns > 0 && self.origin + Duration::from_nanos(ns) > t
+    }
+
+    /// Waits (at most `limit`) until an insert sent after `t` was
+    /// acknowledged; false if none was.
+    pub async fn wait_acked_after(&self, t: Instant, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.acked_one_sent_after(t) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.acked_one_sent_after(t)
+    }
+
+    /// Stops every writer (each finishes the insert it is in) and returns
+    /// what they saw.
+    pub async fn finish(mut self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Seen::default();
+        for task in std::mem::take(&mut self.tasks) {
+            match task.await {
+                Ok(seen) => {
+                    all.acks.extend(seen.acks);
+                    all.failures.extend(seen.failures);
+                }
+                Err(e) => all.failures.push(Failure {
+                    at: Instant::now(),
+                    what: format!("writer task: {e}"),
+                }),
+            }
+        }
+        all.acks.sort_by_key(|a| a.done);
+        all.failures.sort_by_key(|f| f.at);
+        all
+    }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// What a writer shares with the others while it runs.
+struct Live {
+    stop: Arc<AtomicBool>,
+    origin: Instant,
+    latest_sent: Arc<AtomicU64>,
+}
+
+async fn write_loop(url: String, first_id: i64, live: Live) -> Seen {
+    let mut seen = Seen::default();
+    let mut client = None;
+    let mut next = first_id + 1;
+    while !live.stop.load(Ordering::Relaxed) {
+        if client.is_none() {
+            match tokio::time::timeout(CONNECT_LIMIT, tokio_postgres::connect(&url, NoTls)).await {
+                Ok(Ok((c, connection))) => {
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    client = Some(c);
+                }
+                Ok(Err(e)) => {
+                    fail(&mut seen, format!("connect: {e}")).await;
+                    continue;
+                }
+                Err(_) => {
+                    fail(&mut seen, "connect: timed out".into()).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = &client else { continue };
+        let sql = format!("INSERT INTO {TABLE} (id) VALUES ({next})");
+        let sent = Instant::now();
+        match tokio::time::timeout(INSERT_LIMIT, c.simple_query(&sql)).await {
+            Ok(Ok(_)) => {
+                let done = Instant::now();
+                seen.acks.push(Ack {
+                    id: next,
+                    sent,
+                    done,
+                });
+                let ns = sent.saturating_duration_since(live.origin).as_nanos() as u64;
+                live.latest_sent.fetch_max(ns.max(1), Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                client = None;
+                fail(&mut seen, format!("insert {next}: {e}")).await;
+            }
+            Err(_) => {
+                client = None;
+                fail(&mut seen, format!("insert {next}: no answer in 30 s")).await;
+            }
+        }
+        next += 1;
+    }
+    seen
+}
+
+async fn fail(seen: &mut Seen, what: String) {
+    seen.failures.push(Failure {
+        at: Instant::now(),
+        what,
+    });
+    tokio::time::sleep(RETRY_AFTER).await;
+}
+
+impl Seen {
+    /// The longest time during which no writer got an acknowledgement:
+    /// the largest gap between two consecutive acknowledgements (of any
+    /// writers), from the first to the last.
+    pub fn longest_gap(&self) -> Duration {
+        self.acks
+            .windows(2)
+            .map(|w| w[1].done.saturating_duration_since(w[0].done))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The longest single acknowledged insert.
+    pub fn longest_insert(&self) -> Duration {
+        self.acks
+            .iter()
+            .map(|a| a.done.saturating_duration_since(a.sent))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Acknowledged ids that `present` lacks.
+    pub fn missing(&self, present: &HashSet<i64>) -> Vec<i64> {
+        let mut lost: Vec<i64> = self
+            .acks
+            .iter()
+            .map(|a| a.id)
+            .filter(|id| !present.contains(id))
+            .collect();
+        lost.sort_unstable();
+        lost
+    }
+
+    /// The outage that followed `t`: the longest time without any
+    /// acknowledgement that ended after `t`. Returns when the last
+    /// acknowledgement before it arrived and when the first after it did.
+    /// (Backends of a postmaster killed at `t` may go on acknowledging
+    /// inserts for a while, so the outage can start after `t`.)
+    pub fn outage_after(&self, t: Instant) -> Option<(Instant, Instant)> {
+        self.acks
+            .windows(2)
+            .filter(|w| w[1].done > t)
+            .max_by_key(|w| w[1].done.saturating_duration_since(w[0].done))
+            .map(|w| (w[0].done, w[1].done))
+    }
+
+    /// The failures' messages without their ids, each with its count.
+    pub fn failure_kinds(&self) -> String {
+        let mut counts = std::collections::BTreeMap::new();
+        for f in &self.failures {
+            let kind: String = f
+                .what
+                .split_whitespace()
+                .filter(|w| !w.chars().all(|c| c.is_ascii_digit() || c == ':'))
+                .collect::<Vec<_>>()
+                .join(" ");
+            *counts.entry(kind).or_insert(0u32) += 1;
+        }
+        if counts.is_empty() {
+            return "none".into();
+        }
+        counts
+            .iter()
+            .map(|(k, n)| format!("{n}× {k}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The first failure's message, shortened, for the progress lines.
+    pub fn first_failure(&self) -> Option<String> {
+        self.failures.first().map(|f| {
+            let mut s = f.what.replace('\n', " ");
+            if s.len() > 100 {
+                let cut = (0..=100)
+                    .rev()
+                    .find(|i| s.is_char_boundary(*i))
+                    .unwrap_or(0);
+                s.truncate(cut);
+                s.push('…');
+            }
+            s
+        })
+    }
+}
+
+/// Creates the writers' table through `url` (simple protocol).
+pub async fn create_table(url: &str) -> anyhow::Result<()> {
+    let client = connect(url).await?;
+    client
+        .simple_query(&format!(
+            "CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY)"
+        ))
+        .await
+        .with_context(|| format!("creating {TABLE}"))?;
+    Ok(())
+}
+
+/// The ids in the writers' table of the database at `url`.
+pub async fn ids_at(url: &str) -> anyhow::Result<HashSet<i64>> {
+    let client = connect(url).await?;
+    let rows = client
+        .simple_query(&format!("SELECT id FROM {TABLE}"))
+        .await
+        .with_context(|| format!("reading {TABLE}"))?;
+    Ok(rows
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+            _ => None,
+        })
+        .collect())
+}
+
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) =
+        tokio::time::timeout(CONNECT_LIMIT, tokio_postgres::connect(url, NoTls))
+            .await
+            .context("connecting: timed out")?
+            .context("connecting")?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Milliseconds with one decimal.
+pub fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+pub fn median(values: &[Duration]) -> Option<Duration> {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2),
+    }
+}

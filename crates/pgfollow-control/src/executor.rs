@@ -538,6 +538,7 @@ impl Executor {
             o.done.push(action.step().to_string());
             match action {
                 Action::MarkAvailable | Action::CheckCaughtUp => {
+                    tracing::info!("{} ({} of {}): available", db.color, db.name, db.app);
                     o.state = OperationState::Done;
                     o.progress_percent = Some(100);
                     if let Some(d) = state.databases.get_mut(&db.id) {

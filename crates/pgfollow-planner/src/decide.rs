@@ -180,25 +180,9 @@ fn decide_unfollow(
     observed: &Observed,
     leader: Option<&DatabaseRecord>,
 ) -> Decision {
-    if is_being_destroyed(db) {
-        return decision(
-            db,
-            Action::Cancel,
-            "it is being destroyed; the unfollow stops",
-        );
-    }
-    if let Some(d) = give_up(db, op) {
-        return d;
-    }
-    let cluster = match observed {
-        Observed::HostUnreachable(host) => {
-            return decision(
-                db,
-                Action::Wait,
-                format!("host {host} does not answer; waiting"),
-            )
-        }
-        Observed::Cluster(c) => c,
+    let cluster = match preamble(db, op, observed, "unfollow") {
+        Ok(c) => c,
+        Err(d) => return d,
     };
     if !cluster.running {
         return decision(
@@ -315,6 +299,35 @@ fn decide_follower(
     )
 }
 
+/// What every operation that works on a running cluster checks first: the
+/// database is being destroyed, the step failed too often, or its host does
+/// not answer. Otherwise, the cluster it observed.
+fn preamble<'a>(
+    db: &DatabaseRecord,
+    op: &OperationRecord,
+    observed: &'a Observed,
+    what: &str,
+) -> Result<&'a ClusterStatus, Decision> {
+    if is_being_destroyed(db) {
+        return Err(decision(
+            db,
+            Action::Cancel,
+            format!("it is being destroyed; the {what} stops"),
+        ));
+    }
+    if let Some(d) = give_up(db, op) {
+        return Err(d);
+    }
+    match observed {
+        Observed::HostUnreachable(host) => Err(decision(
+            db,
+            Action::Wait,
+            format!("host {host} does not answer; waiting"),
+        )),
+        Observed::Cluster(c) => Ok(c),
+    }
+}
+
 fn give_up(db: &DatabaseRecord, op: &OperationRecord) -> Option<Decision> {
     if !has_given_up(op) {
         return None;
@@ -331,33 +344,9 @@ fn give_up(db: &DatabaseRecord, op: &OperationRecord) -> Option<Decision> {
 }
 
 fn decide_provision(db: &DatabaseRecord, op: &OperationRecord, observed: &Observed) -> Decision {
-    if is_being_destroyed(db) {
-        return decision(
-            db,
-            Action::Cancel,
-            "it is being destroyed; the provision stops",
-        );
-    }
-    if has_given_up(op) {
-        let reason = op
-            .last_error
-            .clone()
-            .unwrap_or_else(|| "the provision failed".to_string());
-        return decision(
-            db,
-            Action::Fail(reason.clone()),
-            format!("giving up after {} failed attempts: {reason}", op.failures),
-        );
-    }
-    let cluster = match observed {
-        Observed::HostUnreachable(host) => {
-            return decision(
-                db,
-                Action::Wait,
-                format!("host {host} does not answer; waiting"),
-            )
-        }
-        Observed::Cluster(c) => c,
+    let cluster = match preamble(db, op, observed, "provision") {
+        Ok(c) => c,
+        Err(d) => return d,
     };
     if !cluster.initialized {
         return decision(

@@ -5,6 +5,7 @@
 use chrono::Utc;
 use pgfollow_types::api::Lag;
 use pgfollow_types::model::{DatabaseRecord, State};
+use pgfollow_types::Lsn;
 
 use crate::error::ApiErr;
 use crate::hosts::Hosts;
@@ -13,8 +14,14 @@ use crate::hosts::Hosts;
 /// commits". 16 MiB is read in a few milliseconds.
 pub const MAX_SCAN_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Measures `follower`'s lag. Two round trips: the follower's replay
-/// position, then the leader's count from there.
+/// Where the leader's WAL is, asked as a count from past its end (which
+/// reads no WAL).
+const PAST_THE_END: Lsn = Lsn(u64::MAX / 2);
+
+/// Measures `follower`'s lag. The follower's replay position and the
+/// leader's flush position are read at the same moment (two connections
+/// opened side by side), then the commits between the two are counted; so
+/// commits the leader makes while the count runs are not counted.
 pub async fn measure(
     hosts: &Hosts,
     state: &State,
@@ -25,25 +32,32 @@ pub async fn measure(
         .as_ref()
         .and_then(|id| state.databases.get(id))
         .ok_or_else(|| ApiErr::not_found(format!("{} follows no database", follower.color)))?;
-    let replay = hosts
-        .agent(&follower.host)?
-        .replay_status(&follower.id)
-        .await?;
+    let (follower_agent, leader_agent) = (hosts.agent(&follower.host)?, hosts.agent(&leader.host)?);
+    let (replay, snapshot) = tokio::join!(
+        follower_agent.replay_status(&follower.id),
+        leader_agent.commits_since(&leader.id, PAST_THE_END, 0),
+    );
+    let (replay, leader_at) = (replay?, snapshot?.current);
     let from = replay.replay_lsn.or(replay.receive_lsn).ok_or_else(|| {
         ApiErr::unavailable(format!("{} has not replayed any WAL yet", follower.color))
     })?;
-    let count = hosts
-        .agent(&leader.host)?
-        .commits_since(&leader.id, from, MAX_SCAN_BYTES)
-        .await?;
-    let seconds = match (count.commits, replay.last_replay_unix_ms) {
+    let span = leader_at.bytes_since(from);
+    let (commits, more_than) = if span == 0 {
+        (0, false)
+    } else {
+        let count = leader_agent
+            .commits_since(&leader.id, from, span.min(MAX_SCAN_BYTES))
+            .await?;
+        (count.commits, span > MAX_SCAN_BYTES)
+    };
+    let seconds = match (commits, replay.last_replay_unix_ms) {
         (0, _) | (_, None) => 0.0,
         (_, Some(ms)) => ((Utc::now().timestamp_millis() - ms).max(0) as f64) / 1000.0,
     };
     Ok(Lag {
-        commits: count.commits,
-        more_than: !count.complete,
-        bytes: count.current.bytes_since(from),
+        commits,
+        more_than,
+        bytes: span,
         seconds,
         streaming: replay.streaming,
     })

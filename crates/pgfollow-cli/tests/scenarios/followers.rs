@@ -113,10 +113,15 @@ fn a_follower_streams_every_commit_and_is_read_only() {
         white.contains("Followers:   PGFOLLOW_POSTGRESQL_CHARCOAL\n"),
         "{white}"
     );
-    let charcoal = s
-        .cli(&["pg:info", "CHARCOAL", "--app", "sushi"])
-        .ok()
-        .stdout;
+    // The lag is measured live; on a loaded machine one reading may time out.
+    let mut charcoal = String::new();
+    eventually(Duration::from_secs(30), "pg:info shows the lag", || {
+        charcoal = s
+            .cli(&["pg:info", "CHARCOAL", "--app", "sushi"])
+            .ok()
+            .stdout;
+        charcoal.contains(" commit")
+    });
     for want in [
         "Following:",
         "WHITE",

@@ -30,6 +30,8 @@ use pgfollow_planner::HaVerdict;
 const TICK: Duration = Duration::from_millis(250);
 /// How long a database that failed to start waits before the next try.
 const RESTART_BACKOFF: Duration = Duration::from_secs(3);
+/// A pause between ticks this long means the control plane itself stalled.
+const STALL: Duration = Duration::from_millis(1000);
 /// How often a follower's slot on its leader is checked.
 const FOLLOWER_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How long shutdown waits for steps in flight.
@@ -71,6 +73,7 @@ impl Executor {
     /// Runs until `cancel`, then waits (bounded) for steps in flight.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut tasks = JoinSet::new();
+        let mut last_tick = Instant::now();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -78,9 +81,21 @@ impl Executor {
                 _ = tokio::time::sleep(TICK) => {}
             }
             while tasks.try_join_next().is_some() {}
+            // A control plane that was itself frozen (or starved) has not
+            // heard the agents: that is no reason to fail anything over.
+            if last_tick.elapsed() > STALL {
+                tracing::warn!(
+                    "the executor did not run for {:.1} s; giving every host a fresh lease",
+                    last_tick.elapsed().as_secs_f64()
+                );
+                self.hosts.forgive_silence();
+            }
+
             if let Err(e) = self.tick(&mut tasks).await {
                 tracing::warn!("executor tick failed: {e}");
             }
+            // Measured from the end of a tick: a slow tick is no stall.
+            last_tick = Instant::now();
         }
         if tokio::time::timeout(SHUTDOWN_GRACE, async {
             while tasks.join_next().await.is_some() {}

@@ -78,6 +78,15 @@ impl Hosts {
         Ok(())
     }
 
+    /// Counts every remote agent as just heard from: after the control
+    /// plane itself stalled, their silence says nothing about them.
+    pub fn forgive_silence(&self) {
+        let mut map = self.remote.write().unwrap_or_else(|p| p.into_inner());
+        for r in map.values_mut() {
+            r.last_seen = Instant::now();
+        }
+    }
+
     /// The agent of `host` if it is up.
     pub fn get(&self, host: &str) -> Option<AgentHandle> {
         if let Some(a) = self.local.as_ref().filter(|a| a.name() == host) {

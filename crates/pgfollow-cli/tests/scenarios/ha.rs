@@ -263,3 +263,31 @@ fn when_the_old_primarys_host_stays_down_a_new_standby_is_built_and_its_files_go
     assert!(h2.running_postmasters().is_empty());
     assert_eq!(ha_status(&s), "Available");
 }
+
+#[test]
+fn an_agent_cut_off_from_the_control_plane_stops_its_primary_and_nothing_fails_over() {
+    let mut s = server();
+    let h2 = premium_on_h2(&s, &[]);
+    assert_eq!(h2.running_postmasters().len(), 1);
+    // The control plane freezes for 3 s: h2 hears nothing past its lease.
+    let serve = s.pid().unwrap() as i32;
+    kill(Pid::from_raw(serve), Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let fenced = h2.running_postmasters().is_empty();
+    kill(Pid::from_raw(serve), Signal::SIGCONT).unwrap();
+    assert!(
+        fenced,
+        "the agent kept its primary running without the control plane"
+    );
+    assert!(h2.log().contains("fenced cluster"), "{}", h2.log());
+    // Back: no failover (the control plane knows it was the one frozen);
+    // the primary is started again where it was.
+    let main = config_get(&s, "sushi", "DATABASE_URL");
+    eventually(Duration::from_secs(30), "writes work again", || {
+        psql_url(&main, "select 1").success()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(host_of_white(&s), "h2");
+    assert!(!s.log().contains("failed over"), "{}", s.log());
+    let _ = &mut s;
+}

@@ -163,7 +163,7 @@ async fn write_loop(url: String, first_id: i64, live: Live) -> Seen {
                     client = Some(c);
                 }
                 Ok(Err(e)) => {
-                    fail(&mut seen, format!("connect: {e}")).await;
+                    fail(&mut seen, format!("connect: {}", detail(&e))).await;
                     continue;
                 }
                 Err(_) => {
@@ -188,7 +188,7 @@ async fn write_loop(url: String, first_id: i64, live: Live) -> Seen {
             }
             Ok(Err(e)) => {
                 client = None;
-                fail(&mut seen, format!("insert {next}: {e}")).await;
+                fail(&mut seen, format!("insert {next}: {}", detail(&e))).await;
             }
             Err(_) => {
                 client = None;
@@ -198,6 +198,14 @@ async fn write_loop(url: String, first_id: i64, live: Live) -> Seen {
         next += 1;
     }
     seen
+}
+
+/// The server's message for a database error ("db error" says nothing).
+fn detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 async fn fail(seen: &mut Seen, what: String) {

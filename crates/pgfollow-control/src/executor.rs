@@ -29,7 +29,7 @@ use pgfollow_planner::HaVerdict;
 /// How often the executor looks, when nothing wakes it sooner.
 const TICK: Duration = Duration::from_millis(250);
 /// How long a database that failed to start waits before the next try.
-const RESTART_BACKOFF: Duration = Duration::from_secs(3);
+const RESTART_BACKOFF: Duration = Duration::from_millis(500);
 /// A pause between ticks this long means the control plane itself stalled.
 const STALL: Duration = Duration::from_millis(1000);
 /// How often a follower's slot on its leader is checked.

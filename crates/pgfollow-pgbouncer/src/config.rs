@@ -228,10 +228,11 @@ pub fn render_ini(spec: &EndpointSpec, layout: &Layout) -> String {
             "ignore_startup_parameters",
             "extra_float_digits,options".into(),
         ),
-        // After a failed server login PgBouncer waits this long before the
-        // next try (default 15 s): keep it short so a retarget to a server
-        // that was not quite ready costs a second, not fifteen.
-        ("server_login_retry", "1".into()),
+        // After a failed server login PgBouncer refuses clients for this
+        // long before the next try (default 15 s). A crashed server is back,
+        // or replaced by a failover, within a second or two: try every 0.2 s
+        // so clients are not refused long after it is.
+        ("server_login_retry", "0.2".into()),
         ("server_connect_timeout", "5".into()),
         ("client_login_timeout", "30".into()),
         // Server connections are checked after idling this long (default 30 s).

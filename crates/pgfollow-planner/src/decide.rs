@@ -452,7 +452,7 @@ pub enum HaVerdict {
 }
 
 /// Failed starts after which a primary counts as lost.
-pub const MAX_START_FAILURES: u32 = 3;
+pub const MAX_START_FAILURES: u32 = 6;
 
 /// Fail over when the primary's host is silent past `grace`, or postgres
 /// will not start; only to a ready standby within `max_lag_bytes`.
@@ -886,7 +886,7 @@ mod tests {
         assert!(matches!(v(lost.clone()), HaVerdict::Failover(_)));
         let broken = HaObservation {
             running: false,
-            start_failures: 3,
+            start_failures: MAX_START_FAILURES,
             ..ok.clone()
         };
         assert!(matches!(v(broken), HaVerdict::Failover(_)));

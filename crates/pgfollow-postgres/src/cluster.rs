@@ -334,6 +334,20 @@ impl Cluster {
     /// A `postmaster.pid` whose process is gone (or is not this cluster's
     /// postmaster any more) would stop a new postmaster from starting.
     fn remove_stale_pid_file(&self) -> Result<(), PgError> {
+        // The socket's lock file names the old postmaster too; a killed one
+        // may linger as a zombie for a while, which PostgreSQL takes for a
+        // live owner. No postmaster of this cluster runs (checked by the
+        // caller), so the lock is stale.
+        if let Ok(entries) = fs::read_dir(self.socket_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(".s.PGSQL.") && name.ends_with(".lock") {
+                    let _ = fs::remove_file(entry.path());
+                    tracing::info!(path = %entry.path().display(), "removed stale socket lock file");
+                }
+            }
+        }
         let path = self.pgdata().join("postmaster.pid");
         match fs::remove_file(&path) {
             Ok(()) => {

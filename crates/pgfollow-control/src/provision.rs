@@ -189,6 +189,8 @@ pub fn add_database(state: &mut State, new: &NewDatabase<'_>) -> Result<(String,
     };
     let mut db = db;
     db.hidden = new.hidden;
+    // In the state first, so that the endpoint's port is picked around it.
+    state.databases.insert(id.clone(), db.clone());
     if new.hidden {
         if let Some(l) = new.leader.and_then(|l| state.databases.get_mut(&l.id)) {
             l.ha_standby = Some(id.clone());
@@ -196,7 +198,6 @@ pub fn add_database(state: &mut State, new: &NewDatabase<'_>) -> Result<(String,
     } else {
         attach_and_bill(state, &app, &db, new)?;
     }
-    state.databases.insert(id.clone(), db);
     state.operations.insert(
         op_id.clone(),
         new_operation(&op_id, OperationKind::Provision, &id, new.now),
@@ -500,5 +501,43 @@ mod tests {
         let mut state = state_with(&[a.clone(), b]);
         leader_on(&mut state, &a);
         assert_eq!(choose_host(&state, None, &|_| true).unwrap().name, "b");
+    }
+
+    #[test]
+    fn the_endpoint_and_the_database_never_share_a_port() {
+        let a = host("a", None, 15);
+        let plan = pgfollow_types::plan::builtin_plans()[2].clone();
+        // Two free ports only: the two must take one each.
+        let free = |_: ()| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let first = free(());
+        let range = if first < 65535 {
+            (first, first + 1)
+        } else {
+            (first - 1, first)
+        };
+        for _ in 0..20 {
+            let mut state = state_with(std::slice::from_ref(&a));
+            let new = NewDatabase {
+                app: "sushi",
+                plan: &plan,
+                host: &a,
+                port_range: range,
+                now: Utc::now(),
+                leader: None,
+                sync: false,
+                hidden: false,
+            };
+            let Ok((id, _)) = add_database(&mut state, &new) else {
+                continue; // the other port of the pair was taken meanwhile
+            };
+            let ep = state.apps["sushi"].endpoint.clone().unwrap();
+            assert_ne!(ep.port, state.databases[&id].port);
+        }
     }
 }

@@ -10,7 +10,9 @@ use anyhow::Context;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::server::{postmaster_pids, stop_postmasters, wait_for_listen_line, Server};
+use crate::server::{
+    postmaster_pids, print_postgres_logs, stop_postmasters, wait_for_listen_line, Server,
+};
 
 /// A running `pgfollow agent`.
 pub struct AgentProcess {
@@ -151,6 +153,7 @@ impl Drop for AgentProcess {
         stop_postmasters(&self.data_dir());
         if std::thread::panicking() {
             eprintln!("--- agent {} log ---\n{}", self.name, self.log());
+            print_postgres_logs(&self.data_dir());
         }
     }
 }

@@ -303,6 +303,22 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> anyhow::Result<CliOutp
     })
 }
 
+/// Prints the last lines of every cluster's PostgreSQL log under
+/// `data_dir`, for a failing test.
+pub(crate) fn print_postgres_logs(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("clusters")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let log = std::fs::read_to_string(e.path().join("log/postgresql.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        eprintln!("--- {} (last lines) ---", e.path().display());
+        for line in tail.iter().rev() {
+            eprintln!("{line}");
+        }
+    }
+}
+
 /// Pids in `clusters/*/pgdata/postmaster.pid` under `data_dir`.
 pub(crate) fn postmaster_pids(data_dir: &Path) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir(data_dir.join("clusters")) else {
@@ -346,6 +362,7 @@ impl Drop for Server {
                 self.log_path().display(),
                 self.log()
             );
+            print_postgres_logs(&self.data_dir());
         }
     }
 }

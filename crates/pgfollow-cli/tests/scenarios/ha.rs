@@ -283,7 +283,7 @@ fn an_agent_cut_off_from_the_control_plane_stops_its_primary_and_nothing_fails_o
     // Back: no failover (the control plane knows it was the one frozen);
     // the primary is started again where it was.
     let main = config_get(&s, "sushi", "DATABASE_URL");
-    eventually(Duration::from_secs(30), "writes work again", || {
+    eventually(Duration::from_secs(90), "writes work again", || {
         psql_url(&main, "select 1").success()
     });
     std::thread::sleep(Duration::from_secs(1));

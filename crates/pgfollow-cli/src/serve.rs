@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// `listen_addresses` of the databases
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
     pub pg_listen: String,
+    /// HA fails over only to a standby at most this far behind (MiB of WAL)
+    #[arg(long, value_name = "MB", default_value_t = 16)]
+    pub ha_max_lag_mb: u64,
     /// Ports handed to databases, inclusive
     #[arg(long, value_name = "FIRST-LAST", default_value_t = PortRange(DEFAULT_PG_PORTS.0, DEFAULT_PG_PORTS.1))]
     pub pg_ports: PortRange,
@@ -112,6 +115,7 @@ pub async fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         plans_file: args.plans,
         pg_listen: args.pg_listen,
         pg_ports: (args.pg_ports.0, args.pg_ports.1),
+        ha_max_lag_mb: args.ha_max_lag_mb,
     };
     let shutdown = shutdown_on_signals()?;
     let result = pgfollow_control::serve(config, shutdown.clone()).await;

@@ -20,6 +20,8 @@ pub struct ServeConfig {
     pub pg_listen: String,
     /// Ports handed to databases, inclusive.
     pub pg_ports: (u16, u16),
+    /// HA refuses to fail over to a standby further behind than this (MiB).
+    pub ha_max_lag_mb: u64,
 }
 
 /// `127.0.0.1:7480`.

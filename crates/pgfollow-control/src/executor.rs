@@ -44,6 +44,7 @@ pub struct Executor {
     port_range: (u16, u16),
     wake: Arc<Notify>,
     ha: HaMemory,
+    ha_max_lag_bytes: u64,
     busy: Mutex<HashSet<String>>,
     backoff: Mutex<HashMap<String, Instant>>,
     last_sentence: Mutex<HashMap<String, String>>,
@@ -64,10 +65,17 @@ impl Executor {
             port_range,
             wake,
             ha: HaMemory::default(),
+            ha_max_lag_bytes: ha::HA_MAX_LAG_BYTES,
             busy: Mutex::default(),
             backoff: Mutex::default(),
             last_sentence: Mutex::default(),
         }
+    }
+
+    /// Refuse failovers to a standby more than `bytes` behind.
+    pub fn with_ha_max_lag(mut self, bytes: u64) -> Self {
+        self.ha_max_lag_bytes = bytes;
+        self
     }
 
     /// Runs until `cancel`, then waits (bounded) for steps in flight.
@@ -168,7 +176,7 @@ impl Executor {
                 continue;
             }
             let o = ha::observe(&self.hosts, &self.ha, primary, standby).await;
-            let v = ha::verdict(&o);
+            let v = ha::verdict(&o, self.ha_max_lag_bytes);
             let sentence = match &v {
                 HaVerdict::Healthy => None,
                 HaVerdict::Watch(w) => Some(format!("HA: {} is being watched: {w}", primary.color)),

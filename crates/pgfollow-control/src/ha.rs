@@ -22,7 +22,8 @@ use crate::hosts::{Hosts, HOST_LEASE};
 use crate::provision::new_operation;
 use crate::store::Store;
 
-/// Standby lag beyond which a failover is refused (WAL bytes).
+/// Standby lag beyond which a failover is refused (WAL bytes), unless
+/// `serve --ha-max-lag-mb` says otherwise.
 pub const HA_MAX_LAG_BYTES: u64 = 16 * 1024 * 1024;
 /// How long an old primary's host may stay down before a new standby is
 /// built elsewhere instead of waiting for it to rejoin.
@@ -111,9 +112,9 @@ pub async fn observe(
     }
 }
 
-/// The verdict on one observation.
-pub fn verdict(o: &HaObservation) -> HaVerdict {
-    ha_verdict(o, HOST_LEASE, HA_MAX_LAG_BYTES)
+/// The verdict on one observation, with a lag limit of `max_lag_bytes`.
+pub fn verdict(o: &HaObservation, max_lag_bytes: u64) -> HaVerdict {
+    ha_verdict(o, HOST_LEASE, max_lag_bytes)
 }
 
 /// Fails `primary_id` over to its standby. Returns a sentence for the log.

@@ -92,14 +92,12 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
         port_range: config.pg_ports,
         wake: wake.clone(),
         endpoints: endpoints.clone(),
+        ha_max_lag_bytes: config.ha_max_lag_mb * 1024 * 1024,
     });
-    let executor = Arc::new(Executor::new(
-        store,
-        hosts,
-        endpoints,
-        config.pg_ports,
-        wake,
-    ));
+    let executor = Arc::new(
+        Executor::new(store, hosts, endpoints, config.pg_ports, wake)
+            .with_ha_max_lag(config.ha_max_lag_mb * 1024 * 1024),
+    );
     let exec_cancel = shutdown.child_token();
     let exec_task = tokio::spawn(executor.run(exec_cancel.clone()));
 

@@ -212,10 +212,14 @@ async fn write_loop(
         }
         let Some(c) = &client else { continue };
         let started = Instant::now();
-        match c
-            .simple_query(&format!("INSERT INTO {table} (id) VALUES ({next})"))
-            .await
-        {
+        let sql = format!("INSERT INTO {table} (id) VALUES ({next})");
+        let insert = c.simple_query(&sql);
+        // An insert stuck behind a dead server must not hold the test.
+        let outcome = match tokio::time::timeout(Duration::from_secs(10), insert).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer within 10 s".to_string()),
+        };
+        match outcome {
             Ok(_) => {
                 report.longest = report.longest.max(started.elapsed());
                 report.acked.push(next);

@@ -291,3 +291,71 @@ fn an_agent_cut_off_from_the_control_plane_stops_its_primary_and_nothing_fails_o
     assert!(!s.log().contains("failed over"), "{}", s.log());
     let _ = &mut s;
 }
+
+#[test]
+fn a_standby_beyond_the_lag_limit_is_not_promoted_and_pg_info_says_why() {
+    // A limit of 0 MB: any WAL the standby has not replayed is too much.
+    let s = Server::start_with(bin(), &["--ha-max-lag-mb", "0"]).unwrap();
+    let mut h2 = AgentProcess::start(bin(), &s, "h2", None).unwrap();
+    s.cli(&["apps:create", "sushi"]).ok();
+    s.cli(&["addons:create", "premium-0", "--app", "sushi"])
+        .ok();
+    wait_available(&s, "sushi");
+    wait_ha_available(&s);
+    let main = config_get(&s, "sushi", "DATABASE_URL");
+    psql_url(&main, "create table w (id bigint primary key)").ok();
+    // The standby (the one cluster on host local) stops replaying, and
+    // writers put it behind.
+    let standby = cluster_dirs(&s)[0].clone();
+    let dir = s.data_dir().join("clusters").join(standby);
+    let conf = std::fs::read_to_string(dir.join("pgdata/pgfollow.conf")).unwrap();
+    let port = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("port = "))
+        .unwrap()
+        .trim()
+        .to_string();
+    pgfollow_testkit::run_bounded(
+        std::process::Command::new("psql")
+            .args(["-X", "-h"])
+            .arg(dir.join("run"))
+            .args([
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                "select pg_wal_replay_pause()",
+            ]),
+        Duration::from_secs(30),
+    )
+    .unwrap()
+    .ok();
+    let writer = Writer::start(&main, "w", Duration::from_secs(60));
+    writer.warm_up();
+    std::thread::sleep(Duration::from_secs(1));
+    lose_host(&mut h2);
+    eventually(
+        Duration::from_secs(30),
+        "pg:info says why there is no failover",
+        || {
+            let info = s
+                .cli(&["pg:info", "WHITE", "--app", "sushi", "--json"])
+                .ok()
+                .json();
+            info["status_detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("behind (limit 0 kB)")
+        },
+    );
+    drop(writer);
+    assert_eq!(
+        host_of_white(&s),
+        "h2",
+        "no failover to a standby beyond the limit"
+    );
+    assert!(s.log().contains("is not failed over"), "{}", s.log());
+}

@@ -40,7 +40,8 @@ async fn info_of(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> DatabaseInf
     let mut detail = db.status_detail.clone();
     if status == DatabaseState::Available && !running {
         status = DatabaseState::Unavailable;
-        detail = Some("postgres is not running; pgfollow is starting it".into());
+        // What the HA monitor said (a refused failover, say) beats a guess.
+        detail = detail.or_else(|| Some("postgres is not running; pgfollow is starting it".into()));
     }
     let op = active_operation(state, &db.id);
     if status == DatabaseState::Preparing {
@@ -119,7 +120,7 @@ async fn ha_status(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> Option<St
                 .await
                 .ok()
                 .and_then(Result::ok)
-                .is_some_and(|lag| lag.bytes <= crate::ha::HA_MAX_LAG_BYTES)
+                .is_some_and(|lag| lag.bytes <= ctx.ha_max_lag_bytes)
         }
         _ => false,
     };

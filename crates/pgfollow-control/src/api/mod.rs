@@ -34,6 +34,8 @@ pub struct Ctx {
     /// Wakes the executor after a write that gives it work.
     pub wake: Arc<Notify>,
     pub endpoints: Arc<crate::endpoints::Endpoints>,
+    /// HA's lag limit, for `HA Status`.
+    pub ha_max_lag_bytes: u64,
 }
 
 pub type Shared = State<Arc<Ctx>>;

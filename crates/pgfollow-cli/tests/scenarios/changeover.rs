@@ -129,39 +129,7 @@ fn a_changeover_that_cannot_catch_up_resumes_on_the_old_primary_with_nothing_los
     let main = config_get(&s, "sushi", "DATABASE_URL");
     let white = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL");
     // The follower stops replaying: it can never be 0 commits behind.
-    let port = s
-        .cli(&["pg:credentials:url", "CHARCOAL", "--app", "sushi", "--json"])
-        .ok()
-        .json()["port"]
-        .to_string();
-    let run_dir = cluster_dirs(&s)
-        .into_iter()
-        .map(|d| s.data_dir().join("clusters").join(d))
-        .find(|d| {
-            std::fs::read_to_string(d.join("pgdata/pgfollow.conf"))
-                .unwrap_or_default()
-                .contains(&format!("port = {port}"))
-        })
-        .unwrap()
-        .join("run");
-    pgfollow_testkit::run_bounded(
-        std::process::Command::new("psql")
-            .args(["-X", "-h"])
-            .arg(&run_dir)
-            .args([
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                "select pg_wal_replay_pause()",
-            ]),
-        Duration::from_secs(30),
-    )
-    .unwrap()
-    .ok();
+    superuser_sql(&s, "sushi", "CHARCOAL", "select pg_wal_replay_pause()");
 
     let writer = Writer::start(&main, "w", Duration::from_secs(60));
     writer.warm_up();

@@ -244,3 +244,55 @@ pub fn ids(url: &str, table: &str) -> std::collections::BTreeSet<i64> {
         .filter_map(|l| l.trim().parse().ok())
         .collect()
 }
+
+/// The port the cluster in directory `dir` listens on (from its config).
+pub fn cluster_port(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("pgdata/pgfollow.conf"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("port = ").map(str::to_string))
+        .unwrap_or_else(|| panic!("no port in {}", dir.display()))
+}
+
+/// Runs SQL as the superuser over the cluster's own Unix socket, the way
+/// an operator on the host would.
+pub fn superuser_sql_at(dir: &Path, sql: &str) -> String {
+    pgfollow_testkit::run_bounded(
+        Command::new("psql")
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(dir.join("run"))
+            .args([
+                "-p",
+                &cluster_port(dir),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ]),
+        Duration::from_secs(30),
+    )
+    .unwrap()
+    .ok()
+    .stdout
+}
+
+/// The cluster directory of database `db` of `app` on the server's host.
+pub fn cluster_dir_of(s: &Server, app: &str, db: &str) -> std::path::PathBuf {
+    let port = s
+        .cli(&["pg:credentials:url", db, "--app", app, "--json"])
+        .ok()
+        .json()["port"]
+        .to_string();
+    cluster_dirs(s)
+        .into_iter()
+        .map(|d| s.data_dir().join("clusters").join(d))
+        .find(|d| cluster_port(d) == port)
+        .unwrap_or_else(|| panic!("no cluster directory with port {port}"))
+}
+
+/// [`superuser_sql_at`] on database `db` of `app`.
+pub fn superuser_sql(s: &Server, app: &str, db: &str, sql: &str) -> String {
+    superuser_sql_at(&cluster_dir_of(s, app, db), sql)
+}

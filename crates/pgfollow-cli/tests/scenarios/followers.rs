@@ -1,79 +1,11 @@
 //! Followers: creating them, the rules, exact lag, placement and resilience.
 
-use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::common::*;
-
-/// Runs SQL as the superuser over the agent's own Unix socket, the way an
-/// operator on the host would.
-fn superuser_sql(s: &Server, app: &str, db: &str, sql: &str) -> String {
-    let info = s.cli(&["pg:info", db, "--app", app, "--json"]).ok().json();
-    let creds = s
-        .cli(&["pg:credentials:url", db, "--app", app, "--json"])
-        .ok()
-        .json();
-    let dir = cluster_dir_of(s, info["name"].as_str().unwrap());
-    let out = pgfollow_testkit::run_bounded(
-        Command::new("psql")
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(dir.join("run"))
-            .args([
-                "-p",
-                &creds["port"].to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ]),
-        Duration::from_secs(30),
-    )
-    .unwrap();
-    out.ok().stdout
-}
-
-/// The cluster directory of the database with add-on name `name`.
-fn cluster_dir_of(s: &Server, name: &str) -> std::path::PathBuf {
-    let status = s.cli(&["hosts", "--json"]).ok().json();
-    let _ = status;
-    // The catalog maps names to ids; the API does not show ids, so find the
-    // directory whose port matches.
-    let port = s
-        .cli(&[
-            "pg:credentials:url",
-            name,
-            "--app",
-            &app_of(s, name),
-            "--json",
-        ])
-        .ok()
-        .json()["port"]
-        .as_u64()
-        .unwrap();
-    for dir in cluster_dirs(s) {
-        let path = s.data_dir().join("clusters").join(&dir);
-        let conf = std::fs::read_to_string(path.join("pgdata/pgfollow.conf")).unwrap_or_default();
-        if conf.lines().any(|l| l.trim() == format!("port = {port}")) {
-            return path;
-        }
-    }
-    panic!("no cluster directory with port {port}");
-}
-
-fn app_of(s: &Server, name: &str) -> String {
-    let apps = s.cli(&["apps", "--json"]).ok().json();
-    apps.as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["databases"].as_array().unwrap().iter().any(|d| d == name))
-        .map(|a| a["name"].as_str().unwrap().to_string())
-        .expect("an app owns the database")
-}
 
 fn leader_and_follower(s: &Server) -> (String, String) {
     let leader = app_with_database(s, "sushi", "standard-0");
@@ -402,11 +334,7 @@ fn a_follower_reconnects_after_its_leader_or_itself_restarts() {
     psql(&s, "sushi", "WHITE", "create table t (id int)");
     let follower_url = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
     let crash = |db: &str| {
-        let info = s
-            .cli(&["pg:info", db, "--app", "sushi", "--json"])
-            .ok()
-            .json();
-        let dir = cluster_dir_of(&s, info["name"].as_str().unwrap());
+        let dir = cluster_dir_of(&s, "sushi", db);
         let pid: i32 = std::fs::read_to_string(dir.join("pgdata/postmaster.pid"))
             .unwrap()
             .lines()
@@ -559,13 +487,8 @@ fn a_follower_that_falls_off_its_slot_shows_failed_with_how_to_rebuild_it() {
 
     // Stop the follower while no control plane restarts it.
     let leader_url = config_get(&s, "sushi", "DATABASE_URL");
-    let leader_dir = cluster_dir_of(&s, &info_of_name(&s, "WHITE"));
-    let leader_port = s
-        .cli(&["pg:credentials:url", "WHITE", "--app", "sushi", "--json"])
-        .ok()
-        .json()["port"]
-        .to_string();
-    let follower_dir = cluster_dir_of(&s, &info_of_name(&s, "CHARCOAL"));
+    let leader_dir = cluster_dir_of(&s, "sushi", "WHITE");
+    let follower_dir = cluster_dir_of(&s, "sushi", "CHARCOAL");
     let mut s = s;
     s.kill9();
     let postmaster: i32 = std::fs::read_to_string(follower_dir.join("pgdata/postmaster.pid"))
@@ -590,27 +513,7 @@ fn a_follower_that_falls_off_its_slot_shows_failed_with_how_to_rebuild_it() {
         )
         .ok();
     }
-    let superuser = |sql: &str| {
-        pgfollow_testkit::run_bounded(
-            Command::new("psql")
-                .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
-                .arg(leader_dir.join("run"))
-                .args([
-                    "-p",
-                    &leader_port,
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "postgres",
-                    "-c",
-                    sql,
-                ]),
-            Duration::from_secs(30),
-        )
-        .unwrap()
-        .ok()
-        .stdout
-    };
+    let superuser = |sql: &str| superuser_sql_at(&leader_dir, sql);
     eventually(
         Duration::from_secs(60),
         "the leader invalidates the slot",
@@ -644,13 +547,4 @@ fn a_follower_that_falls_off_its_slot_shows_failed_with_how_to_rebuild_it() {
     );
     // The leader is unharmed.
     psql_url(&leader_url, "insert into big values ('still writable')").ok();
-}
-
-fn info_of_name(s: &Server, db: &str) -> String {
-    s.cli(&["pg:info", db, "--app", "sushi", "--json"])
-        .ok()
-        .json()["name"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }

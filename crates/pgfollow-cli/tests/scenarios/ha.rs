@@ -308,31 +308,7 @@ fn a_standby_beyond_the_lag_limit_is_not_promoted_and_pg_info_says_why() {
     // writers put it behind.
     let standby = cluster_dirs(&s)[0].clone();
     let dir = s.data_dir().join("clusters").join(standby);
-    let conf = std::fs::read_to_string(dir.join("pgdata/pgfollow.conf")).unwrap();
-    let port = conf
-        .lines()
-        .find_map(|l| l.strip_prefix("port = "))
-        .unwrap()
-        .trim()
-        .to_string();
-    pgfollow_testkit::run_bounded(
-        std::process::Command::new("psql")
-            .args(["-X", "-h"])
-            .arg(dir.join("run"))
-            .args([
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                "select pg_wal_replay_pause()",
-            ]),
-        Duration::from_secs(30),
-    )
-    .unwrap()
-    .ok();
+    superuser_sql_at(&dir, "select pg_wal_replay_pause()");
     let writer = Writer::start(&main, "w", Duration::from_secs(60));
     writer.warm_up();
     std::thread::sleep(Duration::from_secs(1));

@@ -419,6 +419,12 @@ impl Executor {
                         return Ok(Outcome::NotYet(format!("cannot measure its lag yet: {e}")))
                     }
                 };
+                // The caught-up check is a lag measurement too: an HA
+                // standby may be failed over to before the monitor's own
+                // first measurement.
+                if let Some(primary) = &db.following {
+                    self.ha.record_lag(primary, lag.bytes);
+                }
                 if !is_caught_up(&lag) {
                     return Ok(Outcome::NotYet(format!(
                         "catching up: {} behind",

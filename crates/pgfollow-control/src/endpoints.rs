@@ -23,6 +23,24 @@ pub struct Endpoints {
     store: Store,
     agent: Arc<Agent>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Operations a task of this process is carrying out right now (a
+    /// changeover): an active one missing here was interrupted.
+    running: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Marks an operation as being carried out until dropped.
+pub struct RunningOp {
+    set: Arc<Mutex<std::collections::HashSet<String>>>,
+    id: String,
+}
+
+impl Drop for RunningOp {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// The database an app's endpoint should route to.
@@ -53,13 +71,37 @@ pub fn endpoint_spec(state: &State, app: &AppRecord, db: &DatabaseRecord) -> Opt
     })
 }
 
+/// The apps whose endpoints log in with `db_id`'s owner password: those
+/// routing to it or to one of its followers (they share it).
+pub fn sharing_credentials(state: &State, db_id: &str) -> Vec<String> {
+    state
+        .apps
+        .values()
+        .filter(|a| {
+            main_database(state, a)
+                .is_some_and(|m| m.id == db_id || m.following.as_deref() == Some(db_id))
+        })
+        .map(|a| a.name.to_string())
+        .collect()
+}
+
+/// Whether the endpoint may route to `db`: it is writable (it follows
+/// nothing; an unfollow clears that once it has promoted it).
+pub fn routable(db: &DatabaseRecord) -> bool {
+    !db.is_follower()
+}
+
 /// Whether `app`'s endpoint must be synced: it routes elsewhere than the
-/// catalog says, or is not running.
+/// catalog says (to a database it may route to), or is not running.
 pub fn needs_sync(state: &State, app: &AppRecord, running: bool) -> bool {
     let (Some(ep), Some(db)) = (&app.endpoint, main_database(state, app)) else {
         return false;
     };
-    !running || ep.applied.as_deref() != Some(db.id.as_str())
+    let applied = ep.applied.as_deref() == Some(db.id.as_str());
+    if !applied && !routable(db) {
+        return false;
+    }
+    !running || !applied
 }
 
 impl Endpoints {
@@ -68,7 +110,29 @@ impl Endpoints {
             store,
             agent,
             locks: Mutex::default(),
+            running: Arc::default(),
         }
+    }
+
+    /// Records that this process carries operation `id` out now (call it
+    /// before the operation is in the catalog: from the catalog write's
+    /// closure), until the returned guard is dropped.
+    pub fn run_op(&self, id: &str) -> RunningOp {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+        RunningOp {
+            set: self.running.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    pub fn is_op_running(&self, id: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 
     pub fn agent(&self) -> &Arc<Agent> {
@@ -96,6 +160,21 @@ impl Endpoints {
     /// configuration even when it routes to the right database (new
     /// credentials). Returns how long clients were held, if they were.
     pub async fn sync(&self, app: &str, force: bool) -> Result<Option<Duration>, ApiErr> {
+        self.sync_inner(app, force, false).await
+    }
+
+    /// As [`Endpoints::sync`], routing to the database behind `DATABASE`
+    /// even while it is read-only (`pg:promote --force`).
+    pub async fn sync_read_only(&self, app: &str) -> Result<Option<Duration>, ApiErr> {
+        self.sync_inner(app, false, true).await
+    }
+
+    async fn sync_inner(
+        &self,
+        app: &str,
+        force: bool,
+        read_only: bool,
+    ) -> Result<Option<Duration>, ApiErr> {
         let lock = self.lock(app);
         let _held = lock.lock().await;
         let state = self.store.read()?;
@@ -106,7 +185,14 @@ impl Endpoints {
             return Ok(None);
         };
         let running = self.is_running(rec);
-        if !force && !needs_sync(&state, rec, running) {
+        if !read_only
+            && !routable(db)
+            && rec.endpoint.as_ref().and_then(|e| e.applied.as_deref()) != Some(db.id.as_str())
+        {
+            // It becomes the target once it is writable.
+            return Ok(None);
+        }
+        if !force && !read_only && !needs_sync(&state, rec, running) {
             return Ok(None);
         }
         let Some(spec) = endpoint_spec(&state, rec, db) else {
@@ -233,11 +319,17 @@ impl Endpoints {
     pub async fn reroute_held(&self, app: &str) -> Result<(), ApiErr> {
         let lock = self.lock(app);
         let _held = lock.lock().await;
+        self.reroute_held_locked(app).await
+    }
+
+    /// [`Endpoints::reroute_held`] for a caller that holds `app`'s lock.
+    pub async fn reroute_held_locked(&self, app: &str) -> Result<(), ApiErr> {
         let state = self.store.read()?;
         let Some(rec) = state.apps.get(app) else {
             return Ok(());
         };
-        let db = main_database(&state, rec);
+        // Never onto a read-only database: then it resumes where it routes.
+        let db = main_database(&state, rec).filter(|d| routable(d));
         let spec = db.and_then(|db| endpoint_spec(&state, rec, db));
         if let (Some(spec), Some(db), true) = (spec, db, self.is_running(rec)) {
             let ep = self.agent.endpoint(&spec.id)?;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use pgfollow_planner::{
     decide, follower_fell_off, is_caught_up, reconcile, Action, Decision, Observed, REWIND_FAILED,
+    SLOT_LEFT,
 };
 use pgfollow_types::api::DatabaseState;
 use pgfollow_types::model::{DatabaseRecord, OperationRecord, OperationState, State};
@@ -291,6 +292,17 @@ impl Executor {
         op: Option<&OperationRecord>,
         action: &Action,
     ) -> Result<Outcome, ApiErr> {
+        // What only changes the catalog needs no agent (its host may be gone).
+        if matches!(
+            action,
+            Action::Forget
+                | Action::Cancel
+                | Action::Wait
+                | Action::CommitPassword
+                | Action::GiveUp(_)
+        ) {
+            return Ok(Outcome::Done);
+        }
         let agent = self.hosts.agent(&db.host)?;
         let spec = cluster_spec(state, db);
         let leader = related_leader(state, db, op);
@@ -342,10 +354,16 @@ impl Executor {
             }
             Action::DropSlot => {
                 if let Some(l) = leader {
-                    self.hosts
-                        .agent(&l.host)?
-                        .drop_slot(&l.id, &db.slot_name())
-                        .await?
+                    let Some(leader_agent) = self.hosts.get(&l.host) else {
+                        return Ok(Outcome::Fallback(
+                            SLOT_LEFT,
+                            format!(
+                                "{}'s host {} does not answer: its slot for this database stays there (WAL it keeps is bounded by the plan)",
+                                l.color, l.host
+                            ),
+                        ));
+                    };
+                    leader_agent.drop_slot(&l.id, &db.slot_name()).await?
                 }
             }
             Action::CheckFollower => {
@@ -411,7 +429,21 @@ impl Executor {
                     }
                 }
             }
-            Action::Forget | Action::Cancel | Action::Wait => {}
+            Action::SetPassword => {
+                if let Some(role) = &db.pending_owner {
+                    agent.set_password(&db.id, role).await?;
+                }
+            }
+            Action::SyncEndpoints => {
+                for app in crate::endpoints::sharing_credentials(state, &db.id) {
+                    self.endpoints.sync(&app, true).await?;
+                }
+            }
+            Action::Forget
+            | Action::Cancel
+            | Action::Wait
+            | Action::CommitPassword
+            | Action::GiveUp(_) => {}
         }
         Ok(Outcome::Done)
     }
@@ -484,6 +516,13 @@ impl Executor {
                         d.fork_pending = false;
                     }
                 }
+                Action::CommitPassword => {
+                    pgfollow_planner::commit_password(state, &db.id);
+                    tracing::info!("{} ({}): rotated the owner's password", db.color, db.name);
+                }
+                Action::SyncEndpoints => {
+                    o.state = OperationState::Done;
+                }
                 Action::Promote => {
                     // Writable now: it follows nothing any more.
                     if let Some(d) = state.databases.get_mut(&db.id) {
@@ -498,6 +537,13 @@ impl Executor {
                         d.status_detail = Some(reason.clone());
                     }
                     end_billing(state, &db.name, now);
+                }
+                Action::GiveUp(reason) => {
+                    o.state = OperationState::Failed;
+                    o.last_error = Some(reason.clone());
+                    if let Some(d) = state.databases.get_mut(&db.id) {
+                        d.status_detail = Some(format!("its {} failed: {reason}", o.kind.as_str()));
+                    }
                 }
                 Action::Cancel => {
                     o.state = OperationState::Failed;
@@ -514,6 +560,7 @@ impl Executor {
         if matches!(action, Action::Bootstrap) {
             self.record_version(db);
         }
+        crate::failover::crash_point(&format!("{}:{}", op.kind.as_str(), action.step()));
         Ok(())
     }
 

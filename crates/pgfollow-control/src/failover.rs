@@ -173,7 +173,13 @@ impl Runner<'_> {
                         ),
                     }
                 }
-                let silence = self.hosts.silence(&p.old.host);
+                let mut silence = self.hosts.silence(&p.old.host);
+                // Not yet past the deadline: waiting for it is no failure.
+                let certain_at = FENCE_AFTER + FENCE_MARGIN;
+                if let Some(left) = silence.and_then(|s| certain_at.checked_sub(s)) {
+                    tokio::time::sleep(left).await;
+                    silence = self.hosts.silence(&p.old.host);
+                }
                 if self_fence_is_certain(silence, FENCE_AFTER, FENCE_MARGIN) {
                     return Ok(format!(
                         "host {} has been silent for {:.1} s: its agent fenced the old primary by itself (deadline {:.1} s)",

@@ -96,13 +96,13 @@ impl HaMemory {
         due(&self.lag_at, primary, LAG_EVERY)
     }
 
-    /// Records the outcome of a probe of `primary`.
-    pub fn probed(&self, primary: &str, answered: bool) {
+    /// Records the outcome of a probe of `primary` that was sent at `sent`.
+    pub fn probed(&self, primary: &str, sent: Instant, answered: bool) {
         let mut m = lock(&self.unanswered_since);
         if answered {
             m.remove(primary);
         } else {
-            m.entry(primary.to_string()).or_insert_with(Instant::now);
+            m.entry(primary.to_string()).or_insert(sent);
         }
     }
 
@@ -156,6 +156,14 @@ pub async fn observe(
         _ => false,
     };
     let now = Utc::now();
+    let unresponsive_for = memory.unresponsive_for(&primary.id).filter(|_| running);
+    // The primary cannot have written anything since it was last seen
+    // working: what counts is how much older the measurement is than that.
+    let lost_for = if host_up {
+        unresponsive_for.unwrap_or_default()
+    } else {
+        silent_for
+    };
     HaObservation {
         host_up,
         silent_for,
@@ -164,11 +172,11 @@ pub async fn observe(
             .get(&primary.id)
             .copied()
             .unwrap_or(0),
-        unresponsive_for: memory.unresponsive_for(&primary.id).filter(|_| running),
+        unresponsive_for,
         standby_ready: standby.is_live() && standby.state == DatabaseState::Available,
         standby_lag: primary.standby_lag.map(|s| {
             let age = (now - s.measured_at).to_std().unwrap_or(Duration::ZERO);
-            (s.bytes, age)
+            (s.bytes, age.saturating_sub(lost_for))
         }),
     }
 }

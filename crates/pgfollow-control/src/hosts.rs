@@ -39,6 +39,9 @@ pub struct Hosts {
     local: Option<Arc<Agent>>,
     remote: Arc<RwLock<BTreeMap<String, Remote>>>,
     token: String,
+    /// When this control plane started: a host not heard from since has
+    /// been silent (to this control plane) at least this long.
+    started: Instant,
 }
 
 #[derive(Clone)]
@@ -54,6 +57,7 @@ impl Hosts {
             local,
             remote: Arc::default(),
             token,
+            started: Instant::now(),
         }
     }
 
@@ -122,12 +126,17 @@ impl Hosts {
     }
 
     /// How long `host`'s agent has been silent (zero for the embedded one);
-    /// none for a host never heard from since this control plane started.
+    /// a host not heard from since this control plane started has been
+    /// silent since then. Always some: the option is for callers' sake.
     pub fn silence(&self, host: &str) -> Option<Duration> {
         if self.local.as_ref().is_some_and(|a| a.name() == host) {
             return Some(Duration::ZERO);
         }
-        self.remotes().get(host).map(|r| r.last_seen.elapsed())
+        Some(
+            self.remotes()
+                .get(host)
+                .map_or_else(|| self.started.elapsed(), |r| r.last_seen.elapsed()),
+        )
     }
 
     pub fn is_up(&self, host: &str) -> bool {

@@ -22,6 +22,7 @@ use crate::provision::{cluster_spec, synchronous_standby};
 impl Executor {
     pub(crate) async fn tick_ha(self: &Arc<Self>, state: &Arc<State>, tasks: &mut JoinSet<()>) {
         self.run_failovers(state, tasks);
+        self.recover_changeovers(state, tasks);
         self.release_orphaned_holds(state, tasks);
         self.add_missing_standbys(state);
         for (primary, standby) in ha::primaries(state) {
@@ -129,6 +130,33 @@ impl Executor {
         }
     }
 
+    /// Finishes or undoes every changeover that no task carries out any
+    /// more (the control plane that ran it died).
+    fn recover_changeovers(self: &Arc<Self>, state: &State, tasks: &mut JoinSet<()>) {
+        let ops = state.operations.values().filter(|o| {
+            o.kind == OperationKind::Changeover
+                && o.state.is_active()
+                && !self.endpoints.is_op_running(&o.id)
+        });
+        for op in ops {
+            let Some(busy) = self.claim(vec![format!("changeover:{}", op.id)]) else {
+                continue;
+            };
+            let me = self.clone();
+            let op_id = op.id.clone();
+            tasks.spawn(async move {
+                let _busy = busy;
+                match crate::changeover::recover(&me.store, &me.hosts, &me.endpoints, &op_id).await
+                {
+                    Ok(Some(sentence)) => tracing::warn!("{sentence}"),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("changeover {op_id}: cannot finish it yet: {e}"),
+                }
+                me.wake.notify_one();
+            });
+        }
+    }
+
     /// Resumes every endpoint held by an operation that is no longer active.
     fn release_orphaned_holds(self: &Arc<Self>, state: &State, tasks: &mut JoinSet<()>) {
         for app in orphaned_holds(state) {
@@ -180,9 +208,10 @@ impl Executor {
         let p = primary.clone();
         tasks.spawn(async move {
             let _busy = busy;
+            let sent = std::time::Instant::now();
             match agent.probe(&p.id).await {
                 Ok(probe) => {
-                    me.ha.probed(&p.id, true);
+                    me.ha.probed(&p.id, sent, true);
                     if probe.timeline.is_some() && probe.timeline != p.timeline {
                         let _ = me.store.update(|s| {
                             if let Some(d) = s.databases.get_mut(&p.id) {
@@ -194,7 +223,7 @@ impl Executor {
                 }
                 Err(e) => {
                     tracing::debug!("{}: probe failed: {e}", p.color);
-                    me.ha.probed(&p.id, false);
+                    me.ha.probed(&p.id, sent, false);
                 }
             }
         });

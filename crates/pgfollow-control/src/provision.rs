@@ -189,6 +189,7 @@ pub fn add_database(state: &mut State, new: &NewDatabase<'_>) -> Result<(String,
         sync_suspended: false,
         standby_lag: None,
         timeline: None,
+        pending_owner: None,
     };
     let mut db = db;
     db.hidden = new.hidden;

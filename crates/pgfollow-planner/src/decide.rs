@@ -8,6 +8,15 @@ use pgfollow_types::model::{DatabaseRecord, Desired, OperationKind, OperationRec
 /// The step recorded when `pg_rewind` failed and a fresh copy is needed.
 pub const REWIND_FAILED: &str = "rewind-failed";
 
+/// The step recorded when a slot could not be dropped because its leader's
+/// host does not answer: it is left there (bounded by the plan's
+/// `max_slot_wal_keep_size`) rather than holding the operation up.
+pub const SLOT_LEFT: &str = "slot-left";
+
+fn slot_handled(op: &OperationRecord) -> bool {
+    op.has_done(Action::DropSlot.step()) || op.has_done(SLOT_LEFT)
+}
+
 /// A step gives up after failing this many times in a row.
 pub const MAX_STEP_FAILURES: u32 = 3;
 
@@ -54,8 +63,17 @@ pub enum Action {
     Forget,
     /// Give up: remove what was created and show the reason.
     Fail(String),
+    /// Give up on the operation, keep the database and its data, and show
+    /// the reason.
+    GiveUp(String),
     /// The operation no longer applies (its database is being destroyed).
     Cancel,
+    /// Give the owner role its pending password (a rotation).
+    SetPassword,
+    /// The catalog takes the pending password as the owner's.
+    CommitPassword,
+    /// Endpoints that log in as the owner get its new password.
+    SyncEndpoints,
     /// Nothing can be done this tick.
     Wait,
 }
@@ -80,7 +98,11 @@ impl Action {
             Action::DestroyCluster => "destroy",
             Action::Forget => "forget",
             Action::Fail(_) => "fail",
+            Action::GiveUp(_) => "give-up",
             Action::Cancel => "cancel",
+            Action::SetPassword => "set-password",
+            Action::CommitPassword => "commit-password",
+            Action::SyncEndpoints => "sync-endpoints",
             Action::Wait => "wait",
         }
     }
@@ -128,6 +150,66 @@ pub fn decide(
             Action::Wait,
             "failing over; the failover runner carries it out step by step",
         ),
+        OperationKind::Rotate => decide_rotate(db, op, observed),
+        OperationKind::Changeover => decision(db, Action::Wait, "a changeover to it is under way"),
+    }
+}
+
+/// Rotate: the new password is in the catalog (pending) before the role
+/// has it; then the role, then the catalog takes it, then the endpoints.
+/// Every step is idempotent and the rotation never gives up: whatever
+/// interrupts it, the role, the catalog and the endpoints end up agreeing.
+fn decide_rotate(db: &DatabaseRecord, op: &OperationRecord, observed: &Observed) -> Decision {
+    if is_being_destroyed(db) {
+        return decision(
+            db,
+            Action::Cancel,
+            "it is being destroyed; the rotation stops",
+        );
+    }
+    if let Observed::HostUnreachable(host) = observed {
+        return decision(
+            db,
+            Action::Wait,
+            format!("host {host} does not answer; the rotation waits"),
+        );
+    }
+    let next = [
+        (
+            Action::SetPassword,
+            "giving the owner role its new password",
+        ),
+        (
+            Action::CommitPassword,
+            "recording the new password as the owner's",
+        ),
+        (
+            Action::SyncEndpoints,
+            "giving the endpoints the new password",
+        ),
+    ]
+    .into_iter()
+    .find(|(a, _)| !op.has_done(a.step()));
+    match next {
+        Some((action, why)) => decision(db, action, why),
+        None => decision(db, Action::Wait, "the rotation is done"),
+    }
+}
+
+/// The catalog's side of a rotation: the pending password becomes the
+/// owner's, on the database and on its followers (they are copies).
+pub fn commit_password(state: &mut pgfollow_types::model::State, id: &str) {
+    let Some(new) = state
+        .databases
+        .get_mut(id)
+        .and_then(|d| d.pending_owner.take())
+    else {
+        return;
+    };
+    for d in state.databases.values_mut() {
+        if d.id == id || d.following.as_deref() == Some(id) {
+            d.owner = new.clone();
+        }
     }
 }
 
@@ -265,7 +347,7 @@ fn decide_unfollow(
         );
     }
     if let Some(l) = leader.filter(|l| l.is_live()) {
-        if !op.has_done(Action::DropSlot.step()) {
+        if !slot_handled(op) {
             return decision(
                 db,
                 Action::DropSlot,
@@ -394,10 +476,16 @@ fn give_up(db: &DatabaseRecord, op: &OperationRecord) -> Option<Decision> {
     let reason = op
         .last_error
         .clone()
-        .unwrap_or_else(|| "the provision failed".to_string());
+        .unwrap_or_else(|| format!("the {} failed", op.kind.as_str()));
+    // Only what is being built may be removed: a database that already
+    // holds data (an unfollow, a repoint) keeps it, and says why it is stuck.
+    let action = match op.kind {
+        OperationKind::Provision | OperationKind::Rejoin => Action::Fail(reason.clone()),
+        _ => Action::GiveUp(reason.clone()),
+    };
     Some(decision(
         db,
-        Action::Fail(reason.clone()),
+        action,
         format!("giving up after {} failed attempts: {reason}", op.failures),
     ))
 }
@@ -459,7 +547,7 @@ fn decide_destroy(
         );
     }
     if let Some(l) = leader.filter(|l| l.is_live()) {
-        if !op.has_done(Action::DropSlot.step()) {
+        if !slot_handled(op) {
             return decision(
                 db,
                 Action::DropSlot,
@@ -527,7 +615,7 @@ pub fn reconcile(db: &DatabaseRecord, observed: &Observed) -> Option<Decision> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::Utc;
     use pgfollow_types::agent::RoleSecret;
@@ -535,7 +623,7 @@ mod tests {
     use pgfollow_types::plan::builtin_plans;
     use pgfollow_types::{AppName, Color};
 
-    fn db(state: DatabaseState, desired: Desired) -> DatabaseRecord {
+    pub(crate) fn db(state: DatabaseState, desired: Desired) -> DatabaseRecord {
         let role = RoleSecret {
             name: "u".into(),
             password: "p".into(),
@@ -567,6 +655,7 @@ mod tests {
             sync_suspended: false,
             standby_lag: None,
             timeline: None,
+            pending_owner: None,
         }
     }
 

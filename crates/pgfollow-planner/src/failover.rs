@@ -393,4 +393,113 @@ mod tests {
             );
         }
     }
+
+    fn catalog() -> State {
+        use crate::decide::tests::db;
+        use pgfollow_types::model::{AppRecord, Desired, EndpointRecord};
+        use pgfollow_types::{AppName, Color};
+        let mut state = State::default();
+        let mut old = db(DatabaseState::Available, Desired::Running);
+        old.id = "db-old".into();
+        old.host = "h2".into();
+        old.ha_standby = Some("db-new".into());
+        old.sync = true;
+        let mut new = db(DatabaseState::Available, Desired::Running);
+        new.id = "db-new".into();
+        new.name = "postgresql-hidden-1".into();
+        new.color = Color::parse("AMBER").unwrap();
+        new.following = Some("db-old".into());
+        new.hidden = true;
+        let mut other = db(DatabaseState::Available, Desired::Running);
+        other.id = "db-f".into();
+        other.color = Color::parse("CHARCOAL").unwrap();
+        other.following = Some("db-old".into());
+        for d in [old, new, other] {
+            state.databases.insert(d.id.clone(), d);
+        }
+        let mut app = AppRecord {
+            name: AppName::parse("sushi").unwrap(),
+            created_at: Utc::now(),
+            config: Default::default(),
+            attachments: Default::default(),
+            endpoint: Some(EndpointRecord {
+                id: "ep-sushi".into(),
+                host: "local".into(),
+                port: 6432,
+                applied: Some("db-old".into()),
+                held_by: Some("op-1".into()),
+            }),
+            maintenance: false,
+        };
+        app.attachments.insert("DATABASE".into(), "db-old".into());
+        app.attachments
+            .insert("PGFOLLOW_POSTGRESQL_WHITE".into(), "db-old".into());
+        state.apps.insert("sushi".into(), app);
+        state
+    }
+
+    #[test]
+    fn the_switch_moves_the_database_to_the_standby_and_repoints_the_others() {
+        let mut state = catalog();
+        let failover = op(&["hold", "fence", "promote", "confirm"], 0);
+        state
+            .operations
+            .insert(failover.id.clone(), failover.clone());
+        let mut n = 0;
+        let mut next_id = |_: &mut State| {
+            n += 1;
+            format!("op-new-{n}")
+        };
+        switch_roles(
+            &mut state,
+            &failover,
+            "its host was lost",
+            Utc::now(),
+            &mut next_id,
+        )
+        .unwrap();
+        let (new, old, f) = (
+            &state.databases["db-new"],
+            &state.databases["db-old"],
+            &state.databases["db-f"],
+        );
+        assert_eq!(
+            (new.color.as_str(), new.hidden, new.following.as_deref()),
+            ("WHITE", false, None)
+        );
+        assert_eq!(new.ha_standby.as_deref(), Some("db-old"));
+        assert!(new.sync, "sync mode moves with the database");
+        assert_eq!((old.color.as_str(), old.hidden), ("AMBER", true));
+        assert_eq!(old.following.as_deref(), Some("db-new"));
+        assert_eq!(f.following.as_deref(), Some("db-new"));
+        let app = &state.apps["sushi"];
+        assert!(app.attachments.values().all(|id| id == "db-new"));
+        let rejoin = &state.operations["op-new-1"];
+        assert_eq!(
+            (rejoin.kind, rejoin.database.as_str()),
+            (OperationKind::Rejoin, "db-old")
+        );
+        let repoint = &state.operations["op-new-2"];
+        assert_eq!(
+            (repoint.kind, repoint.database.as_str()),
+            (OperationKind::Repoint, "db-f")
+        );
+        assert_eq!(repoint.subject.as_deref(), Some("db-new"));
+    }
+
+    #[test]
+    fn a_hold_whose_operation_ended_is_orphaned() {
+        let mut state = catalog();
+        // Held by an operation the catalog does not have.
+        assert_eq!(orphaned_holds(&state), vec!["sushi".to_string()]);
+        let mut o = op(&[], 0);
+        state.operations.insert(o.id.clone(), o.clone());
+        assert!(
+            orphaned_holds(&state).is_empty(),
+            "a pending operation owns it"
+        );
+        o.state = OperationState::Failed;
+        state.operations.insert(o.id.clone(), o);
+        assert_eq!(orphaned_holds(&state), vec!["sushi".to_string()]);
+    }
 }

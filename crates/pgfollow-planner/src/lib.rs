@@ -4,13 +4,15 @@
 //! so every decision is tested as a table of plain values; the control plane's
 //! executor carries the step out and records the result.
 
+mod changeover;
 mod decide;
 mod failover;
 mod ha;
 
+pub use changeover::{recover_changeover, ChangeoverRecovery, CHANGEOVER_SWITCH};
 pub use decide::{
-    decide, follower_fell_off, is_caught_up, reconcile, Action, Decision, Observed,
-    CAUGHT_UP_COMMITS, MAX_STEP_FAILURES, REWIND_FAILED,
+    commit_password, decide, follower_fell_off, is_caught_up, reconcile, Action, Decision,
+    Observed, CAUGHT_UP_COMMITS, MAX_STEP_FAILURES, REWIND_FAILED, SLOT_LEFT,
 };
 pub use failover::{
     decide_failover, is_promoted, orphaned_holds, self_fence_is_certain, switch_roles,

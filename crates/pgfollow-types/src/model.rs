@@ -128,6 +128,11 @@ pub struct DatabaseRecord {
     /// The WAL timeline it was last seen writing on, as a primary.
     #[serde(default)]
     pub timeline: Option<u32>,
+    /// The owner's next password while a rotation rolls it out: set in the
+    /// catalog before the role gets it, so no password is ever one that
+    /// only the database knows.
+    #[serde(default)]
+    pub pending_owner: Option<RoleSecret>,
 }
 
 /// One time-stamped measurement of how far a standby is behind.
@@ -168,6 +173,11 @@ pub enum OperationKind {
     Failover,
     /// A follower whose leader was replaced follows the new one.
     Repoint,
+    /// `pg:changeover`: the app moves to this follower (`subject` is the
+    /// old primary) with writes held at the endpoint.
+    Changeover,
+    /// `pg:credentials:rotate`: the owner role gets a new password.
+    Rotate,
 }
 
 impl OperationKind {
@@ -179,6 +189,8 @@ impl OperationKind {
             OperationKind::Rejoin => "rejoin",
             OperationKind::Failover => "failover",
             OperationKind::Repoint => "repoint",
+            OperationKind::Changeover => "changeover",
+            OperationKind::Rotate => "rotate",
         }
     }
 }

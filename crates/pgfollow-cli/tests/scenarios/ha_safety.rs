@@ -285,13 +285,20 @@ fn the_other_followers_follow_the_new_primary_after_a_failover() {
         "the follower replays a write made after the failover",
         || ids(&follower, "w").contains(&42),
     );
-    eventually(Duration::from_secs(30), "Behind By: 0 commits", || {
-        let info = s
+    let mut last = serde_json::Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        last = s
             .cli(&["pg:info", "CHARCOAL", "--app", "sushi", "--json"])
             .ok()
             .json();
-        info["behind_by"]["commits"] == 0 && info["status"] == "available"
-    });
+        if last["behind_by"]["commits"] == 0 && last["state"] == "available" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(last["behind_by"]["commits"], 0, "{last}");
+    assert_eq!(last["state"], "available", "{last}");
 }
 
 #[test]
@@ -326,4 +333,93 @@ fn a_plan_upgrade_by_changeover_ends_with_ha_available() {
         "{}",
         s.log()
     );
+}
+
+/// sushi on a standard plan: WHITE on h2, its follower CHARCOAL on local.
+fn standard_leader_on_h2(s: &Server) -> AgentProcess {
+    let h2 = AgentProcess::start(bin(), s, "h2", None).unwrap();
+    s.cli(&["apps:create", "sushi"]).ok();
+    s.cli(&["addons:create", "standard-0", "--app", "sushi"])
+        .ok();
+    wait_available(s, "sushi");
+    assert_eq!(host_of_white(s), "h2");
+    let main = config_get(s, "sushi", "DATABASE_URL");
+    psql_url(&main, "create table w (id bigint primary key)").ok();
+    psql_url(&main, "insert into w values (1)").ok();
+    s.cli(&[
+        "addons:create",
+        "standard-0",
+        "--follow",
+        "DATABASE_URL",
+        "--app",
+        "sushi",
+    ])
+    .ok();
+    wait_available(s, "sushi");
+    h2
+}
+
+#[test]
+fn manual_failover_when_the_leader_is_gone_unfollow_then_promote() {
+    let s = server();
+    let mut h2 = standard_leader_on_h2(&s);
+    let main = config_get(&s, "sushi", "DATABASE_URL");
+    lose_host(&mut h2);
+    s.cli(&[
+        "pg:unfollow",
+        "CHARCOAL",
+        "--app",
+        "sushi",
+        "--confirm",
+        "sushi",
+    ])
+    .ok();
+    s.cli(&["pg:wait", "--app", "sushi"]).ok();
+    let charcoal = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
+    psql_url(&charcoal, "insert into w values (2)").ok();
+    let out = s.cli(&["pg:promote", "CHARCOAL", "--app", "sushi"]).ok();
+    assert!(
+        out.stdout.contains("now routes to CHARCOAL"),
+        "{}",
+        out.stdout
+    );
+    psql_url(&main, "insert into w values (3)").ok();
+    assert_eq!(ids(&charcoal, "w"), [1, 2, 3].into_iter().collect());
+    assert!(
+        s.log().contains("its slot for this database stays there"),
+        "{}",
+        s.log()
+    );
+}
+
+#[test]
+fn changeover_with_leader_lost_moves_the_app_in_one_command_and_is_refused_while_the_leader_answers(
+) {
+    let s = server();
+    let mut h2 = standard_leader_on_h2(&s);
+    let main = config_get(&s, "sushi", "DATABASE_URL");
+    let out = s
+        .cli(&[
+            "pg:changeover",
+            "CHARCOAL",
+            "--leader-lost",
+            "--app",
+            "sushi",
+        ])
+        .failed();
+    assert!(out.stderr.contains("still answers"), "{}", out.stderr);
+    lose_host(&mut h2);
+    let out = s
+        .cli(&[
+            "pg:changeover",
+            "CHARCOAL",
+            "--leader-lost",
+            "--app",
+            "sushi",
+        ])
+        .ok();
+    assert!(out.stdout.contains("received"), "{}", out.stdout);
+    psql_url(&main, "insert into w values (2)").ok();
+    let charcoal = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
+    assert_eq!(ids(&charcoal, "w"), [1, 2].into_iter().collect());
 }

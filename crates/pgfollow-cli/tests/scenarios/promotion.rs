@@ -170,8 +170,17 @@ fn promote_moves_database_url_and_keeps_the_old_one_reachable() {
     let out = s.cli(&["pg:promote", "WHITE", "--app", "sushi"]).failed();
     assert!(out.stderr.contains("already"), "{}", out.stderr);
 
-    // A follower promoted as it is stays read-only, and the user is told.
-    let out = s.cli(&["pg:promote", "CHARCOAL", "--app", "sushi"]).ok();
+    // DATABASE_URL never goes to a read-only follower by itself.
+    let out = s
+        .cli(&["pg:promote", "CHARCOAL", "--app", "sushi"])
+        .failed();
+    assert!(out.stderr.contains("read-only follower"), "{}", out.stderr);
+    assert!(out.stderr.contains("--unfollow"), "{}", out.stderr);
+    assert_eq!(behind_main(), port_of("WHITE"), "nothing changed");
+    // With --force it does, and the user is told it stays read-only.
+    let out = s
+        .cli(&["pg:promote", "CHARCOAL", "--force", "--app", "sushi"])
+        .ok();
     assert!(out.stdout.contains("read-only follower"), "{}", out.stdout);
     assert!(
         out.stdout.contains("PGFOLLOW_POSTGRESQL_WHITE_URL"),

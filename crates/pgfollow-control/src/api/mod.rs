@@ -7,7 +7,7 @@ mod apps;
 mod databases;
 mod maintenance;
 mod misc;
-mod promotion;
+pub(crate) mod promotion;
 
 use std::sync::Arc;
 

@@ -367,6 +367,20 @@ impl Executor {
                 }
             }
             Action::CheckFollower => {
+                // A follower that left recovery by itself would be a second
+                // writable cluster of the data: it is stopped at once.
+                if agent.probe(&db.id).await.is_ok_and(|p| !p.in_recovery) {
+                    agent.fence(&db.id).await?;
+                    let why = format!(
+                        "it left recovery while it should follow {}: a second writable copy, so it was stopped; destroy it (`pgfollow addons:destroy {} --app {} --confirm {}`) and create a new follower",
+                        leader.map_or("its leader", |l| l.color.as_str()),
+                        db.color,
+                        db.app,
+                        db.app
+                    );
+                    tracing::error!("{} ({}): {why}", db.color, db.name);
+                    return Ok(Outcome::Broken(why));
+                }
                 let Some(l) = leader.filter(|l| l.is_live()) else {
                     return Ok(Outcome::Done);
                 };

@@ -24,8 +24,6 @@ use crate::store::Store;
 /// How long a PAUSE may take before the endpoint's connections are ended:
 /// the old primary is presumed lost, so what it still holds is lost too.
 pub const HOLD_DEADLINE: Duration = Duration::from_millis(500);
-/// How long the fence call may take.
-const FENCE_CALL: Duration = Duration::from_millis(1500);
 /// The self-fence deadline plus what the agent may need to act on it
 /// (`HOST_LEASE` − `FENCE_AFTER`: the whole margin the lease leaves).
 const FENCE_MARGIN: Duration = HOST_LEASE.saturating_sub(FENCE_AFTER);
@@ -160,7 +158,7 @@ impl Runner<'_> {
             }
             FailoverStep::Fence => {
                 if let Some(agent) = self.hosts.reach(&p.old.host) {
-                    match agent.fence(&p.old.id, FENCE_CALL).await {
+                    match agent.fence(&p.old.id).await {
                         Ok(()) => {
                             return Ok(format!(
                                 "host {}'s agent stopped the old primary",

@@ -243,3 +243,21 @@ fn a_preparing_database_is_promoted_only_with_force() {
     let infos = info(&s, "sushi");
     assert_eq!(infos[0]["color"], "CHARCOAL");
 }
+
+#[test]
+fn a_follower_that_leaves_recovery_behind_pgfollows_back_is_stopped() {
+    let s = server();
+    leader_and_follower(&s);
+    let before = s.running_postmasters().len();
+    // Someone promotes the follower by hand: a second writable copy.
+    superuser_sql(&s, "sushi", "CHARCOAL", "select pg_promote()");
+    eventually(
+        Duration::from_secs(30),
+        "CHARCOAL is stopped and failed",
+        || info_of(&s, "CHARCOAL")["state"] == "failed",
+    );
+    let detail = info_of(&s, "CHARCOAL")["status_detail"].to_string();
+    assert!(detail.contains("left recovery"), "{detail}");
+    assert_eq!(s.running_postmasters().len(), before - 1);
+    assert!(s.log().contains("a second writable copy"), "{}", s.log());
+}

@@ -13,5 +13,6 @@ mod databases;
 mod durability;
 mod followers;
 mod ha;
+mod lag;
 mod promotion;
 mod security;

@@ -66,7 +66,12 @@ fn behind_by_is_exact_and_its_seconds_true_after_a_bulk_load() {
         "create procedure one_by_one(n int) language plpgsql as $$ \
          begin for i in 1..n loop insert into t values (i); commit; end loop; end $$",
     );
-    superuser_sql(&s, "sushi", "WHITE", "alter system set max_wal_size = '8GB'");
+    superuser_sql(
+        &s,
+        "sushi",
+        "WHITE",
+        "alter system set max_wal_size = '8GB'",
+    );
     superuser_sql(&s, "sushi", "WHITE", "select pg_reload_conf()");
     eventually(Duration::from_secs(60), "the follower caught up", || {
         behind_by(&s)["commits"] == 0
@@ -101,7 +106,10 @@ fn behind_by_is_exact_and_its_seconds_true_after_a_bulk_load() {
     assert_eq!(lag["more_than"], false, "{lag}");
     assert_eq!(lag["commits"].as_u64(), Some(1 + K), "{lag}");
     let bytes = lag["bytes"].as_u64().unwrap();
-    assert!(bytes >= 100 << 20, "the bulk load made {bytes} bytes of WAL");
+    assert!(
+        bytes >= 100 << 20,
+        "the bulk load made {bytes} bytes of WAL"
+    );
     // The oldest commit not replayed is the bulk load's: older than the
     // moment its INSERT returned, younger than the hold.
     let seconds = lag["seconds"].as_f64().unwrap();
@@ -115,11 +123,7 @@ fn behind_by_is_exact_and_its_seconds_true_after_a_bulk_load() {
     let mut took = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        let (status, body) = http_get(
-            &s.url,
-            "/v1/apps/sushi/databases/CHARCOAL",
-            Some(&token),
-        );
+        let (status, body) = http_get(&s.url, "/v1/apps/sushi/databases/CHARCOAL", Some(&token));
         took.push(t.elapsed());
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -16,3 +16,4 @@ mod ha;
 mod lag;
 mod promotion;
 mod security;
+mod spellings;

@@ -11,6 +11,7 @@ mod executor;
 mod ha;
 mod hosts;
 mod lag;
+pub mod metrics;
 mod provision;
 mod resolve;
 mod server;

@@ -62,6 +62,12 @@ pub async fn changeover(
         .map(std::time::Duration::from_secs)
         .unwrap_or(crate::changeover::CATCH_UP_LIMIT);
     let report = crate::changeover::run(&ctx, &app, &reference, req.dry_run, limit).await?;
+    if !report.dry_run {
+        crate::metrics::record_write_pause(
+            "changeover",
+            std::time::Duration::from_secs_f64(report.write_pause_ms.max(0.0) / 1000.0),
+        );
+    }
     ctx.wake.notify_one();
     Ok(Json(report))
 }

@@ -14,6 +14,7 @@ mod durability;
 mod followers;
 mod ha;
 mod lag;
+mod metrics;
 mod openapi;
 mod promotion;
 mod security;

@@ -348,7 +348,9 @@ async fn count(client: &Client, start: Lsn, end: Lsn, from: Lsn) -> Result<u64, 
 }
 
 /// The commit time (Unix ms) of the first commit record at or after `from`,
-/// knowing that `[start, end)` is the first piece with one.
+/// knowing that `[start, end)` is the first piece with one. Remembered only
+/// when the search went past the first window: a follower close behind
+/// moves on at every measurement, and finding its oldest commit is cheap.
 async fn oldest_commit(
     client: &Client,
     cache: &CommitCache,
@@ -381,7 +383,9 @@ async fn oldest_commit(
             let unix_ms: i64 = field(row, 0).parse().map_err(|_| {
                 PgError::Unexpected("a commit record's description holds no commit time".into())
             })?;
-            cache.put(key, Value::Oldest { unix_ms });
+            if start != from || window > FIRST_WINDOW {
+                cache.put(key, Value::Oldest { unix_ms });
+            }
             return Ok(Some(unix_ms));
         }
         if to >= end {

@@ -181,10 +181,24 @@ impl Cluster {
         max_bytes: u64,
         cache: &CommitCache,
     ) -> Result<CommitCount, PgError> {
+        self.commits_since_within(from, max_bytes, cache, COUNT_BUDGET)
+            .await
+    }
+
+    /// [`Cluster::commits_since`] with another budget for WAL not counted
+    /// before. Each call counts at least one new piece, so repeated calls
+    /// always get to the end.
+    pub async fn commits_since_within(
+        &self,
+        from: Lsn,
+        max_bytes: u64,
+        cache: &CommitCache,
+        budget: Duration,
+    ) -> Result<CommitCount, PgError> {
         let client = self.connect("postgres").await?;
         let pos = self.position(&client, from).await?;
         let end = Lsn(from.0.saturating_add(max_bytes).min(pos.flush.0));
-        let deadline = Instant::now() + COUNT_BUDGET;
+        let deadline = Instant::now() + budget;
         let mut commits = 0u64;
         let mut first_with_commits: Option<(Lsn, Lsn)> = None;
         let mut counted_to = end;
@@ -192,10 +206,6 @@ impl Cluster {
             let mut start = from;
             let mut in_budget = true;
             for boundary in boundaries(from, end, pos.segment) {
-                if Instant::now() >= deadline {
-                    in_budget = false;
-                    break;
-                }
                 let Some(cut) = cut_at(&client, cache, &pos.stream, boundary).await else {
                     break;
                 };
@@ -205,12 +215,16 @@ impl Cluster {
                 if cut <= start {
                     continue;
                 }
-                let n = piece(&client, cache, &pos.stream, start, cut, from).await?;
+                let (n, fresh) = piece(&client, cache, &pos.stream, start, cut, from).await?;
                 if n > 0 && first_with_commits.is_none() {
                     first_with_commits = Some((start, cut));
                 }
                 commits += n;
                 start = cut;
+                if fresh && Instant::now() >= deadline {
+                    in_budget = false;
+                    break;
+                }
             }
             if in_budget {
                 let n = count(&client, start, end, from).await?;
@@ -305,7 +319,8 @@ async fn cut_at(
 }
 
 /// Commit records in `[start, end)`, both record starts at or below the
-/// flush position: final, so from the cache when counted before.
+/// flush position: final, so from the cache when counted before. And
+/// whether WAL was read for it.
 async fn piece(
     client: &Client,
     cache: &CommitCache,
@@ -313,16 +328,16 @@ async fn piece(
     start: Lsn,
     end: Lsn,
     from: Lsn,
-) -> Result<u64, PgError> {
+) -> Result<(u64, bool), PgError> {
     let key = Key::Piece(stream.clone(), start);
     if let Some(Value::Piece { end: e, commits }) = cache.get(&key) {
         if e == end {
-            return Ok(commits);
+            return Ok((commits, false));
         }
     }
     let commits = count(client, start, end, from).await?;
     cache.put(key, Value::Piece { end, commits });
-    Ok(commits)
+    Ok((commits, true))
 }
 
 /// Commit records that start at or after `start` and end at or before `end`.

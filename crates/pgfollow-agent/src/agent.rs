@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use pgfollow_postgres::{Cluster, CommitCache, OsUser, PgBinaries, PgError, StopMode};
 use pgfollow_types::agent::{
-    AgentFailure, ClusterSpec, ClusterStats, ClusterStatus, CommitCount, ReplayStatus, RoleSecret,
-    SlotStatus,
+    AgentFailure, ClusterSpec, ClusterStats, ClusterStatus, CommitCount, Probe, ReplayStatus,
+    RoleSecret, SlotStatus,
 };
 use pgfollow_types::api::Backend;
 use pgfollow_types::model::HostRecord;
@@ -329,14 +329,26 @@ impl Agent {
         Ok(self.cluster(&spec.id)?.set_upstream(spec).await?)
     }
 
+    /// Kills the cluster at once (fencing): it can take no write after
+    /// this answers.
+    pub async fn fence(&self, id: &str) -> Result<(), AgentError> {
+        if self.cluster(id)?.fence().await? {
+            tracing::warn!("fenced cluster {id}: killed on the control plane's order");
+        }
+        Ok(())
+    }
+
+    /// One query within a short deadline.
+    pub async fn probe(&self, id: &str) -> Result<Probe, AgentError> {
+        Ok(self.cluster(id)?.probe().await?)
+    }
+
     /// Stops postgres and removes the cluster's files.
     pub async fn destroy(&self, id: &str) -> Result<(), AgentError> {
         Ok(self.cluster(id)?.destroy().await?)
     }
 
-    /// Stops every running cluster of this host (fast shutdown), for an
-    /// orderly stop of the agent. Failures are logged, not returned.
-    /// Stops (immediately) every running cluster that is not a standby.
+    /// Kills (fences) every running cluster that is not a standby.
     pub async fn stop_primaries(&self) {
         let Ok(entries) = std::fs::read_dir(&self.clusters_dir) else {
             return;
@@ -350,8 +362,8 @@ impl Agent {
             };
             let standby = cluster.pgdata().join("standby.signal").exists();
             if !standby && cluster.status(&id).running {
-                match cluster.stop(StopMode::Immediate).await {
-                    Ok(()) => tracing::warn!("fenced cluster {id}: stopped"),
+                match cluster.fence().await {
+                    Ok(_) => tracing::warn!("fenced cluster {id}: stopped"),
                     Err(e) => tracing::error!("could not fence cluster {id}: {e}"),
                 }
             }

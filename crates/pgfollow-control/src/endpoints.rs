@@ -176,31 +176,60 @@ impl Endpoints {
 }
 
 impl Endpoints {
-    /// Holds new transactions at every endpoint that routes to `db_id`
-    /// (HA fencing: nothing reaches a lost primary through an endpoint).
-    /// Returns the apps whose endpoints were held.
-    pub async fn hold_routes_to(&self, db_id: &str) -> Vec<String> {
-        let Ok(state) = self.store.read() else {
-            return Vec::new();
+    /// The apps whose endpoints route to `db_id` (or are about to).
+    pub fn routing_to(state: &State, db_id: &str) -> Vec<String> {
+        state
+            .apps
+            .values()
+            .filter(|app| {
+                app.endpoint.as_ref().is_some_and(|ep| {
+                    ep.applied.as_deref() == Some(db_id)
+                        || main_database(state, app).is_some_and(|m| m.id == db_id)
+                })
+            })
+            .map(|app| app.name.to_string())
+            .collect()
+    }
+
+    /// Holds new transactions at `app`'s endpoint for operation `op_id`:
+    /// the hold is recorded in the catalog first (so that whatever happens
+    /// next, reconciliation resumes an endpoint whose operation ended),
+    /// then PAUSE; past `limit` every connection is ended instead of
+    /// waiting. Returns whether connections were killed. An endpoint that
+    /// does not run holds nothing.
+    pub async fn hold(&self, app: &str, op_id: &str, limit: Duration) -> Result<bool, ApiErr> {
+        let lock = self.lock(app);
+        let _held = lock.lock().await;
+        let state = self.store.update(|state| {
+            if let Some(ep) = state.apps.get_mut(app).and_then(|a| a.endpoint.as_mut()) {
+                ep.held_by = Some(op_id.to_string());
+            }
+            Ok(state.clone())
+        })?;
+        let Some(rec) = state.apps.get(app) else {
+            return Ok(false);
         };
-        let mut held = Vec::new();
-        for app in state.apps.values() {
-            let (Some(ep), Some(db)) = (&app.endpoint, main_database(&state, app)) else {
-                continue;
-            };
-            if ep.applied.as_deref() != Some(db_id) || db.id != db_id {
-                continue;
-            }
-            match self.agent.endpoint_pause(&ep.id, &db.database).await {
-                Ok(()) => held.push(app.name.to_string()),
-                Err(e) => tracing::warn!("{}: could not hold the endpoint: {e}", app.name),
-            }
+        let (Some(ep), Some(db)) = (&rec.endpoint, main_database(&state, rec)) else {
+            return Ok(false);
+        };
+        if !self.is_running(rec) {
+            return Ok(false);
         }
-        held
+        let killed = self
+            .agent
+            .endpoint_hold(&ep.id, &db.database, limit)
+            .await?;
+        if killed {
+            tracing::warn!(
+                "{app}: the endpoint could not pause within {} ms (a transaction stayed open or a server hung); its connections were ended",
+                limit.as_millis()
+            );
+        }
+        Ok(killed)
     }
 
     /// Points `app`'s held endpoint at the database now behind
-    /// `DATABASE`, then lets transactions through.
+    /// `DATABASE`, lets transactions through, and clears the hold.
     pub async fn reroute_held(&self, app: &str) -> Result<(), ApiErr> {
         let lock = self.lock(app);
         let _held = lock.lock().await;
@@ -208,22 +237,30 @@ impl Endpoints {
         let Some(rec) = state.apps.get(app) else {
             return Ok(());
         };
-        let Some(db) = main_database(&state, rec) else {
-            return Ok(());
-        };
-        let Some(spec) = endpoint_spec(&state, rec, db) else {
-            return Ok(());
-        };
-        let ep = self.agent.endpoint(&spec.id)?;
-        let fail = |e: pgfollow_pgbouncer::BouncerError| ApiErr::unavailable(e.to_string());
-        ep.write_config(&spec).map_err(fail)?;
-        let admin = ep.admin().await.map_err(fail)?;
-        admin.reload().await.map_err(fail)?;
-        admin.resume(&spec.dbname).await.map_err(fail)?;
-        let db_id = db.id.clone();
+        let db = main_database(&state, rec);
+        let spec = db.and_then(|db| endpoint_spec(&state, rec, db));
+        if let (Some(spec), Some(db), true) = (spec, db, self.is_running(rec)) {
+            let ep = self.agent.endpoint(&spec.id)?;
+            let fail = |e: pgfollow_pgbouncer::BouncerError| ApiErr::unavailable(e.to_string());
+            if rec.endpoint.as_ref().and_then(|e| e.applied.as_deref()) != Some(db.id.as_str()) {
+                ep.write_config(&spec).map_err(fail)?;
+                let admin = ep.admin().await.map_err(fail)?;
+                admin.reload().await.map_err(fail)?;
+            }
+            ep.admin()
+                .await
+                .map_err(fail)?
+                .resume(&spec.dbname)
+                .await
+                .map_err(fail)?;
+        }
+        let db_id = db.map(|d| d.id.clone());
         self.store.update(|state| {
             if let Some(e) = state.apps.get_mut(app).and_then(|a| a.endpoint.as_mut()) {
-                e.applied = Some(db_id.clone());
+                if db_id.is_some() {
+                    e.applied = db_id.clone();
+                }
+                e.held_by = None;
             }
             Ok(())
         })?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use pgfollow_agent::{Agent, AgentError};
 use pgfollow_client::agent::{AgentCallError, AgentClient};
 use pgfollow_types::agent::{
-    AgentCall, AgentRegistration, ClusterSpec, ClusterStats, ClusterStatus, CommitCount,
+    AgentCall, AgentRegistration, ClusterSpec, ClusterStats, ClusterStatus, CommitCount, Probe,
     ReplayStatus, RoleSecret, SlotStatus,
 };
 use pgfollow_types::api::Backend;
@@ -26,6 +26,9 @@ pub const HOST_LEASE: Duration = Duration::from_millis(2000);
 const GLANCE: Duration = Duration::from_secs(1);
 /// How long a quick call to a remote agent may take.
 const QUICK: Duration = Duration::from_secs(5);
+/// How long a probe of a remote cluster may take in all (the agent's own
+/// deadline for the query is 1 s).
+const PROBE: Duration = Duration::from_millis(1500);
 /// How long a slow step (initdb, start, promote) may take.
 const SLOW: Duration = Duration::from_secs(180);
 /// How long a base backup may take.
@@ -95,6 +98,17 @@ impl Hosts {
         self.remotes()
             .get(host)
             .filter(|r| r.last_seen.elapsed() < HOST_LEASE)
+            .map(|r| AgentHandle::Remote(r.client.clone()))
+    }
+
+    /// The agent of `host` even when its lease has run out: to fence a
+    /// primary, any answer is worth trying for.
+    pub fn reach(&self, host: &str) -> Option<AgentHandle> {
+        if let Some(a) = self.local.as_ref().filter(|a| a.name() == host) {
+            return Some(AgentHandle::Local(a.clone()));
+        }
+        self.remotes()
+            .get(host)
             .map(|r| AgentHandle::Remote(r.client.clone()))
     }
 
@@ -370,6 +384,22 @@ impl AgentHandle {
         match self {
             Self::Local(a) => a.checkpoint(id).await,
             Self::Remote(c) => Self::call(c, AgentCall::Checkpoint { id: id.into() }, SLOW).await,
+        }
+    }
+
+    /// Kills the cluster so it can take no write; waits at most `limit`.
+    pub async fn fence(&self, id: &str, limit: Duration) -> Result<(), AgentError> {
+        match self {
+            Self::Local(a) => a.fence(id).await,
+            Self::Remote(c) => Self::call(c, AgentCall::Fence { id: id.into() }, limit).await,
+        }
+    }
+
+    /// One query within the agent's probe deadline.
+    pub async fn probe(&self, id: &str) -> Result<Probe, AgentError> {
+        match self {
+            Self::Local(a) => a.probe(id).await,
+            Self::Remote(c) => Self::call(c, AgentCall::Probe { id: id.into() }, PROBE).await,
         }
     }
 

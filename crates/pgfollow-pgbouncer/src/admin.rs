@@ -186,6 +186,28 @@ impl AdminSession<'_> {
             .await
     }
 
+    /// `PAUSE db` that never gives the database back: when the pause does
+    /// not finish within `limit` (a client keeps a transaction open, or a
+    /// server connection hangs on a host that no longer answers), `KILL db`
+    /// ends every connection of `dbname` instead, which leaves it paused
+    /// too. Returns whether connections had to be killed.
+    pub async fn pause_or_kill(&self, dbname: &str, limit: Duration) -> Result<bool, BouncerError> {
+        let command = format!("PAUSE {}", admin_ident(dbname));
+        match self.command(&command, limit).await {
+            Ok(_) => Ok(false),
+            Err(BouncerError::Admin { detail, .. }) if detail.contains("already paused") => {
+                Ok(false)
+            }
+            Err(BouncerError::AdminTimeout { .. }) => {
+                // This connection still waits for its PAUSE: KILL over a
+                // new one.
+                self.endpoint.admin().await?.kill_clients(dbname).await?;
+                Ok(true)
+            }
+            Err(e) => Err(no_such_database(e, dbname)),
+        }
+    }
+
     /// `KILL db`: drops every client and server connection of `dbname` at
     /// once (open transactions roll back). PgBouncer leaves the database
     /// paused afterwards: RESUME lets new work in again.

@@ -122,7 +122,66 @@ pub fn decide(
         OperationKind::Destroy => decide_destroy(db, op, observed, leader),
         OperationKind::Unfollow => decide_unfollow(db, op, observed, leader),
         OperationKind::Rejoin => decide_rejoin(db, op, observed, leader),
+        OperationKind::Repoint => decide_repoint(db, op, observed, leader),
+        OperationKind::Failover => decision(
+            db,
+            Action::Wait,
+            "failing over; the failover runner carries it out step by step",
+        ),
     }
+}
+
+/// Repoint: a follower whose leader failed over follows the new primary:
+/// a slot on it, the new `primary_conninfo` (reloaded), then caught up.
+fn decide_repoint(
+    db: &DatabaseRecord,
+    op: &OperationRecord,
+    observed: &Observed,
+    leader: Option<&DatabaseRecord>,
+) -> Decision {
+    let cluster = match preamble(db, op, observed, "repoint") {
+        Ok(c) => c,
+        Err(d) => return d,
+    };
+    let Some(l) = leader.filter(|l| l.is_live()) else {
+        return decision(
+            db,
+            Action::Fail("its new leader is gone".into()),
+            "its new leader is gone; giving up",
+        );
+    };
+    if !op.has_done(Action::CreateSlot.step()) {
+        return decision(
+            db,
+            Action::CreateSlot,
+            format!(
+                "its leader failed over: creating its slot on {} (the new primary)",
+                l.color
+            ),
+        );
+    }
+    if !cluster.running {
+        return decision(
+            db,
+            Action::Start,
+            "not running; starting it as a hot standby",
+        );
+    }
+    if !op.has_done(Action::Reconfigure.step()) {
+        return decision(
+            db,
+            Action::Reconfigure,
+            format!("pointing it at {} on host {}", l.color, l.host),
+        );
+    }
+    decision(
+        db,
+        Action::CheckCaughtUp,
+        format!(
+            "streaming from the new primary {}; checking whether it has caught up",
+            l.color
+        ),
+    )
 }
 
 /// Rejoin: an old primary comes back as the standby of the database that
@@ -424,71 +483,6 @@ pub fn follower_fell_off(slot: Option<&SlotStatus>) -> Option<String> {
     }
 }
 
-/// What the HA monitor saw of a primary and its standby.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HaObservation {
-    /// The primary's agent heartbeats within its lease.
-    pub host_up: bool,
-    /// Time since the primary's agent was last heard from.
-    pub silent_for: std::time::Duration,
-    pub running: bool,
-    /// Failed attempts to start the primary in a row.
-    pub start_failures: u32,
-    /// The standby is available (built and caught up once).
-    pub standby_ready: bool,
-    /// WAL bytes the standby is behind the primary's last known position.
-    pub standby_lag_bytes: Option<u64>,
-}
-
-/// What the HA monitor does about one primary.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HaVerdict {
-    Healthy,
-    /// Something is off but within what a restart or the grace covers.
-    Watch(String),
-    Failover(String),
-    /// It should fail over but must not (why).
-    Refuse(String),
-}
-
-/// Failed starts after which a primary counts as lost.
-pub const MAX_START_FAILURES: u32 = 6;
-
-/// Fail over when the primary's host is silent past `grace`, or postgres
-/// will not start; only to a ready standby within `max_lag_bytes`.
-pub fn ha_verdict(o: &HaObservation, grace: std::time::Duration, max_lag_bytes: u64) -> HaVerdict {
-    let why = if !o.host_up && o.silent_for >= grace {
-        format!(
-            "its host has been silent for {:.1} s",
-            o.silent_for.as_secs_f64()
-        )
-    } else if o.host_up && !o.running && o.start_failures >= MAX_START_FAILURES {
-        format!("postgres failed to start {} times", o.start_failures)
-    } else if !o.host_up {
-        return HaVerdict::Watch(format!(
-            "its host has been silent for {:.1} s (grace {:.1} s)",
-            o.silent_for.as_secs_f64(),
-            grace.as_secs_f64()
-        ));
-    } else if !o.running {
-        return HaVerdict::Watch("postgres is down; restarting it".into());
-    } else {
-        return HaVerdict::Healthy;
-    };
-    if !o.standby_ready {
-        return HaVerdict::Refuse(format!("{why}, but its standby is not ready"));
-    }
-    match o.standby_lag_bytes {
-        Some(lag) if lag <= max_lag_bytes => HaVerdict::Failover(why),
-        Some(lag) => HaVerdict::Refuse(format!(
-            "{why}, but its standby is {} kB behind (limit {} kB)",
-            lag / 1024,
-            max_lag_bytes / 1024
-        )),
-        None => HaVerdict::Refuse(format!("{why}, but its standby's lag is unknown")),
-    }
-}
-
 /// A follower this close to its leader counts as caught up.
 pub const CAUGHT_UP_COMMITS: u64 = 100;
 
@@ -569,6 +563,10 @@ mod tests {
             hidden: false,
             sync: false,
             sync_applied: None,
+            sync_strict: false,
+            sync_suspended: false,
+            standby_lag: None,
+            timeline: None,
         }
     }
 
@@ -585,6 +583,7 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
             subject: None,
+            reason: None,
         }
     }
 
@@ -848,58 +847,6 @@ mod tests {
             reconcile(&f, &seen(true, true)).map(|d| d.action),
             Some(Action::CheckFollower)
         );
-    }
-
-    #[test]
-    fn failover_only_past_the_grace_and_to_a_close_standby() {
-        use std::time::Duration;
-        let grace = Duration::from_secs(2);
-        let ok = HaObservation {
-            host_up: true,
-            silent_for: Duration::from_millis(200),
-            running: true,
-            start_failures: 0,
-            standby_ready: true,
-            standby_lag_bytes: Some(1000),
-        };
-        let v = |o: HaObservation| ha_verdict(&o, grace, 16 << 20);
-        assert_eq!(v(ok.clone()), HaVerdict::Healthy);
-        // A stall shorter than the grace: watch, keep the role.
-        let stalled = HaObservation {
-            host_up: false,
-            silent_for: Duration::from_millis(1200),
-            ..ok.clone()
-        };
-        assert!(matches!(v(stalled), HaVerdict::Watch(_)));
-        // A crashed postgres is restarted, not failed over.
-        let crashed = HaObservation {
-            running: false,
-            start_failures: 1,
-            ..ok.clone()
-        };
-        assert!(matches!(v(crashed), HaVerdict::Watch(_)));
-        let lost = HaObservation {
-            host_up: false,
-            silent_for: Duration::from_secs(3),
-            ..ok.clone()
-        };
-        assert!(matches!(v(lost.clone()), HaVerdict::Failover(_)));
-        let broken = HaObservation {
-            running: false,
-            start_failures: MAX_START_FAILURES,
-            ..ok.clone()
-        };
-        assert!(matches!(v(broken), HaVerdict::Failover(_)));
-        let far = HaObservation {
-            standby_lag_bytes: Some(17 << 20),
-            ..lost.clone()
-        };
-        assert!(matches!(v(far), HaVerdict::Refuse(r) if r.contains("behind")));
-        let unready = HaObservation {
-            standby_ready: false,
-            ..lost
-        };
-        assert!(matches!(v(unready), HaVerdict::Refuse(_)));
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod binaries;
 pub mod cluster;
 pub mod conf;
 pub mod error;
+pub mod fence;
 pub mod files;
 pub mod pidfile;
 pub mod process;

@@ -142,6 +142,14 @@ pub struct CommitCount {
     pub oldest_commit_age_ms: Option<u64>,
 }
 
+/// What one query to a cluster found: whether it is a standby, and the
+/// WAL timeline it writes on when it is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub in_recovery: bool,
+    pub timeline: Option<u32>,
+}
+
 /// A physical replication slot on a leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotStatus {
@@ -257,6 +265,16 @@ pub enum AgentCall {
     SetUpstream {
         spec: ClusterSpec,
     },
+    /// Stops the cluster at once, whatever state its processes are in
+    /// (SIGKILL of the postmaster and every backend), so it can take no
+    /// write; answers once nothing of it runs.
+    Fence {
+        id: String,
+    },
+    /// Asks the cluster one query within a short deadline.
+    Probe {
+        id: String,
+    },
 }
 
 impl AgentCall {
@@ -284,6 +302,8 @@ impl AgentCall {
             AgentCall::Checkpoint { .. } => "checkpoint",
             AgentCall::Rewind { .. } => "rewind",
             AgentCall::SetUpstream { .. } => "set_upstream",
+            AgentCall::Fence { .. } => "fence",
+            AgentCall::Probe { .. } => "probe",
         }
     }
 }

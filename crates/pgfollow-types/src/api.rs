@@ -87,6 +87,10 @@ pub struct CreateAddon {
     /// a failover loses no acknowledged commit.
     #[serde(default)]
     pub sync: bool,
+    /// With `sync`: commits keep waiting for a lost standby instead of
+    /// going on without it after the grace (Patroni's strict mode).
+    #[serde(default)]
+    pub sync_strict: bool,
 }
 
 /// What a database is doing, as users see it.

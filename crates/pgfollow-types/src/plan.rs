@@ -72,6 +72,9 @@ pub struct Plan {
     /// Whether the HA standby of this plan is synchronous.
     #[serde(default)]
     pub synchronous_standby: bool,
+    /// Whether commits keep waiting for a lost synchronous standby.
+    #[serde(default)]
+    pub synchronous_strict: bool,
     /// Whole US dollars a month, charged pro rata.
     pub price_per_month: u32,
 }
@@ -127,6 +130,7 @@ fn plan(
         storage_limit_gb,
         max_slot_wal_keep_mb: default_slot_wal_keep(),
         synchronous_standby: false,
+        synchronous_strict: false,
         price_per_month,
     }
 }

@@ -13,6 +13,7 @@ mod databases;
 mod durability;
 mod followers;
 mod ha;
+mod ha_safety;
 mod lag;
 mod metrics;
 mod openapi;

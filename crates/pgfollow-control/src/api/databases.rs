@@ -125,7 +125,9 @@ async fn ha_status(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> Option<St
         _ => false,
     };
     Some(
-        if ready {
+        if db.sync_suspended {
+            "Temporarily Unavailable (synchronous standby lost; commits no longer wait)"
+        } else if ready {
             "Available"
         } else {
             "Temporarily Unavailable"

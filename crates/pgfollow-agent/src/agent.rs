@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pgfollow_postgres::{Cluster, OsUser, PgBinaries, PgError, StopMode};
+use pgfollow_postgres::{Cluster, CommitCache, OsUser, PgBinaries, PgError, StopMode};
 use pgfollow_types::agent::{
     AgentFailure, ClusterSpec, ClusterStats, ClusterStatus, CommitCount, Probe, ReplayStatus,
     RoleSecret, SlotStatus,
@@ -99,6 +99,8 @@ pub struct AgentConfig {
 pub struct Agent {
     /// Base backups in flight: cluster id → (bytes done, bytes total).
     progress: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    /// Commit counts of WAL already counted, for every leader on this host.
+    commits: CommitCache,
     name: String,
     zone: Option<String>,
     address: String,
@@ -132,6 +134,7 @@ impl Agent {
         }
         Ok(Self {
             progress: Default::default(),
+            commits: CommitCache::default(),
             name: config.name,
             zone: config.zone,
             address: config.address,
@@ -291,15 +294,19 @@ impl Agent {
         Ok(self.cluster(id)?.replay_status().await?)
     }
 
-    /// Leader side: commit records from `from` to the current WAL position,
-    /// reading at most `max_bytes` of WAL.
+    /// Leader side: commit records from `from` to the current WAL position
+    /// (at most `max_bytes` past `from`), exact at any distance: WAL counted
+    /// once is remembered per segment.
     pub async fn commits_since(
         &self,
         id: &str,
         from: Lsn,
         max_bytes: u64,
     ) -> Result<CommitCount, AgentError> {
-        Ok(self.cluster(id)?.commits_since(from, max_bytes).await?)
+        Ok(self
+            .cluster(id)?
+            .commits_since(from, max_bytes, &self.commits)
+            .await?)
     }
 
     /// Winds an old primary back and makes it a standby of `spec.upstream`.

@@ -92,6 +92,8 @@ impl Runner<'_> {
             match d.action {
                 FailoverAction::Finish => {
                     let _ = self.end(op_id, OperationState::Done, "");
+                    crate::metrics::record_failover("promoted");
+                    crate::metrics::record_write_pause("failover", started.elapsed());
                     return format!(
                         "{} ({} of {}): failed over in {:.0} ms because {}; now on host {}, the old primary rejoins as its standby",
                         p.old.color,
@@ -104,6 +106,7 @@ impl Runner<'_> {
                 }
                 FailoverAction::Abort(why) => {
                     let _ = self.end(op_id, OperationState::Failed, &why);
+                    crate::metrics::record_failover("failed");
                     return format!(
                         "HA: the failover of {} was given up: {why}; its endpoints are released",
                         p.old.color

@@ -12,6 +12,7 @@ mod failover;
 mod ha;
 mod hosts;
 mod lag;
+pub mod metrics;
 mod monitor;
 mod provision;
 mod resolve;

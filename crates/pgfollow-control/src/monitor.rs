@@ -48,7 +48,7 @@ impl Executor {
             }
             let o = ha::observe(&self.hosts, &self.ha, primary, standby).await;
             let v = ha_verdict(&o, &ha::limits(self.ha_max_lag_bytes));
-            self.log_verdict(&key, v.sentence(primary.color.as_str()));
+            let fresh = self.log_verdict(&key, v.sentence(primary.color.as_str()));
             match v {
                 HaVerdict::Failover(why) => {
                     match ha::begin_failover(&self.store, &primary.id, &why) {
@@ -64,6 +64,9 @@ impl Executor {
                     }
                 }
                 HaVerdict::Refuse(why) => {
+                    if fresh {
+                        crate::metrics::record_failover("refused");
+                    }
                     if primary.status_detail.as_deref() != Some(why.as_str()) {
                         let id = primary.id.clone();
                         let _ = self.store.update(|s| {
@@ -84,18 +87,22 @@ impl Executor {
         }
     }
 
-    fn log_verdict(&self, key: &str, sentence: Option<String>) {
+    /// Logs the verdict's sentence once per kind of verdict (the seconds in
+    /// it change every tick); whether it was logged now.
+    fn log_verdict(&self, key: &str, sentence: Option<String>) -> bool {
         match sentence {
             Some(sentence) => {
-                // Once per kind of verdict: the seconds in it change every tick.
                 let kind = sentence.split(':').take(2).collect::<String>();
                 if lock(&self.last_sentence).get(key) != Some(&kind) {
                     tracing::info!("{sentence}");
                     lock(&self.last_sentence).insert(key.to_string(), kind);
+                    return true;
                 }
+                false
             }
             None => {
                 lock(&self.last_sentence).remove(key);
+                false
             }
         }
     }

@@ -125,9 +125,21 @@ pub struct CommitCount {
     pub current: Lsn,
     /// Commit records counted.
     pub commits: u64,
-    /// False when the gap was larger than the bound and only its start was
-    /// read: then there are *more than* `commits`.
+    /// False when the count stopped before `current` (the bound asked for,
+    /// or the agent's time budget for WAL it had not counted before): then
+    /// there may be more than `commits`.
     pub complete: bool,
+    /// Where the count stopped: `min(from + max_bytes, current)`, or before
+    /// when the agent's time budget ran out. None from an agent that
+    /// predates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_to: Option<Lsn>,
+    /// Milliseconds since the first commit record counted was written (its
+    /// commit timestamp, read on the leader's clock): how old the oldest
+    /// commit the follower lacks is. None when nothing was counted, or from
+    /// an agent that predates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_commit_age_ms: Option<u64>,
 }
 
 /// What one query to a cluster found: whether it is a standby, and the

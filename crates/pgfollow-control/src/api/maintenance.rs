@@ -74,6 +74,12 @@ pub async fn changeover(
         )
         .await?
     };
+    if !report.dry_run && !req.leader_lost {
+        crate::metrics::record_write_pause(
+            "changeover",
+            std::time::Duration::from_secs_f64(report.write_pause_ms.max(0.0) / 1000.0),
+        );
+    }
     ctx.wake.notify_one();
     Ok(Json(report))
 }

@@ -157,6 +157,11 @@ impl Executor {
                 continue;
             }
             let op = active_operation(&state, &db.id);
+            // A step that just failed is tried again after a pause, not at
+            // once (the executor wakes itself after every step).
+            if op.is_some() && self.backing_off(&format!("op:{}", db.id)) {
+                continue;
+            }
             let observed = self.observe(db).await;
             let leader = related_leader(&state, db, op);
             let decision = match &op {
@@ -268,6 +273,8 @@ impl Executor {
             }
             (Err(e), Some(op)) => {
                 tracing::warn!("{} ({}): step {step} failed: {e}", db.color, db.name);
+                lock(&self.backoff)
+                    .insert(format!("op:{}", db.id), Instant::now() + RESTART_BACKOFF);
                 self.record_failure(db, op, &e.message)
             }
             (Err(e), None) => {
@@ -354,16 +361,22 @@ impl Executor {
             }
             Action::DropSlot => {
                 if let Some(l) = leader {
-                    let Some(leader_agent) = self.hosts.get(&l.host) else {
-                        return Ok(Outcome::Fallback(
+                    let left = || {
+                        Outcome::Fallback(
                             SLOT_LEFT,
                             format!(
                                 "{}'s host {} does not answer: its slot for this database stays there (WAL it keeps is bounded by the plan)",
                                 l.color, l.host
                             ),
-                        ));
+                        )
                     };
-                    leader_agent.drop_slot(&l.id, &db.slot_name()).await?
+                    let Some(leader_agent) = self.hosts.get(&l.host) else {
+                        return Ok(left());
+                    };
+                    match leader_agent.drop_slot(&l.id, &db.slot_name()).await {
+                        Err(e) if e.is_unreachable() => return Ok(left()),
+                        other => other?,
+                    }
                 }
             }
             Action::CheckFollower => {

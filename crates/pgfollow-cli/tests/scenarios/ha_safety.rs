@@ -374,7 +374,7 @@ fn manual_failover_when_the_leader_is_gone_unfollow_then_promote() {
         "sushi",
     ])
     .ok();
-    s.cli(&["pg:wait", "--app", "sushi"]).ok();
+    s.cli(&["pg:wait", "CHARCOAL", "--app", "sushi"]).ok();
     let charcoal = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
     psql_url(&charcoal, "insert into w values (2)").ok();
     let out = s.cli(&["pg:promote", "CHARCOAL", "--app", "sushi"]).ok();

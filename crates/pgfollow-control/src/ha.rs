@@ -222,6 +222,7 @@ pub fn begin_failover(store: &Store, primary: &str, why: &str) -> Result<Option<
 /// with no operation under way.
 pub fn lacks_standby(state: &State, db: &DatabaseRecord) -> bool {
     db.plan.tier.has_ha()
+        && !db.ha_released
         && db.is_live()
         && !db.is_follower()
         && !db.hidden

@@ -25,6 +25,7 @@ impl Executor {
         self.recover_changeovers(state, tasks);
         self.release_orphaned_holds(state, tasks);
         self.add_missing_standbys(state);
+        self.clear_stale_sync(state, tasks);
         for (primary, standby) in ha::primaries(state) {
             let key = format!("ha:{}", primary.id);
             if self.is_busy(&key) || self.is_busy(&primary.id) {
@@ -178,6 +179,32 @@ impl Executor {
                         "{app}: its endpoint was held by an operation that has ended; resumed it"
                     ),
                     Err(e) => tracing::warn!("{app}: cannot release its held endpoint: {e}"),
+                }
+            });
+        }
+    }
+
+    /// A primary whose configuration still names a synchronous standby it
+    /// no longer has (it gave it away, or lost it) stops waiting for it.
+    fn clear_stale_sync(self: &Arc<Self>, state: &Arc<State>, tasks: &mut JoinSet<()>) {
+        for db in state.databases.values() {
+            let stale = db.is_live()
+                && !db.is_follower()
+                && db.sync_applied.is_some()
+                && synchronous_standby(state, db).is_none()
+                && db.ha_standby.is_none()
+                && self.hosts.is_up(&db.host);
+            if !stale {
+                continue;
+            }
+            let Some(busy) = self.claim(vec![format!("ha:{}", db.id)]) else {
+                continue;
+            };
+            let (me, st, d) = (self.clone(), state.clone(), db.clone());
+            tasks.spawn(async move {
+                let _busy = busy;
+                if let Err(e) = me.apply_sync(&st, &d, None).await {
+                    tracing::warn!("{}: could not stop waiting for a standby: {e}", d.color);
                 }
             });
         }

@@ -190,6 +190,7 @@ pub fn add_database(state: &mut State, new: &NewDatabase<'_>) -> Result<(String,
         standby_lag: None,
         timeline: None,
         pending_owner: None,
+        ha_released: false,
     };
     let mut db = db;
     db.hidden = new.hidden;

@@ -656,6 +656,7 @@ pub(crate) mod tests {
             standby_lag: None,
             timeline: None,
             pending_owner: None,
+            ha_released: false,
         }
     }
 

@@ -9,7 +9,9 @@ mod decide;
 mod failover;
 mod ha;
 
-pub use changeover::{recover_changeover, ChangeoverRecovery, CHANGEOVER_SWITCH};
+pub use changeover::{
+    hand_over_standby, recover_changeover, ChangeoverRecovery, CHANGEOVER_SWITCH,
+};
 pub use decide::{
     commit_password, decide, follower_fell_off, is_caught_up, reconcile, Action, Decision,
     Observed, CAUGHT_UP_COMMITS, MAX_STEP_FAILURES, REWIND_FAILED, SLOT_LEFT,

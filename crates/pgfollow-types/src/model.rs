@@ -133,6 +133,11 @@ pub struct DatabaseRecord {
     /// only the database knows.
     #[serde(default)]
     pub pending_owner: Option<RoleSecret>,
+    /// A primary that gave its HA standby to the database that replaced it
+    /// behind `DATABASE_URL` (a changeover): it gets no new one until it is
+    /// behind `DATABASE_URL` again.
+    #[serde(default)]
+    pub ha_released: bool,
 }
 
 /// One time-stamped measurement of how far a standby is behind.

@@ -328,10 +328,20 @@ fn a_plan_upgrade_by_changeover_ends_with_ha_available() {
             info["ha_status"] == "Available"
         },
     );
+    // WHITE's standby moved with DATABASE_URL: no copy was made for it.
     assert!(
-        s.log().contains("without a standby; building one"),
+        s.log().contains("WHITE's standby now follows CHARCOAL"),
         "{}",
         s.log()
+    );
+    assert_eq!(
+        ha_status(&s),
+        "Temporarily Unavailable (its standby moved with DATABASE_URL at a changeover)"
+    );
+    assert_eq!(
+        s.running_postmasters().len(),
+        3,
+        "WHITE, CHARCOAL and one standby"
     );
 }
 

@@ -130,6 +130,8 @@ async fn ha_status(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> Option<St
     Some(
         if db.sync_suspended {
             "Temporarily Unavailable (synchronous standby lost; commits no longer wait)"
+        } else if db.ha_released {
+            "Temporarily Unavailable (its standby moved with DATABASE_URL at a changeover)"
         } else if ready {
             "Available"
         } else {

@@ -185,6 +185,11 @@ pub async fn promote(
             app_rec
                 .attachments
                 .insert(MAIN_ATTACHMENT.to_string(), db.id.clone());
+            if let Some(d) = state.databases.get_mut(&db.id) {
+                // Behind DATABASE_URL again: it gets a standby if it had
+                // given its own away.
+                d.ha_released = false;
+            }
             Ok(PromoteResponse {
                 name: db.name.clone(),
                 color: db.color.clone(),

@@ -272,10 +272,15 @@ pub(super) fn switch(
     if let Some(d) = state.databases.get_mut(target) {
         d.following = None;
         d.fork_pending = true;
+        d.ha_released = false;
     }
     if let Some(a) = state.apps.get_mut(app) {
         a.attachments
             .insert(MAIN_ATTACHMENT.to_string(), target.to_string());
+    }
+    let repoint = next_operation_id(state);
+    if let Some(sentence) = pgfollow_planner::hand_over_standby(state, old, target, repoint, now) {
+        tracing::info!("{sentence}");
     }
     Ok(state.clone())
 }

@@ -22,6 +22,8 @@ const MAX_CLIENT_CONN: u32 = 1000;
 pub struct Endpoints {
     store: Store,
     agent: Arc<Agent>,
+    /// To ask a database whether it is out of recovery before routing to it.
+    hosts: crate::hosts::Hosts,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Operations a task of this process is carrying out right now (a
     /// changeover): an active one missing here was interrupted.
@@ -105,12 +107,22 @@ pub fn needs_sync(state: &State, app: &AppRecord, running: bool) -> bool {
 }
 
 impl Endpoints {
-    pub fn new(store: Store, agent: Arc<Agent>) -> Self {
+    pub fn new(store: Store, agent: Arc<Agent>, hosts: crate::hosts::Hosts) -> Self {
         Self {
             store,
             agent,
+            hosts,
             locks: Mutex::default(),
             running: Arc::default(),
+        }
+    }
+
+    /// Whether `db` says it is in recovery (a standby). A database that
+    /// cannot be asked is not judged here.
+    async fn seen_in_recovery(&self, db: &DatabaseRecord) -> bool {
+        match self.hosts.get(&db.host) {
+            Some(agent) => agent.probe(&db.id).await.is_ok_and(|p| p.in_recovery),
+            None => false,
         }
     }
 
@@ -194,6 +206,14 @@ impl Endpoints {
         }
         if !force && !read_only && !needs_sync(&state, rec, running) {
             return Ok(None);
+        }
+        let retarget =
+            rec.endpoint.as_ref().and_then(|e| e.applied.as_deref()) != Some(db.id.as_str());
+        if retarget && !read_only && self.seen_in_recovery(db).await {
+            return Err(ApiErr::conflict(format!(
+                "{} answers as a standby (in recovery); the endpoint keeps its route until it is writable",
+                db.color
+            )));
         }
         let Some(spec) = endpoint_spec(&state, rec, db) else {
             return Ok(None);

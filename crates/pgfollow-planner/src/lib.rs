@@ -8,6 +8,7 @@ mod changeover;
 mod decide;
 mod failover;
 mod ha;
+mod transition;
 
 pub use changeover::{
     hand_over_standby, recover_changeover, ChangeoverRecovery, CHANGEOVER_SWITCH,
@@ -21,3 +22,4 @@ pub use failover::{
     sync_suspension, FailoverAction, FailoverDecision, FailoverStep, MAX_FAILOVER_TRIES,
 };
 pub use ha::{ha_verdict, HaLimits, HaObservation, HaVerdict, MAX_START_FAILURES};
+pub use transition::{end_billing, forget, step_done};

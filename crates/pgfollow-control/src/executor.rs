@@ -152,8 +152,11 @@ impl Executor {
 
     async fn tick(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<(), ApiErr> {
         let state = Arc::new(self.store.read()?);
+        // Failovers first: their runs claim the primary and the standby
+        // before anything else here may touch them.
+        self.run_failovers(&state, tasks);
         for db in state.databases.values() {
-            if self.is_busy(&db.id) {
+            if self.is_busy(&db.id) || is_failover_subject(&state, &db.id) {
                 continue;
             }
             let op = active_operation(&state, &db.id);
@@ -655,6 +658,16 @@ fn related_leader<'a>(
         .and_then(|id| state.databases.get(id))
 }
 
+/// Whether `id` is the standby an active failover promotes: the failover
+/// runner alone works on it.
+fn is_failover_subject(state: &State, id: &str) -> bool {
+    state.operations.values().any(|o| {
+        o.kind == pgfollow_types::model::OperationKind::Failover
+            && o.state.is_active()
+            && o.subject.as_deref() == Some(id)
+    })
+}
+
 /// The oldest unfinished operation on database `id`.
 pub fn active_operation<'a>(state: &'a State, id: &str) -> Option<&'a OperationRecord> {
     state
@@ -662,4 +675,25 @@ pub fn active_operation<'a>(state: &'a State, id: &str) -> Option<&'a OperationR
         .values()
         .filter(|o| o.database == id && o.state.is_active())
         .min_by_key(|o| (o.created_at, o.id.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_that_panics_frees_the_keys_it_claimed() {
+        let set: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let busy = Busy {
+            set: set.clone(),
+            keys: vec!["db-1".into(), "ha:db-1".into()],
+        };
+        lock(&set).extend(busy.keys.iter().cloned());
+        let task = std::thread::spawn(move || {
+            let _busy = busy;
+            panic!("a step panicked");
+        });
+        assert!(task.join().is_err());
+        assert!(lock(&set).is_empty(), "keys left behind: {:?}", lock(&set));
+    }
 }

@@ -20,6 +20,10 @@ pub const ADMIN_USER: &str = "pgfollow_admin";
 /// Longest password the userlist takes (PgBouncer's own limit is larger).
 const MAX_PASSWORD_BYTES: usize = 200;
 
+/// Prepared statements PgBouncer keeps per server connection (LRU); a
+/// client's statement beyond that is prepared again when next used.
+pub const MAX_PREPARED_STATEMENTS: u32 = 200;
+
 /// Longest Unix socket path Linux allows (`sun_path` minus the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
@@ -212,7 +216,7 @@ pub fn render_ini(spec: &EndpointSpec, layout: &Layout) -> String {
         )),
         None => out.push_str("; no target yet: clients get \"no such database\"\n"),
     }
-    let settings: [(&str, String); 21] = [
+    let settings: [(&str, String); 22] = [
         ("listen_addr", spec.listen_addr.clone()),
         ("listen_port", spec.port.to_string()),
         ("unix_socket_dir", layout.run_dir.display().to_string()),
@@ -224,6 +228,14 @@ pub fn render_ini(spec: &EndpointSpec, layout: &Layout) -> String {
         ("max_client_conn", spec.max_client_conn.to_string()),
         // Transaction pooling: nothing session-level to reset.
         ("server_reset_query", String::new()),
+        // Protocol-level named prepared statements (PgBouncer 1.21+): a
+        // client's statement is prepared again, under PgBouncer's own name,
+        // on whichever server connection (and server, after a retarget)
+        // runs it. This many are kept per server connection.
+        (
+            "max_prepared_statements",
+            MAX_PREPARED_STATEMENTS.to_string(),
+        ),
         (
             "ignore_startup_parameters",
             "extra_float_digits,options".into(),
@@ -348,6 +360,7 @@ mod tests {
             "default_pool_size = 5",
             "max_client_conn = 100",
             "server_reset_query =",
+            "max_prepared_statements = 200",
             "ignore_startup_parameters = extra_float_digits,options",
             "logfile = /srv/pgfollow/endpoints/app-1/log/pgbouncer.log",
             "pidfile = /srv/pgfollow/endpoints/app-1/run/pgbouncer.pid",

@@ -8,12 +8,12 @@
 //! outlives the agent, stops it, and speaks to its admin console (PAUSE,
 //! RESUME, RELOAD, DISABLE, ENABLE, KILL, SHOW DATABASES).
 //!
-//! Pooling is in *transaction* mode. PgBouncer 1.18 cannot carry named,
-//! protocol-level prepared statements in that mode: a statement prepared in
-//! one transaction may be missing on the server connection the next one gets
-//! (and always is after a retarget). Clients must use the simple query
-//! protocol or unnamed statements (tokio-postgres `simple_query` and
-//! `query_typed`; JDBC `prepareThreshold=0`; psql works as it is).
+//! Pooling is in *transaction* mode, with `max_prepared_statements` on:
+//! PgBouncer 1.21 and newer carry protocol-level named prepared statements
+//! there (a client's statement is prepared again on whichever server
+//! connection runs it, also on a new server after a retarget), so drivers
+//! that prepare (psycopg, JDBC, asyncpg, pgx, tokio-postgres) work. Older
+//! releases are refused by [`binary`] with what to install.
 //!
 //! Modules:
 //! - [`binary`]: where `pgbouncer` is installed and which version it is.

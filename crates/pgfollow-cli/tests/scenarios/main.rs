@@ -10,6 +10,7 @@ mod apps_and_config;
 mod bad_input;
 mod changeover;
 mod databases;
+mod drivers;
 mod durability;
 mod followers;
 mod ha;

@@ -32,6 +32,7 @@ const POOL: usize = 8;
 const TOKIO_CLIENTS: usize = 12;
 const PSYCOPG_CLIENTS: usize = 12;
 const PGBENCH_CLIENTS: usize = 10;
+const _: () = assert!(TOKIO_CLIENTS > POOL && PSYCOPG_CLIENTS > POOL && PGBENCH_CLIENTS > POOL);
 const TABLE: &str = "drv";
 /// How long each phase's psycopg and pgbench runs last.
 const PHASE: Duration = Duration::from_secs(8);
@@ -187,7 +188,6 @@ fn drivers_with_prepared_statements_through_database_url_across_changeover_and_p
     wait_available(&s, "sushi");
     let main = config_get(&s, "sushi", "DATABASE_URL");
     let charcoal = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
-    assert!(TOKIO_CLIENTS > POOL && PSYCOPG_CLIENTS > POOL && PGBENCH_CLIENTS > POOL);
 
     // Phase 1: a changeover to the follower CHARCOAL under the three loads.
     let phase = Phase::start(&main, 1);

@@ -173,6 +173,11 @@ fn drivers_with_prepared_statements_through_database_url_across_changeover_and_p
     std::fs::write(&plans, PLAN_FILE).unwrap();
     let s = Server::start_with(bin(), &["--plans", plans.to_str().unwrap()]).unwrap();
     app_with_database(&s, "sushi", "standard-8");
+    assert!(
+        s.log().contains("app endpoints use PgBouncer 1."),
+        "serve did not say which PgBouncer it uses:\n{}",
+        s.log()
+    );
     let white = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL");
     psql_url(&white, &DRIVER_TABLE_SQL.replace("{table}", TABLE)).ok();
     Pgbench::init(Path::new("pgbench"), &white, &[]).unwrap();

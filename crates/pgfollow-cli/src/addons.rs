@@ -41,6 +41,11 @@ pub struct CreateArgs {
     /// failover loses no acknowledged commit
     #[arg(long)]
     pub sync: bool,
+    /// How the app's endpoint (DATABASE_URL) pools server connections:
+    /// `transaction` (the default) or `session` (for SET, LISTEN/NOTIFY,
+    /// advisory locks, temporary tables, WITH HOLD cursors)
+    #[arg(long, value_name = "MODE")]
+    pub pool_mode: Option<pgfollow_types::api::PoolMode>,
     /// Then wait until the new database is available, as pg:wait does
     #[arg(long)]
     pub wait: bool,
@@ -75,6 +80,7 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<()> {
         plan: args.plan.clone(),
         follow: args.follow.clone(),
         sync: args.sync,
+        pool_mode: args.pool_mode,
     };
     let resp = client.create_addon(app, &req).await?;
     if !args.json.json {

@@ -137,7 +137,16 @@ impl AdminSession<'_> {
     /// until RESUME. Bounded by the endpoint's pause timeout; on timeout
     /// the database is resumed again (over a new connection: this one
     /// still waits for its PAUSE) and the error says so.
+    ///
+    /// In session pooling a server connection is released only when its
+    /// client disconnects, so PAUSE would wait for every client to go
+    /// away: there this ends the sessions instead (KILL: open
+    /// transactions roll back, the clients get their connection closed,
+    /// and their reconnects wait until RESUME like any new connection).
     pub async fn pause(&self, dbname: &str) -> Result<(), BouncerError> {
+        if self.endpoint.pool_mode()? == crate::config::PoolMode::Session {
+            return self.kill_clients(dbname).await;
+        }
         let command = format!("PAUSE {}", admin_ident(dbname));
         let limit = self.endpoint.pause_timeout();
         match self.command(&command, limit).await {

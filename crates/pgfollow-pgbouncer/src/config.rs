@@ -27,6 +27,38 @@ pub const MAX_PREPARED_STATEMENTS: u32 = 200;
 /// Longest Unix socket path Linux allows (`sun_path` minus the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
+/// How PgBouncer hands server connections to clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PoolMode {
+    /// A client holds a server connection for one transaction: more
+    /// clients than server connections; no session state between
+    /// transactions.
+    #[default]
+    Transaction,
+    /// A client holds a server connection until it disconnects: session
+    /// state (SET, LISTEN, advisory locks, temporary tables, WITH HOLD
+    /// cursors) works; at most pool-size clients at once.
+    Session,
+}
+
+impl PoolMode {
+    /// The value of `pool_mode` in `pgbouncer.ini`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "transaction" => Some(PoolMode::Transaction),
+            "session" => Some(PoolMode::Session),
+            _ => None,
+        }
+    }
+}
+
 /// The real PostgreSQL behind an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -56,6 +88,7 @@ pub struct EndpointSpec {
     /// Server connections per (database, user) pair.
     pub pool_size: u32,
     pub max_client_conn: u32,
+    pub pool_mode: PoolMode,
 }
 
 impl std::fmt::Debug for EndpointSpec {
@@ -71,6 +104,7 @@ impl std::fmt::Debug for EndpointSpec {
             .field("password", &"<redacted>")
             .field("pool_size", &self.pool_size)
             .field("max_client_conn", &self.max_client_conn)
+            .field("pool_mode", &self.pool_mode)
             .finish()
     }
 }
@@ -223,18 +257,31 @@ pub fn render_ini(spec: &EndpointSpec, layout: &Layout) -> String {
         ("auth_type", "scram-sha-256".into()),
         ("auth_file", layout.userlist.display().to_string()),
         ("admin_users", ADMIN_USER.into()),
-        ("pool_mode", "transaction".into()),
+        ("pool_mode", spec.pool_mode.as_str().into()),
         ("default_pool_size", spec.pool_size.to_string()),
         ("max_client_conn", spec.max_client_conn.to_string()),
-        // Transaction pooling: nothing session-level to reset.
-        ("server_reset_query", String::new()),
-        // Protocol-level named prepared statements (PgBouncer 1.21+): a
-        // client's statement is prepared again, under PgBouncer's own name,
-        // on whichever server connection (and server, after a retarget)
-        // runs it. This many are kept per server connection.
+        // Transaction pooling: nothing session-level to reset. Session
+        // pooling: the next client gets a clean server connection.
+        (
+            "server_reset_query",
+            match spec.pool_mode {
+                PoolMode::Transaction => String::new(),
+                PoolMode::Session => "DISCARD ALL".into(),
+            },
+        ),
+        // Protocol-level named prepared statements in transaction pooling
+        // (PgBouncer 1.21+): a client's statement is prepared again, under
+        // PgBouncer's own name, on whichever server connection (and
+        // server, after a retarget) runs it; this many are kept per server
+        // connection. In session pooling a client keeps its server
+        // connection, so its statements need no help.
         (
             "max_prepared_statements",
-            MAX_PREPARED_STATEMENTS.to_string(),
+            match spec.pool_mode {
+                PoolMode::Transaction => MAX_PREPARED_STATEMENTS,
+                PoolMode::Session => 0,
+            }
+            .to_string(),
         ),
         (
             "ignore_startup_parameters",
@@ -335,6 +382,7 @@ mod tests {
             password: "pa\"ss'w\\rd".into(),
             pool_size: 5,
             max_client_conn: 100,
+            pool_mode: PoolMode::Transaction,
         }
     }
 
@@ -374,6 +422,26 @@ mod tests {
             Some("")
         );
         assert_eq!(read_setting(&ini, "app_db"), None);
+    }
+
+    #[test]
+    fn session_mode_resets_connections_and_leaves_statements_to_the_server() {
+        let mut s = spec();
+        s.pool_mode = PoolMode::Session;
+        let ini = render_ini(&s, &layout());
+        assert_eq!(read_setting(&ini, "pool_mode").as_deref(), Some("session"));
+        assert_eq!(
+            read_setting(&ini, "server_reset_query").as_deref(),
+            Some("DISCARD ALL")
+        );
+        assert_eq!(
+            read_setting(&ini, "max_prepared_statements").as_deref(),
+            Some("0")
+        );
+        for mode in [PoolMode::Transaction, PoolMode::Session] {
+            assert_eq!(PoolMode::parse(mode.as_str()), Some(mode));
+        }
+        assert_eq!(PoolMode::parse("statement"), None);
     }
 
     #[test]

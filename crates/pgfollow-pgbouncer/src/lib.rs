@@ -32,7 +32,7 @@ pub mod process;
 
 pub use admin::{AdminSession, DatabaseState};
 pub use binary::BouncerBinary;
-pub use config::{EndpointSpec, Target};
+pub use config::{EndpointSpec, PoolMode, Target};
 pub use endpoint::{Endpoint, EndpointStatus};
 pub use error::BouncerError;
 pub use pgfollow_postgres::OsUser;

@@ -14,5 +14,6 @@ mod drivers;
 mod durability;
 mod followers;
 mod ha;
+mod pool_modes;
 mod promotion;
 mod security;

@@ -84,7 +84,7 @@ fn mode_meaning(mode: pgfollow_types::api::PoolMode) -> &'static str {
             "Clients share server connections transaction by transaction; session state (SET, LISTEN, advisory locks, temporary tables) does not last past a transaction. Open connections were closed: clients reconnect."
         }
         pgfollow_types::api::PoolMode::Session => {
-            "Each client keeps one server connection until it disconnects (at most the plan's connection limit at once); a changeover ends open sessions. Open connections were closed: clients reconnect."
+            "Each client keeps one server connection until it disconnects (clients beyond the pool wait for one); a changeover ends open sessions. Open connections were closed: clients reconnect."
         }
     }
 }

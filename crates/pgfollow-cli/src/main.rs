@@ -80,11 +80,11 @@ pub enum Command {
     Run(run::RunArgs),
     /// List an app's databases
     Addons(addons::ListArgs),
-    /// Create a database, or a follower with --follow
-    #[command(name = "addons:create")]
+    /// Create a database, or a follower with --follow (also addons:add)
+    #[command(name = "addons:create", alias = "addons:add")]
     AddonsCreate(addons::CreateArgs),
-    /// Destroy a database
-    #[command(name = "addons:destroy")]
+    /// Destroy a database (also addons:remove)
+    #[command(name = "addons:destroy", alias = "addons:remove")]
     AddonsDestroy(addons::DestroyArgs),
     /// Show details of an app's databases
     #[command(name = "pg:info")]
@@ -243,6 +243,8 @@ mod tests {
             "addons -a sushi --json",
             "addons:create standard-0 -a sushi --follow DATABASE_URL --wait --timeout 60 --json",
             "addons:destroy WHITE -a sushi --confirm sushi",
+            "addons:add heroku-postgresql:standard-0 -a sushi --follow HEROKU_POSTGRESQL_WHITE_URL",
+            "addons:remove HEROKU_POSTGRESQL_WHITE -a sushi --confirm sushi",
             "pg:info -a sushi",
             "pg:info WHITE -a sushi --json",
             "pg:wait -a sushi --timeout 30 --interval-ms 100",

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgfollow_agent::{Agent, EndpointSpec, EndpointTarget};
+use pgfollow_types::api::PoolMode;
 use pgfollow_types::model::{AppRecord, DatabaseRecord, State};
 
 use crate::error::ApiErr;
@@ -70,6 +71,10 @@ pub fn endpoint_spec(state: &State, app: &AppRecord, db: &DatabaseRecord) -> Opt
         password: db.owner.password.clone(),
         pool_size: db.plan.connection_limit.clamp(5, 100),
         max_client_conn: MAX_CLIENT_CONN,
+        pool_mode: match app.pool_mode {
+            PoolMode::Transaction => pgfollow_pgbouncer::PoolMode::Transaction,
+            PoolMode::Session => pgfollow_pgbouncer::PoolMode::Session,
+        },
     })
 }
 

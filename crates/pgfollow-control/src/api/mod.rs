@@ -5,6 +5,7 @@
 mod addons;
 mod apps;
 mod databases;
+mod endpoint;
 mod maintenance;
 mod misc;
 pub(crate) mod promotion;
@@ -53,6 +54,7 @@ pub type Shared = State<Arc<Ctx>>;
         databases::kill_all, databases::credentials, databases::rotate,
         promotion::unfollow, promotion::promote,
         maintenance::show, maintenance::set, maintenance::changeover,
+        endpoint::show, endpoint::set,
     ),
     components(schemas(pgfollow_types::api::ApiError)),
     modifiers(&BearerAuth),
@@ -127,6 +129,10 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route(
             "/apps/{app}/maintenance",
             get(maintenance::show).put(maintenance::set),
+        )
+        .route(
+            "/apps/{app}/endpoint/mode",
+            get(endpoint::show).put(endpoint::set),
         );
     Router::new()
         .nest("/v1", v1)

@@ -5,12 +5,11 @@
 //! Every acknowledged insert and every error is recorded with its time, so
 //! the longest pause, the failures and the lost commits can be worked out
 //! afterwards. A writer that sees an error reconnects (after
-//! [`RETRY_AFTER`]) and carries on. How many inserts are in flight at a
-//! given moment can be read while they run ([`Writers::in_flight`]).
+//! [`RETRY_AFTER`]) and carries on.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -26,10 +25,6 @@ pub const RETRY_AFTER: Duration = Duration::from_millis(20);
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 /// Longest one insert may take before it counts as failed.
 const INSERT_LIMIT: Duration = Duration::from_secs(30);
-/// How long [`Writers::finish`] waits for the inserts in flight; a writer
-/// still waiting then (its server hangs) is stopped and its insert counts
-/// as failed.
-const FINISH_LIMIT: Duration = Duration::from_secs(5);
 /// Ids of writer `w` are `w * ID_SPACE + 1, + 2, ...`.
 const ID_SPACE: i64 = 1_000_000_000;
 /// Writers started so far in this process: each gets its own `w`, so runs
@@ -64,15 +59,11 @@ pub struct Seen {
 /// Writers running on the current tokio runtime; dropping them stops them.
 pub struct Writers {
     stop: Arc<AtomicBool>,
-    /// Each writer's task and what it has seen so far (kept outside the
-    /// task, so a writer stopped in the middle of an insert loses nothing).
-    tasks: Vec<(JoinHandle<()>, Arc<Mutex<Seen>>)>,
+    tasks: Vec<JoinHandle<Seen>>,
     origin: Instant,
     /// Nanoseconds after `origin` at which the latest-sent acknowledged
     /// insert was sent (0: none yet).
     latest_sent: Arc<AtomicU64>,
-    /// Inserts sent and not yet answered.
-    in_flight: Arc<AtomicU32>,
 }
 
 impl Writers {
@@ -81,20 +72,15 @@ impl Writers {
         let stop = Arc::new(AtomicBool::new(false));
         let origin = Instant::now();
         let latest_sent = Arc::new(AtomicU64::new(0));
-        let in_flight = Arc::new(AtomicU32::new(0));
         let tasks = (0..count)
             .map(|_| {
                 let w = STARTED.fetch_add(1, Ordering::Relaxed) + 1;
-                let seen = Arc::new(Mutex::new(Seen::default()));
                 let live = Live {
                     stop: stop.clone(),
                     origin,
                     latest_sent: latest_sent.clone(),
-                    in_flight: in_flight.clone(),
-                    seen: seen.clone(),
                 };
-                let task = tokio::spawn(write_loop(url.to_string(), w * ID_SPACE, live));
-                (task, seen)
+                tokio::spawn(write_loop(url.to_string(), w * ID_SPACE, live))
             })
             .collect();
         Self {
@@ -102,13 +88,7 @@ impl Writers {
             tasks,
             origin,
             latest_sent,
-            in_flight,
         }
-    }
-
-    /// How many inserts have been sent and not yet answered, now.
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// True once an insert sent after `t` was acknowledged.
@@ -130,35 +110,22 @@ impl Writers {
         self.acked_one_sent_after(t)
     }
 
-    /// Stops every writer (each finishes the insert it is in, for at most
-    /// [`FINISH_LIMIT`] in all; an insert still unanswered then counts as
-    /// failed) and returns what they saw.
+    /// Stops every writer (each finishes the insert it is in) and returns
+    /// what they saw.
     pub async fn finish(mut self) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
-        let deadline = tokio::time::Instant::now() + FINISH_LIMIT;
         let mut all = Seen::default();
-        for (mut task, seen) in std::mem::take(&mut self.tasks) {
-            let outcome = tokio::time::timeout_at(deadline, &mut task).await;
-            let mut seen = std::mem::take(&mut *lock(&seen));
-            match outcome {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => seen.failures.push(Failure {
+        for task in std::mem::take(&mut self.tasks) {
+            match task.await {
+                Ok(seen) => {
+                    all.acks.extend(seen.acks);
+                    all.failures.extend(seen.failures);
+                }
+                Err(e) => all.failures.push(Failure {
                     at: Instant::now(),
                     what: format!("writer task: {e}"),
                 }),
-                Err(_) => {
-                    task.abort();
-                    seen.failures.push(Failure {
-                        at: Instant::now(),
-                        what: format!(
-                            "insert: still unanswered {} s after the run ended",
-                            FINISH_LIMIT.as_secs()
-                        ),
-                    });
-                }
             }
-            all.acks.extend(seen.acks);
-            all.failures.extend(seen.failures);
         }
         all.acks.sort_by_key(|a| a.done);
         all.failures.sort_by_key(|f| f.at);
@@ -169,14 +136,10 @@ impl Writers {
 impl Drop for Writers {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for (task, _) in &self.tasks {
+        for task in &self.tasks {
             task.abort();
         }
     }
-}
-
-fn lock(seen: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
-    seen.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What a writer shares with the others while it runs.
@@ -184,22 +147,10 @@ struct Live {
     stop: Arc<AtomicBool>,
     origin: Instant,
     latest_sent: Arc<AtomicU64>,
-    in_flight: Arc<AtomicU32>,
-    /// This writer's acknowledgements and failures.
-    seen: Arc<Mutex<Seen>>,
 }
 
-impl Live {
-    async fn fail(&self, what: String) {
-        lock(&self.seen).failures.push(Failure {
-            at: Instant::now(),
-            what,
-        });
-        tokio::time::sleep(RETRY_AFTER).await;
-    }
-}
-
-async fn write_loop(url: String, first_id: i64, live: Live) {
+async fn write_loop(url: String, first_id: i64, live: Live) -> Seen {
+    let mut seen = Seen::default();
     let mut client = None;
     let mut next = first_id + 1;
     while !live.stop.load(Ordering::Relaxed) {
@@ -212,25 +163,22 @@ async fn write_loop(url: String, first_id: i64, live: Live) {
                     client = Some(c);
                 }
                 Ok(Err(e)) => {
-                    live.fail(format!("connect: {}", detail(&e))).await;
+                    fail(&mut seen, format!("connect: {}", detail(&e))).await;
                     continue;
                 }
                 Err(_) => {
-                    live.fail("connect: timed out".into()).await;
+                    fail(&mut seen, "connect: timed out".into()).await;
                     continue;
                 }
             }
         }
         let Some(c) = &client else { continue };
         let sql = format!("INSERT INTO {TABLE} (id) VALUES ({next})");
-        live.in_flight.fetch_add(1, Ordering::SeqCst);
         let sent = Instant::now();
-        let outcome = tokio::time::timeout(INSERT_LIMIT, c.simple_query(&sql)).await;
-        let done = Instant::now();
-        live.in_flight.fetch_sub(1, Ordering::SeqCst);
-        match outcome {
+        match tokio::time::timeout(INSERT_LIMIT, c.simple_query(&sql)).await {
             Ok(Ok(_)) => {
-                lock(&live.seen).acks.push(Ack {
+                let done = Instant::now();
+                seen.acks.push(Ack {
                     id: next,
                     sent,
                     done,
@@ -240,15 +188,16 @@ async fn write_loop(url: String, first_id: i64, live: Live) {
             }
             Ok(Err(e)) => {
                 client = None;
-                live.fail(format!("insert {next}: {}", detail(&e))).await;
+                fail(&mut seen, format!("insert {next}: {}", detail(&e))).await;
             }
             Err(_) => {
                 client = None;
-                live.fail(format!("insert {next}: no answer in 30 s")).await;
+                fail(&mut seen, format!("insert {next}: no answer in 30 s")).await;
             }
         }
         next += 1;
     }
+    seen
 }
 
 /// The server's message for a database error ("db error" says nothing).
@@ -257,6 +206,14 @@ fn detail(e: &tokio_postgres::Error) -> String {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
         None => e.to_string(),
     }
+}
+
+async fn fail(seen: &mut Seen, what: String) {
+    seen.failures.push(Failure {
+        at: Instant::now(),
+        what,
+    });
+    tokio::time::sleep(RETRY_AFTER).await;
 }
 
 impl Seen {

@@ -121,7 +121,7 @@ pub async fn destroy(
         }),
     )?;
     if let Some(ep) = endpoint {
-        ctx.endpoints.destroy(&ep.id).await;
+        ctx.endpoints.destroy(&ep).await;
     }
     tracing::info!(
         "destroyed app {app} and its {} databases",

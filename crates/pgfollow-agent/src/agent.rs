@@ -82,8 +82,7 @@ impl AgentError {
     }
 }
 
-const CODE_PORT_IN_USE: &str = "port_in_use";
-const CODE_NO_SUCH_BACKEND: &str = "no_such_backend";
+use pgfollow_types::agent::{CODE_NO_SUCH_BACKEND, CODE_PORT_IN_USE};
 
 /// How an agent is set up.
 #[derive(Debug, Clone)]

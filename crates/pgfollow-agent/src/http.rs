@@ -155,3 +155,24 @@ pub async fn dispatch(agent: &Agent, call: AgentCall) -> Result<serde_json::Valu
         AgentCall::Probe { id } => json(agent.probe(&id).await?),
     }
 }
+
+impl pgfollow_client::agent::EmbeddedAgent for Agent {
+    fn name(&self) -> &str {
+        Agent::name(self)
+    }
+
+    fn host_record(&self) -> pgfollow_types::model::HostRecord {
+        Agent::host_record(self)
+    }
+
+    fn call(
+        &self,
+        call: AgentCall,
+    ) -> pgfollow_client::agent::AgentFuture<'_, Result<serde_json::Value, AgentFailure>> {
+        Box::pin(async move { dispatch(self, call).await.map_err(|e| e.to_failure()) })
+    }
+
+    fn stop_all(&self) -> pgfollow_client::agent::AgentFuture<'_, ()> {
+        Box::pin(Agent::stop_all(self))
+    }
+}

@@ -439,6 +439,11 @@ impl AgentCall {
     }
 }
 
+/// [`AgentFailure::code`] of a port taken by another program.
+pub const CODE_PORT_IN_USE: &str = "port_in_use";
+/// [`AgentFailure::code`] of a backend that does not exist (`pg:kill`).
+pub const CODE_NO_SUCH_BACKEND: &str = "no_such_backend";
+
 /// An agent's error answer: the message, and a code for the errors the
 /// control plane acts on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

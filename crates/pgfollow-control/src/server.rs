@@ -102,10 +102,13 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     let exec_task = tokio::spawn(executor.run(exec_cancel.clone()));
 
     println!(
-        "pgfollow serve: API listening on {url} (data dir {}, PostgreSQL {} in {})",
+        "pgfollow serve: API listening on {url} (data dir {}, PostgreSQL {})",
         data_dir.display(),
-        host.pg_version,
-        host.pg_bin
+        host.installs()
+            .iter()
+            .map(|i| format!("{} in {}", i.version, i.bin))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     tracing::info!("listening on {url}");
 

@@ -122,6 +122,12 @@ pub fn decide(
         OperationKind::Destroy => decide_destroy(db, op, observed, leader),
         OperationKind::Unfollow => decide_unfollow(db, op, observed, leader),
         OperationKind::Rejoin => decide_rejoin(db, op, observed, leader),
+        // backups branch: carried out by the control plane's backups loop.
+        OperationKind::Backup | OperationKind::Restore => decision(
+            db,
+            Action::Wait,
+            "a backup or restore runs in the backups loop",
+        ),
     }
 }
 

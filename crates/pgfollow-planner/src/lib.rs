@@ -4,7 +4,13 @@
 //! so every decision is tested as a table of plain values; the control plane's
 //! executor carries the step out and records the result.
 
+mod backup;
 mod decide;
+
+pub use backup::{
+    decide_backup, decide_restore, latest_slot, schedule_due, to_prune, BackupAction,
+    BackupDecision, MAX_BACKUP_FAILURES,
+};
 
 pub use decide::{
     decide, follower_fell_off, ha_verdict, is_caught_up, reconcile, Action, Decision,

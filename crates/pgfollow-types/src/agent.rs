@@ -76,6 +76,11 @@ pub struct ClusterSpec {
     /// `application_name` (`synchronous_standby_names`).
     #[serde(default)]
     pub synchronous_standby: Option<String>,
+    /// The PostgreSQL major version whose binaries run the cluster. None:
+    /// the major its data directory was made with (`PG_VERSION`), else the
+    /// agent's newest.
+    #[serde(default)]
+    pub pg_major: Option<u32>,
 }
 
 /// The leader a follower streams from.
@@ -302,4 +307,8 @@ pub struct AgentRegistration {
     pub pg_bin: String,
     pub pg_major: u32,
     pub pg_version: String,
+    /// Every major version installed on the host, newest first (the fields
+    /// above are the newest one's; older agents send only those).
+    #[serde(default)]
+    pub majors: Vec<crate::model::PgInstall>,
 }

@@ -84,6 +84,13 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
 
     let wake = Arc::new(Notify::new());
     let endpoints = Arc::new(Endpoints::new(store.clone(), agent.clone()));
+    let backups = Arc::new(crate::backups::Backups::new(
+        store.clone(),
+        agent.clone(),
+        data_dir,
+    ));
+    let backups_cancel = shutdown.child_token();
+    let backups_task = tokio::spawn(backups.clone().run(backups_cancel.clone()));
     let ctx = Arc::new(Ctx {
         store: store.clone(),
         hosts: hosts.clone(),
@@ -93,6 +100,7 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
         wake: wake.clone(),
         endpoints: endpoints.clone(),
         ha_max_lag_bytes: config.ha_max_lag_mb * 1024 * 1024,
+        backups,
     });
     let executor = Arc::new(
         Executor::new(store, hosts, endpoints, config.pg_ports, wake)
@@ -119,6 +127,10 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
 
     tracing::info!("shutting down: stopping the executor");
     exec_cancel.cancel();
+    backups_cancel.cancel();
+    if let Err(e) = backups_task.await {
+        tracing::warn!("backups loop ended badly: {e}");
+    }
     if let Err(e) = exec_task.await {
         tracing::warn!("executor ended badly: {e}");
     }

@@ -20,12 +20,14 @@
 //! - [`sql`]: what the agent asks a running cluster (bootstrap, passwords, stats, backends).
 //! - [`replication`]: slots, replay status, commits behind, repointing, promotion.
 //! - [`basebackup`]: a follower's data directory from `pg_basebackup`.
+//! - [`dump`]: logical backups, `pg_dump -Fc` into a file and `pg_restore` from one.
 //! - [`error`]: [`PgError`], the one error type.
 
 pub mod basebackup;
 pub mod binaries;
 pub mod cluster;
 pub mod conf;
+pub mod dump;
 pub mod error;
 pub mod files;
 pub mod pidfile;

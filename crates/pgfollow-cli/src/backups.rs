@@ -140,7 +140,10 @@ pub fn info_text(b: &BackupInfo) -> String {
         ("Name", b.name.clone()),
         ("Database", format!("{} ({})", b.database, b.database_name)),
         ("Status", b.status.clone()),
-        ("Type", if b.scheduled { "Scheduled" } else { "Manual" }.to_string()),
+        (
+            "Type",
+            if b.scheduled { "Scheduled" } else { "Manual" }.to_string(),
+        ),
         ("PG Version", b.pg_major.to_string()),
         ("Started at", utc_minute(b.created_at)),
         (
@@ -152,7 +155,7 @@ pub fn info_text(b: &BackupInfo) -> String {
     if let Some(e) = &b.error {
         rows.push(("Error", e.clone()));
     }
-    format!("=== Backup {}\n{}", b.name, aligned(&rows, 12))
+    format!("=== Backup {}\n{}", b.name, aligned(&rows, 13))
 }
 
 pub async fn list(client: &Client, args: ListArgs) -> anyhow::Result<()> {
@@ -161,7 +164,10 @@ pub async fn list(client: &Client, args: ListArgs) -> anyhow::Result<()> {
         return print_json(&list);
     }
     if list.is_empty() {
-        println!("No backups. Capture one with `pgfollow pg:backups:capture --app {}`.", args.app.app);
+        println!(
+            "No backups. Capture one with `pgfollow pg:backups:capture --app {}`.",
+            args.app.app
+        );
     } else {
         println!("=== Backups");
         print!("{}", backups_table(&list));
@@ -205,7 +211,10 @@ pub async fn capture(client: &Client, args: CaptureArgs) -> anyhow::Result<()> {
     if args.no_wait {
         return Ok(());
     }
-    let label = format!("Backing up {} to {}", started.backup.database, started.backup.name);
+    let label = format!(
+        "Backing up {} to {}",
+        started.backup.database, started.backup.name
+    );
     follow(client, &started.operation, &label, args.timeout).await?;
     let b = client.backup(app, &started.backup.name).await?;
     println!("Backup {} complete: {}.", b.name, size(&b));
@@ -214,7 +223,10 @@ pub async fn capture(client: &Client, args: CaptureArgs) -> anyhow::Result<()> {
 
 pub async fn restore(client: &Client, args: RestoreArgs) -> anyhow::Result<()> {
     let app = &args.app.app;
-    let target = args.target.clone().unwrap_or_else(|| DEFAULT_DB.to_string());
+    let target = args
+        .target
+        .clone()
+        .unwrap_or_else(|| DEFAULT_DB.to_string());
     let confirmed = confirm(
         args.confirm.confirm.as_deref(),
         app,
@@ -254,9 +266,16 @@ pub async fn url(client: &Client, args: BackupArgs) -> anyhow::Result<()> {
 
 pub async fn download(client: &Client, args: DownloadArgs) -> anyhow::Result<()> {
     let name = args.backup.as_deref().unwrap_or("latest");
-    let out = args.output.clone().unwrap_or_else(|| PathBuf::from("latest.dump"));
+    let out = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("latest.dump"));
     let n = client.download_backup(&args.app.app, name, &out).await?;
-    println!("Downloaded {name} to {} ({}).", out.display(), human_bytes(n));
+    println!(
+        "Downloaded {name} to {} ({}).",
+        out.display(),
+        human_bytes(n)
+    );
     Ok(())
 }
 
@@ -307,6 +326,63 @@ pub async fn schedules(client: &Client, args: AppOnlyArgs) -> anyhow::Result<()>
 pub async fn unschedule(client: &Client, args: UnscheduleArgs) -> anyhow::Result<()> {
     let db = args.db.clone().unwrap_or_else(|| DEFAULT_DB.to_string());
     let s = client.unschedule_backups(&args.app.app, &db).await?;
-    println!("Stopped daily backups of {} (they ran at {}).", s.database, s.at);
+    println!(
+        "Stopped daily backups of {} (they ran at {}).",
+        s.database, s.at
+    );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn b(name: &str, status: &str, size: Option<u64>) -> BackupInfo {
+        let t = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 1, 22, 10, 0)
+            .unwrap();
+        BackupInfo {
+            name: name.into(),
+            app: "sushi".into(),
+            database: "WHITE".into(),
+            database_name: "postgresql-calm-1".into(),
+            status: status.into(),
+            scheduled: name.starts_with('a'),
+            pg_major: 15,
+            created_at: t,
+            finished_at: size.map(|_| t),
+            size_bytes: size,
+            error: None,
+            operation: "op-1".into(),
+        }
+    }
+
+    #[test]
+    fn the_backups_table() {
+        assert_eq!(
+            backups_table(&[
+                b("b002", "running", None),
+                b("a001", "completed", Some(1_258_291))
+            ]),
+            "ID    CREATED AT            STATUS     SIZE    DATABASE\n\
+             b002  2026-12-01 22:10 UTC  running    -       WHITE\n\
+             a001  2026-12-01 22:10 UTC  completed  1.2 MB  WHITE\n"
+        );
+    }
+
+    #[test]
+    fn backup_info_block() {
+        let text = info_text(&b("a001", "completed", Some(2048)));
+        assert!(
+            text.starts_with("=== Backup a001\nName:        a001\n"),
+            "{text}"
+        );
+        assert!(text.contains("Type:        Scheduled\n"), "{text}");
+        assert!(
+            text.contains("Finished at: 2026-12-01 22:10 UTC\n"),
+            "{text}"
+        );
+        assert!(text.contains("Size:        2 kB\n"), "{text}");
+    }
 }

@@ -368,7 +368,11 @@ impl Client {
     }
 
     /// `DELETE /v1/apps/{app}/backup-schedules/{db}`.
-    pub async fn unschedule_backups(&self, app: &str, db: &str) -> Result<ScheduleInfo, ClientError> {
+    pub async fn unschedule_backups(
+        &self,
+        app: &str,
+        db: &str,
+    ) -> Result<ScheduleInfo, ClientError> {
         self.send(self.request(Method::DELETE, &["v1", "apps", app, "backup-schedules", db]))
             .await
     }

@@ -7,6 +7,7 @@
 mod common;
 
 mod apps_and_config;
+mod backups;
 mod bad_input;
 mod changeover;
 mod databases;
@@ -15,3 +16,4 @@ mod followers;
 mod ha;
 mod promotion;
 mod security;
+mod versions;

@@ -1,0 +1,256 @@
+//! `pg:backups` with real pg_dump and pg_restore: capture, list, info,
+//! download (a valid custom-format archive), restore into another database
+//! and from 15 into 18, delete, and the refusals.
+
+use std::path::Path;
+
+use crate::common::*;
+use crate::versions::{two_major_server, PG18_BIN};
+
+fn color(s: &pgfollow_testkit::Server, args: &[&str]) -> String {
+    let mut all = vec!["addons:create"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--app", "sushi", "--json"]);
+    s.cli(&all).ok().json()["database"]["color"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn backups_capture_list_info_download_restore_and_delete() {
+    let s = two_major_server();
+    s.cli(&["apps:create", "sushi"]).ok();
+    let white = color(&s, &["standard-0", "--version", "15"]);
+    let other = color(&s, &["standard-0", "--version", "15"]);
+    let newer = color(&s, &["standard-0", "--version", "18"]);
+    wait_available(&s, "sushi");
+    psql(
+        &s,
+        "sushi",
+        &white,
+        "create table orders (id serial primary key, total int); insert into orders (total) select g from generate_series(1, 5000) g",
+    );
+
+    // Capture waits and says it is done.
+    let out = s
+        .cli(&["pg:backups:capture", &white, "--app", "sushi"])
+        .ok();
+    assert!(
+        out.stdout.contains("Backing up WHITE to b001... done"),
+        "{}",
+        out.stdout
+    );
+    let list = s
+        .cli(&["pg:backups", "--app", "sushi", "--json"])
+        .ok()
+        .json();
+    assert_eq!(list[0]["name"], "b001", "{list}");
+    assert_eq!(list[0]["status"], "completed", "{list}");
+    assert_eq!(list[0]["pg_major"], 15, "{list}");
+    let size = list[0]["size_bytes"].as_u64().unwrap();
+    assert!(size > 10_000, "{list}");
+    let text = s.cli(&["pg:backups", "--app", "sushi"]).ok().stdout;
+    assert!(
+        text.contains("b001") && text.contains("completed"),
+        "{text}"
+    );
+    let info = s
+        .cli(&["pg:backups:info", "b001", "--app", "sushi"])
+        .ok()
+        .stdout;
+    assert!(
+        info.contains("Status:") && info.contains("completed"),
+        "{info}"
+    );
+    // pg:info shows it.
+    let pi = s.cli(&["pg:info", &white, "--app", "sushi"]).ok().stdout;
+    assert!(pi.contains("Last Backup: b001 ("), "{pi}");
+
+    // The file on the control plane's host is private.
+    let file = s.data_dir().join("backups/sushi/b001.dump");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Download: a valid custom-format archive listing the table.
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("b001.dump");
+    s.cli(&[
+        "pg:backups:download",
+        "b001",
+        "--app",
+        "sushi",
+        "-o",
+        out_file.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(std::fs::metadata(&out_file).unwrap().len(), size);
+    let toc = std::process::Command::new(Path::new(PG18_BIN).join("pg_restore"))
+        .arg("-l")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        toc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&toc.stderr)
+    );
+    let toc = String::from_utf8_lossy(&toc.stdout);
+    assert!(toc.contains("TABLE public orders"), "{toc}");
+    assert!(toc.contains("Format: CUSTOM"), "{toc}");
+
+    // Restore into another 15 database: the rows are there, WHITE untouched.
+    psql(&s, "sushi", &other, "create table scratch (x int)");
+    let out = s
+        .cli(&[
+            "pg:backups:restore",
+            "b001",
+            &other,
+            "--app",
+            "sushi",
+            "--confirm",
+            "sushi",
+        ])
+        .ok();
+    assert!(out.stdout.contains("done"), "{}", out.stdout);
+    let rows = psql(
+        &s,
+        "sushi",
+        &other,
+        "select count(*), sum(total) from orders",
+    );
+    assert!(rows.contains("5000 | 12502500"), "{rows}");
+    // Its own table is still there (restore replaces what the backup has).
+    psql(&s, "sushi", &other, "select count(*) from scratch");
+    assert!(psql(&s, "sushi", &white, "select count(*) from orders").contains("5000"));
+
+    // Restore 15 -> 18: the documented major-upgrade route.
+    let out = s
+        .cli(&[
+            "pg:backups:restore",
+            "b001",
+            &newer,
+            "--app",
+            "sushi",
+            "--confirm",
+            "sushi",
+        ])
+        .ok();
+    assert!(
+        out.stdout.contains("(PostgreSQL 15) into"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("(PostgreSQL 18"), "{}", out.stdout);
+    let v = psql(
+        &s,
+        "sushi",
+        &newer,
+        "select current_setting('server_version_num'), count(*) from orders",
+    );
+    assert!(v.contains("180") && v.contains("5000"), "{v}");
+    // Writable and its sequence carried over.
+    let id = psql(
+        &s,
+        "sushi",
+        &newer,
+        "insert into orders (total) values (1) returning id",
+    );
+    assert!(id.contains("5001"), "{id}");
+
+    // Refusals: one line, non-zero exit, nothing done.
+    let e = s
+        .cli(&["pg:backups:restore", "b001", &other, "--app", "sushi"])
+        .failed();
+    assert_eq!(e.stderr.trim().lines().count(), 1, "{}", e.stderr);
+    assert!(e.stderr.contains("--confirm sushi"), "{}", e.stderr);
+    let e = s
+        .cli(&[
+            "pg:backups:restore",
+            "b042",
+            &other,
+            "--app",
+            "sushi",
+            "--confirm",
+            "sushi",
+        ])
+        .failed();
+    assert_eq!(e.stderr.trim().lines().count(), 1, "{}", e.stderr);
+    assert!(e.stderr.contains("no backup b042"), "{}", e.stderr);
+    let e = s
+        .cli(&["pg:backups:info", "b042", "--app", "sushi"])
+        .failed();
+    assert!(e.stderr.contains("no backup b042"), "{}", e.stderr);
+    let e = s
+        .cli(&["pg:backups:delete", "b001", "--app", "sushi"])
+        .failed();
+    assert!(e.stderr.contains("--confirm sushi"), "{}", e.stderr);
+    assert!(file.exists());
+
+    // Delete removes the record and the file.
+    s.cli(&[
+        "pg:backups:delete",
+        "b001",
+        "--app",
+        "sushi",
+        "--confirm",
+        "sushi",
+    ])
+    .ok();
+    assert!(!file.exists());
+    let list = s
+        .cli(&["pg:backups", "--app", "sushi", "--json"])
+        .ok()
+        .json();
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+    let e = s
+        .cli(&[
+            "pg:backups:delete",
+            "b001",
+            "--app",
+            "sushi",
+            "--confirm",
+            "sushi",
+        ])
+        .failed();
+    assert!(e.stderr.contains("no backup b001"), "{}", e.stderr);
+
+    // The next one is b002, never a reused number.
+    let out = s.cli(&["pg:backups:capture", "--app", "sushi"]).ok();
+    assert!(out.stdout.contains("to b002... done"), "{}", out.stdout);
+}
+
+#[test]
+fn backups_schedules_are_listed_and_removed() {
+    let s = server();
+    app_with_database(&s, "sushi", "standard-0");
+    let e = s
+        .cli(&["pg:backups:schedule", "--at", "25:00", "--app", "sushi"])
+        .failed();
+    assert!(e.stderr.contains("HH:MM UTC"), "{}", e.stderr);
+    s.cli(&["pg:backups:schedule", "--at", "02:00 UTC", "--app", "sushi"])
+        .ok();
+    let out = s
+        .cli(&["pg:backups:schedules", "--app", "sushi"])
+        .ok()
+        .stdout;
+    assert!(
+        out.contains("PGFOLLOW_POSTGRESQL_WHITE_URL: daily at 02:00 UTC"),
+        "{out}"
+    );
+    s.cli(&["pg:backups:unschedule", "--app", "sushi"]).ok();
+    let out = s
+        .cli(&["pg:backups:schedules", "--app", "sushi"])
+        .ok()
+        .stdout;
+    assert!(out.contains("No backup schedules"), "{out}");
+    let e = s.cli(&["pg:backups:cancel", "--app", "sushi"]).failed();
+    assert!(
+        e.stderr.contains("no backup or restore running"),
+        "{}",
+        e.stderr
+    );
+}

@@ -226,14 +226,22 @@ impl Backups {
     fn tick(self: &Arc<Self>) -> Result<(), ApiErr> {
         self.start_due_schedules()?;
         let state = self.store.read()?;
-        // A cancelled operation's step is stopped (its child is killed on drop).
+        // A cancelled operation's step is stopped (its child is killed on
+        // drop) and a half-written archive removed.
         lock(&self.running).retain(|op_id, h| {
-            let active = state
-                .operations
-                .get(op_id)
-                .is_some_and(|o| o.state.is_active());
-            if !active {
+            let op = state.operations.get(op_id);
+            let active = op.is_some_and(|o| o.state.is_active());
+            if !active && !h.is_finished() {
                 h.abort();
+                let backup = op
+                    .filter(|o| o.kind == OperationKind::Backup)
+                    .and_then(|o| o.subject.as_ref())
+                    .and_then(|k| state.backups.get(k));
+                if let Some(b) = backup {
+                    let partial = format!("{}.partial", self.path(b).display());
+                    let _ = std::fs::remove_file(partial);
+                    tracing::info!("{}: backup {} cancelled", b.app, b.name);
+                }
             }
             active && !h.is_finished()
         });

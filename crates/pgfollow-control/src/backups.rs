@@ -268,6 +268,20 @@ impl Backups {
             if d.action == BackupAction::Wait {
                 continue;
             }
+            if op.state == OperationState::Pending {
+                let id = op.id.clone();
+                self.store.update(|st| {
+                    if let Some(o) = st
+                        .operations
+                        .get_mut(&id)
+                        .filter(|o| o.state == OperationState::Pending)
+                    {
+                        o.state = OperationState::Running;
+                        o.updated_at = Utc::now();
+                    }
+                    Ok(())
+                })?;
+            }
             let me = self.clone();
             let (op_id, op, state2) = (op.id.clone(), op.clone(), state.clone());
             let task = tokio::spawn(async move {
@@ -489,4 +503,140 @@ fn make_private_dir(dir: &std::path::Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgfollow_catalog::MemoryCatalog;
+    use pgfollow_types::backup::BackupSchedule;
+
+    fn db(id: &str, plan: &str) -> DatabaseRecord {
+        let plan = pgfollow_types::PlanCatalog::default()
+            .get(plan)
+            .unwrap()
+            .clone();
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": format!("postgresql-calm-{id}"), "app": "sushi", "color": "WHITE",
+            "plan": plan, "host": "local", "port": 5432, "database": "d1",
+            "owner": {"name": "u", "password": "p"},
+            "replication": {"name": "r", "password": "p"},
+            "pg_major": 15, "created_at": Utc::now(), "desired": "running",
+            "state": "available", "status_detail": null, "pg_version": null,
+        }))
+        .unwrap()
+    }
+
+    /// A backups loop over an in-memory catalog and a temp data dir (the
+    /// agent finds the installed PostgreSQL; nothing is started).
+    fn backups(dir: &std::path::Path) -> Backups {
+        let agent = Agent::new(pgfollow_agent::AgentConfig {
+            name: "local".into(),
+            zone: None,
+            address: "127.0.0.1".into(),
+            clusters_dir: dir.join("clusters"),
+            pg_bin: Vec::new(),
+            os_user: "postgres".into(),
+        })
+        .unwrap();
+        Backups::new(
+            Store::new(Arc::new(MemoryCatalog::new())),
+            Arc::new(agent),
+            dir,
+        )
+    }
+
+    #[test]
+    fn names_count_per_app_and_kind() {
+        let mut st = State::default();
+        let d = db("db-1", "standard-0");
+        st.databases.insert(d.id.clone(), d.clone());
+        let keys: Vec<String> = [false, false, true, false]
+            .iter()
+            .map(|s| add_backup(&mut st, &d, *s))
+            .collect();
+        assert_eq!(
+            keys,
+            ["sushi/b001", "sushi/b002", "sushi/a001", "sushi/b003"]
+        );
+        let op = &st.operations[&st.backups["sushi/a001"].operation];
+        assert_eq!(op.kind, OperationKind::Backup);
+        assert_eq!(op.subject.as_deref(), Some("sushi/a001"));
+        assert_eq!(status_of(&st, &st.backups["sushi/b001"]).0, "pending");
+    }
+
+    #[test]
+    fn a_due_schedule_starts_one_scheduled_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = backups(dir.path());
+        let two_days_ago = Utc::now() - chrono::Duration::days(2);
+        b.store
+            .update(|st| {
+                let d = db("db-1", "standard-0");
+                st.databases.insert(d.id.clone(), d);
+                for id in ["db-1", "db-gone"] {
+                    st.backup_schedules.insert(
+                        id.into(),
+                        BackupSchedule {
+                            database: id.into(),
+                            app: pgfollow_types::AppName::parse("sushi").unwrap(),
+                            hour: 2,
+                            minute: 0,
+                            last_run: None,
+                            created_at: two_days_ago,
+                        },
+                    );
+                }
+                Ok(())
+            })
+            .unwrap();
+        b.start_due_schedules().unwrap();
+        b.start_due_schedules().unwrap();
+        let st = b.store.read().unwrap();
+        let names: Vec<&str> = st.backups.values().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["a001"], "once, not once per tick");
+        assert!(st.backup_schedules["db-1"].last_run.is_some());
+        assert!(
+            !st.backup_schedules.contains_key("db-gone"),
+            "a destroyed database's schedule goes"
+        );
+    }
+
+    #[test]
+    fn retention_deletes_the_oldest_records_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = backups(dir.path());
+        let keys = b
+            .store
+            .update(|st| {
+                let d = db("db-1", "hobby-dev"); // keeps 2 manual backups
+                st.databases.insert(d.id.clone(), d.clone());
+                let keys: Vec<String> = (0..3).map(|_| add_backup(st, &d, false)).collect();
+                for (i, k) in keys.iter().enumerate() {
+                    let bk = st.backups.get_mut(k).unwrap();
+                    bk.size_bytes = Some(10);
+                    bk.created_at = Utc::now() - chrono::Duration::minutes(10 - i as i64);
+                    let op = bk.operation.clone();
+                    if i < 2 {
+                        st.operations.get_mut(&op).unwrap().state = OperationState::Done;
+                    }
+                }
+                Ok(keys)
+            })
+            .unwrap();
+        let st = b.store.read().unwrap();
+        for k in &keys {
+            let path = b.path(&st.backups[k]);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"x").unwrap();
+        }
+        let first = b.path(&st.backups[&keys[0]]);
+        let op = st.operations[&st.backups[&keys[2]].operation].clone();
+        b.prune(&op, &keys[2]).unwrap();
+        let st = b.store.read().unwrap();
+        let left: Vec<&str> = st.backups.values().map(|b| b.name.as_str()).collect();
+        assert_eq!(left, ["b002", "b003"]);
+        assert!(!first.exists());
+        assert!(b.path(&st.backups[&keys[1]]).exists());
+    }
 }

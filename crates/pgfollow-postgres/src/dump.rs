@@ -53,6 +53,9 @@ fn tool(bin: &PgBinaries, user: &OsUser, name: &str, target: &Target) -> tokio::
     cmd.env("PGPASSWORD", &target.password)
         .env("PGCONNECT_TIMEOUT", "10")
         .env("PGAPPNAME", "pgfollow-backup")
+        // A cancelled dump's process is killed; this makes its session end
+        // within a second even while it waits for a lock.
+        .env("PGOPTIONS", "-c client_connection_check_interval=1000")
         .args(["-h", &target.host, "-p", &target.port.to_string()])
         .args(["-U", &target.user]);
     cmd

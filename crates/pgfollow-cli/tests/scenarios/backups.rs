@@ -254,3 +254,201 @@ fn backups_schedules_are_listed_and_removed() {
         e.stderr
     );
 }
+
+#[test]
+fn backups_retention_cancel_and_restore_by_database_or_other_app() {
+    let s = server();
+    app_with_database(&s, "sushi", "hobby-dev");
+    psql(
+        &s,
+        "sushi",
+        "WHITE",
+        "create table t (id int); insert into t values (1), (2), (3)",
+    );
+    // hobby keeps 2 manual backups: the third capture deletes b001 and its file.
+    for _ in 0..3 {
+        s.cli(&["pg:backups:capture", "--app", "sushi"]).ok();
+    }
+    let list = s
+        .cli(&["pg:backups", "--app", "sushi", "--json"])
+        .ok()
+        .json();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b003", "b002"], "{list}");
+    assert!(!s.data_dir().join("backups/sushi/b001.dump").exists());
+    assert!(s.data_dir().join("backups/sushi/b003.dump").exists());
+
+    // Another app restores sushi's backup by APP::NAME, and a database's
+    // name means its latest backup.
+    app_with_database(&s, "ramen", "hobby-dev");
+    s.cli(&[
+        "pg:backups:restore",
+        "sushi::b002",
+        "--app",
+        "ramen",
+        "--confirm",
+        "ramen",
+    ])
+    .ok();
+    assert!(psql(&s, "ramen", "WHITE", "select count(*) from t").contains('3'));
+    psql(&s, "ramen", "WHITE", "drop table t");
+    let e = s
+        .cli(&[
+            "pg:backups:restore",
+            "WHITE",
+            "--app",
+            "ramen",
+            "--confirm",
+            "ramen",
+        ])
+        .failed();
+    assert!(
+        e.stderr.contains("WHITE has no completed backup"),
+        "{}",
+        e.stderr
+    );
+    s.cli(&[
+        "pg:backups:restore",
+        "sushi::WHITE",
+        "--app",
+        "ramen",
+        "--confirm",
+        "ramen",
+    ])
+    .ok();
+    assert!(psql(&s, "ramen", "WHITE", "select count(*) from t").contains('3'));
+    // sushi was never touched.
+    assert_eq!(
+        s.cli(&["pg:backups", "--app", "sushi", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // A capture that waits for a lock is cancelled: marked so, no file left.
+    let url = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL");
+    let mut locker = std::process::Command::new("psql")
+        .arg(&url)
+        .args([
+            "-X",
+            "-c",
+            "begin; lock table t in access exclusive mode; select pg_sleep(60)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(
+        std::time::Duration::from_secs(20),
+        "the lock is held",
+        || {
+            psql(&s, "sushi", "WHITE", "select count(*) from pg_locks where mode = 'AccessExclusiveLock' and relation = 't'::regclass")
+            .contains('1')
+        },
+    );
+    s.cli(&["pg:backups:capture", "--app", "sushi", "--no-wait"])
+        .ok();
+    eventually(std::time::Duration::from_secs(20), "b004 runs", || {
+        s.cli(&["pg:backups:info", "b004", "--app", "sushi", "--json"])
+            .ok()
+            .json()["status"]
+            == "running"
+    });
+    let port = url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        pg_dump_running(&port),
+        "pg_dump of port {port} waits for the lock"
+    );
+    let out = s.cli(&["pg:backups:cancel", "--app", "sushi"]).ok();
+    assert!(
+        out.stdout.contains("Cancelled backup b004."),
+        "{}",
+        out.stdout
+    );
+    eventually(
+        std::time::Duration::from_secs(20),
+        "no partial file",
+        || {
+            !s.data_dir()
+                .join("backups/sushi/b004.dump.partial")
+                .exists()
+        },
+    );
+    let _ = locker.kill();
+    let _ = locker.wait();
+    let b = s
+        .cli(&["pg:backups:info", "b004", "--app", "sushi", "--json"])
+        .ok()
+        .json();
+    assert_eq!(b["status"], "cancelled", "{b}");
+    assert!(!s.data_dir().join("backups/sushi/b004.dump").exists());
+    let e = s
+        .cli(&[
+            "pg:backups:download",
+            "b004",
+            "--app",
+            "sushi",
+            "-o",
+            "/dev/null",
+        ])
+        .failed();
+    assert!(
+        e.stderr.contains("not complete (cancelled)"),
+        "{}",
+        e.stderr
+    );
+    // No pg_dump of that database runs any more, and its session is gone.
+    let port = url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(!pg_dump_running(&port), "pg_dump of port {port} still runs");
+    eventually(
+        std::time::Duration::from_secs(20),
+        "pg_dump's session ends",
+        || {
+            psql(
+                &s,
+                "sushi",
+                "WHITE",
+                "select count(*) from pg_stat_activity where application_name = 'pgfollow-backup'",
+            )
+            .contains('0')
+        },
+    );
+}
+
+/// Whether a `pg_dump -p PORT` process runs on this machine.
+fn pg_dump_running(port: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"pg_dump"))
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"-p" && w[1] == port.as_bytes())
+        })
+}

@@ -159,6 +159,26 @@ fn versions_a_follower_of_an_18_leader_is_18_and_another_major_is_refused() {
 }
 
 #[test]
+fn versions_a_restarted_server_runs_each_database_with_its_own_major() {
+    let mut s = two_major_server();
+    s.cli(&["apps:create", "sushi"]).ok();
+    let new = create(&s, "sushi", &["standard-0", "--version", "18"]);
+    let old = create(&s, "sushi", &["standard-0", "--version", "15"]);
+    wait_available(&s, "sushi");
+    // Killed: the postmasters outlive it and are re-attached; then an
+    // orderly restart starts them again with the right binaries.
+    s.kill9();
+    s.restart().unwrap();
+    wait_available(&s, "sushi");
+    s.restart().unwrap();
+    wait_available(&s, "sushi");
+    for (color, want) in [(&new, "180"), (&old, "150")] {
+        let v = psql(&s, "sushi", color, "show server_version_num");
+        assert!(v.contains(want), "{color}: {v}");
+    }
+}
+
+#[test]
 fn versions_a_follower_is_refused_when_no_host_up_has_its_leaders_major() {
     // serve has only 15; a second host has only 18.
     let s = Server::start_with(bin(), &["--pg-bin", PG15_BIN]).expect("serve starts");

@@ -407,13 +407,19 @@ impl Client {
         };
         let mut file = std::fs::File::create(&tmp).map_err(local)?;
         let mut total = 0u64;
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(e))? {
-            file.write_all(&chunk).map_err(local)?;
-            total += chunk.len() as u64;
+        let copied: Result<(), ClientError> = async {
+            while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(e))? {
+                file.write_all(&chunk).map_err(local)?;
+                total += chunk.len() as u64;
+            }
+            file.sync_all().map_err(local)?;
+            std::fs::rename(&tmp, out).map_err(local)
         }
-        file.sync_all().map_err(local)?;
-        std::fs::rename(&tmp, out).map_err(local)?;
-        Ok(total)
+        .await;
+        if copied.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        copied.map(|()| total)
     }
 
     pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {

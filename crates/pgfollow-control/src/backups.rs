@@ -402,6 +402,7 @@ impl Backups {
                     .ok_or("the database is gone")?;
                 let b = state.backups.get(&key).ok_or("the backup was deleted")?;
                 let path = self.path(b);
+                make_private_dir(&self.dir)?;
                 make_private_dir(path.parent().unwrap_or(&self.dir))?;
                 let size = self
                     .agent

@@ -201,7 +201,8 @@ mod tests {
     fn schedule_is_due_once_a_day_after_its_time() {
         let created = at(10, 0, 1);
         // (hour, minute, last run, now, due)
-        let rows: &[(u8, u8, Option<DateTime<Utc>>, DateTime<Utc>, bool)] = &[
+        type Row = (u8, u8, Option<DateTime<Utc>>, DateTime<Utc>, bool);
+        let rows: &[Row] = &[
             // Set up at 10:00 for 02:00: not until the next day's 02:00.
             (2, 0, None, at(11, 0, 1), false),
             (2, 0, None, at(1, 59, 2), false),

@@ -452,3 +452,45 @@ fn pg_dump_running(port: &str) -> bool {
                     .any(|w| w[0] == b"-p" && w[1] == port.as_bytes())
         })
 }
+
+#[test]
+fn backups_of_a_database_on_another_host_outlive_that_host() {
+    let s = server();
+    s.cli(&["apps:create", "sushi"]).ok();
+    // A local database first, so the next one goes to the emptier h2.
+    let local = color(&s, &["standard-0"]);
+    let mut h2 = pgfollow_testkit::AgentProcess::start(bin(), &s, "h2", None).unwrap();
+    let remote = color(&s, &["standard-0"]);
+    wait_available(&s, "sushi");
+    let i = s
+        .cli(&["pg:info", &remote, "--app", "sushi", "--json"])
+        .ok()
+        .json();
+    assert_eq!(i["host"], "h2", "{i}");
+    psql(
+        &s,
+        "sushi",
+        &remote,
+        "create table t (id int); insert into t select generate_series(1, 100)",
+    );
+    s.cli(&["pg:backups:capture", &remote, "--app", "sushi"])
+        .ok();
+    // The archive is on the control plane's host, not h2's.
+    assert!(s.data_dir().join("backups/sushi/b001.dump").exists());
+    assert!(!h2.data_dir().join("backups").exists());
+
+    // h2 is lost; its backup restores into the local database.
+    h2.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(h2);
+    s.cli(&[
+        "pg:backups:restore",
+        "b001",
+        &local,
+        "--app",
+        "sushi",
+        "--confirm",
+        "sushi",
+    ])
+    .ok();
+    assert!(psql(&s, "sushi", &local, "select count(*) from t").contains("100"));
+}

@@ -70,10 +70,10 @@ fn backups_capture_list_info_download_restore_and_delete() {
     // The file on the control plane's host is private.
     let file = s.data_dir().join("backups/sushi/b001.dump");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&s.data_dir().join("backups")), 0o700);
+    assert_eq!(mode(&s.data_dir().join("backups/sushi")), 0o700);
 
     // Download: a valid custom-format archive listing the table.
     let dir = tempfile::tempdir().unwrap();

@@ -195,7 +195,7 @@ fn versions_a_follower_is_refused_when_no_host_up_has_its_leaders_major() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     }
-    let mut child = agent
+    let child = agent
         .args([
             "agent",
             "--name",
@@ -218,6 +218,7 @@ fn versions_a_follower_is_refused_when_no_host_up_has_its_leaders_major() {
         .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
         .spawn()
         .unwrap();
+    let mut guard = AgentGuard { child, dir };
     eventually(
         std::time::Duration::from_secs(30),
         "the 18 host registers",
@@ -238,11 +239,8 @@ fn versions_a_follower_is_refused_when_no_host_up_has_its_leaders_major() {
         .json();
     assert_eq!(i["host"], "h18", "{i}");
     // The 18 host goes away: local (15 only) may not take the follower.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    let _ = child.wait();
+    let _ = guard.child.kill(); // SIGKILL
+    let _ = guard.child.wait();
     eventually(
         std::time::Duration::from_secs(30),
         "the 18 host is down",
@@ -271,16 +269,30 @@ fn versions_a_follower_is_refused_when_no_host_up_has_its_leaders_major() {
         "{}",
         e.stderr
     );
-    // Its postgres outlives the killed agent: stop it.
-    let clusters = dir.path().join("data/clusters");
-    for entry in std::fs::read_dir(&clusters).into_iter().flatten().flatten() {
-        let pgdata = entry.path().join("pgdata");
-        if pgdata.join("postmaster.pid").exists() {
-            let _ = std::process::Command::new(Path::new(PG18_BIN).join("pg_ctl"))
-                .args(["stop", "-m", "immediate", "-w", "-D"])
-                .arg(&pgdata)
-                .uid_postgres()
-                .status();
+    drop(guard);
+}
+
+/// Stops what the hand-started agent left behind (its postgres outlives a
+/// killed agent), also when the test fails; then its directory goes.
+struct AgentGuard {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let clusters = self.dir.path().join("data/clusters");
+        for entry in std::fs::read_dir(&clusters).into_iter().flatten().flatten() {
+            let pgdata = entry.path().join("pgdata");
+            if pgdata.join("postmaster.pid").exists() {
+                let _ = std::process::Command::new(Path::new(PG18_BIN).join("pg_ctl"))
+                    .args(["stop", "-m", "immediate", "-w", "-D"])
+                    .arg(&pgdata)
+                    .uid_postgres()
+                    .status();
+            }
         }
     }
 }

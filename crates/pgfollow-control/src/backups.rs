@@ -136,6 +136,31 @@ pub fn add_backup(state: &mut State, db: &DatabaseRecord, scheduled: bool) -> St
     key
 }
 
+/// Removes every backup of `app` from the state (its schedules, running
+/// captures and restores are cancelled) and returns them, so that their
+/// files can be removed once the change is written.
+pub fn forget_app(state: &mut State, app: &str) -> Vec<BackupRecord> {
+    let prefix = format!("{app}/");
+    for o in state.operations.values_mut() {
+        let of_app = o.subject.as_deref().is_some_and(|k| k.starts_with(&prefix));
+        if o.kind.is_backup() && o.state.is_active() && of_app {
+            o.state = OperationState::Failed;
+            o.last_error = Some(format!("{CANCELLED}: app {app} was destroyed"));
+        }
+    }
+    state.backup_schedules.retain(|_, s| s.app.as_str() != app);
+    state.backup_numbers.retain(|k, _| !k.starts_with(&prefix));
+    let keys: Vec<String> = state
+        .backups
+        .keys()
+        .filter(|k| k.starts_with(&prefix))
+        .cloned()
+        .collect();
+    keys.iter()
+        .filter_map(|k| state.backups.remove(k))
+        .collect()
+}
+
 /// Adds a restore of backup `key` into `target`. Returns the operation id.
 pub fn add_restore(state: &mut State, key: &str, target: &DatabaseRecord) -> String {
     state.next_serial += 1;

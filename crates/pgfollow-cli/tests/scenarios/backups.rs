@@ -221,6 +221,16 @@ fn backups_capture_list_info_download_restore_and_delete() {
     // The next one is b002, never a reused number.
     let out = s.cli(&["pg:backups:capture", "--app", "sushi"]).ok();
     assert!(out.stdout.contains("to b002... done"), "{}", out.stdout);
+
+    // Destroying the app takes its backups (records and files) with it.
+    s.cli(&["apps:destroy", "sushi", "--confirm", "sushi"]).ok();
+    assert!(!s.data_dir().join("backups/sushi/b002.dump").exists());
+    s.cli(&["apps:create", "sushi"]).ok();
+    let list = s
+        .cli(&["pg:backups", "--app", "sushi", "--json"])
+        .ok()
+        .json();
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
 }
 
 #[test]

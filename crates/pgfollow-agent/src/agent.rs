@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pgfollow_postgres::{Cluster, OsUser, PgBinaries, PgError, StopMode};
+use pgfollow_postgres::{Cluster, CommitCache, OsUser, PgBinaries, PgError, StopMode};
 use pgfollow_types::agent::{
-    AgentFailure, ClusterSpec, ClusterStats, ClusterStatus, CommitCount, ReplayStatus, RoleSecret,
-    SlotStatus,
+    AgentFailure, ClusterSpec, ClusterStats, ClusterStatus, CommitCount, Probe, ReplayStatus,
+    RoleSecret, SlotStatus,
 };
 use pgfollow_types::api::Backend;
 use pgfollow_types::model::HostRecord;
@@ -106,6 +106,8 @@ pub struct AgentConfig {
 pub struct Agent {
     /// Base backups in flight: cluster id → (bytes done, bytes total).
     progress: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    /// Commit counts of WAL already counted, for every leader on this host.
+    commits: CommitCache,
     name: String,
     zone: Option<String>,
     address: String,
@@ -140,6 +142,7 @@ impl Agent {
         }
         Ok(Self {
             progress: Default::default(),
+            commits: CommitCache::default(),
             name: config.name,
             zone: config.zone,
             address: config.address,
@@ -353,15 +356,19 @@ impl Agent {
         Ok(self.cluster(id)?.replay_status().await?)
     }
 
-    /// Leader side: commit records from `from` to the current WAL position,
-    /// reading at most `max_bytes` of WAL.
+    /// Leader side: commit records from `from` to the current WAL position
+    /// (at most `max_bytes` past `from`), exact at any distance: WAL counted
+    /// once is remembered per segment.
     pub async fn commits_since(
         &self,
         id: &str,
         from: Lsn,
         max_bytes: u64,
     ) -> Result<CommitCount, AgentError> {
-        Ok(self.cluster(id)?.commits_since(from, max_bytes).await?)
+        Ok(self
+            .cluster(id)?
+            .commits_since(from, max_bytes, &self.commits)
+            .await?)
     }
 
     /// Winds an old primary back and makes it a standby of `spec.upstream`.
@@ -384,14 +391,26 @@ impl Agent {
         Ok(self.cluster_for(spec)?.set_upstream(spec).await?)
     }
 
+    /// Kills the cluster at once (fencing): it can take no write after
+    /// this answers.
+    pub async fn fence(&self, id: &str) -> Result<(), AgentError> {
+        if self.cluster(id)?.fence().await? {
+            tracing::warn!("fenced cluster {id}: killed on the control plane's order");
+        }
+        Ok(())
+    }
+
+    /// One query within a short deadline.
+    pub async fn probe(&self, id: &str) -> Result<Probe, AgentError> {
+        Ok(self.cluster(id)?.probe().await?)
+    }
+
     /// Stops postgres and removes the cluster's files.
     pub async fn destroy(&self, id: &str) -> Result<(), AgentError> {
         Ok(self.cluster(id)?.destroy().await?)
     }
 
-    /// Stops every running cluster of this host (fast shutdown), for an
-    /// orderly stop of the agent. Failures are logged, not returned.
-    /// Stops (immediately) every running cluster that is not a standby.
+    /// Kills (fences) every running cluster that is not a standby.
     pub async fn stop_primaries(&self) {
         let Ok(entries) = std::fs::read_dir(&self.clusters_dir) else {
             return;
@@ -405,8 +424,8 @@ impl Agent {
             };
             let standby = cluster.pgdata().join("standby.signal").exists();
             if !standby && cluster.status(&id).running {
-                match cluster.stop(StopMode::Immediate).await {
-                    Ok(()) => tracing::warn!("fenced cluster {id}: stopped"),
+                match cluster.fence().await {
+                    Ok(_) => tracing::warn!("fenced cluster {id}: stopped"),
                     Err(e) => tracing::error!("could not fence cluster {id}: {e}"),
                 }
             }

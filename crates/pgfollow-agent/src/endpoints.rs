@@ -47,6 +47,19 @@ impl Agent {
         Ok(self.endpoint(id)?.pause(dbname).await?)
     }
 
+    /// Holds new transactions; past `limit` ends every connection instead
+    /// of waiting (or giving up). Returns whether connections were killed.
+    pub async fn endpoint_hold(
+        &self,
+        id: &str,
+        dbname: &str,
+        limit: Duration,
+    ) -> Result<bool, AgentError> {
+        let ep = self.endpoint(id)?;
+        let admin = ep.admin().await?;
+        Ok(admin.pause_or_kill(dbname, limit).await?)
+    }
+
     pub async fn endpoint_resume(&self, id: &str, dbname: &str) -> Result<(), AgentError> {
         Ok(self.endpoint(id)?.resume(dbname).await?)
     }

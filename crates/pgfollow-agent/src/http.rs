@@ -107,5 +107,7 @@ pub async fn dispatch(agent: &Agent, call: AgentCall) -> Result<serde_json::Valu
         AgentCall::Checkpoint { id } => json(agent.checkpoint(&id).await?),
         AgentCall::Rewind { spec } => json(agent.rewind(&spec).await?),
         AgentCall::SetUpstream { spec } => json(agent.set_upstream(&spec).await?),
+        AgentCall::Fence { id } => json(agent.fence(&id).await?),
+        AgentCall::Probe { id } => json(agent.probe(&id).await?),
     }
 }

@@ -12,4 +12,4 @@ mod run;
 
 pub use agent::{Agent, AgentConfig, AgentError};
 pub use pgfollow_pgbouncer::{EndpointSpec, EndpointStatus, Target as EndpointTarget};
-pub use run::{run, versions_line, RunConfig, HEARTBEAT};
+pub use run::{run, versions_line, RunConfig, FENCE_AFTER, HEARTBEAT};

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use pgfollow_client::Client;
@@ -17,9 +17,15 @@ use crate::agent::{Agent, AgentConfig};
 /// How often an agent tells the control plane it is alive.
 pub const HEARTBEAT: Duration = Duration::from_millis(250);
 
-/// An agent that has not reached the control plane for this long stops
-/// its primaries: a control plane that cannot see it may fail them over.
-pub const FENCE_AFTER: Duration = Duration::from_millis(2000);
+/// An agent whose last successful heartbeat was *sent* this long ago
+/// fences (kills) its primaries. The control plane fails a host over only
+/// after hearing nothing from it for its lease (2 s, `HOST_LEASE`), and
+/// the last heartbeat it heard was sent no earlier than the agent's last
+/// successful one: so the agent's deadline passes at least 1 s before the
+/// control plane may promote, which covers the fence itself (SIGKILL, a
+/// few ms) and the check interval (the deadline is a timer of its own, not
+/// a heartbeat tick).
+pub const FENCE_AFTER: Duration = Duration::from_millis(1000);
 
 /// Everything `pgfollow agent` takes from its command line.
 #[derive(Debug, Clone)]
@@ -132,43 +138,53 @@ async fn heartbeat(
     agent: Arc<Agent>,
     shutdown: CancellationToken,
 ) {
-    let mut last_ok = std::time::Instant::now();
+    // When the last heartbeat that the control plane answered was sent.
+    let mut last_ok = Instant::now();
     let mut failing = false;
     let mut fenced = false;
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(HEARTBEAT) => {}
-        }
-        let beat = tokio::time::timeout(HEARTBEAT * 2, control.register_host(&registration)).await;
-        match beat {
-            Ok(Ok(_)) => {
-                if failing {
-                    tracing::info!("the control plane answers again");
-                }
-                last_ok = std::time::Instant::now();
-                failing = false;
-                fenced = false;
-            }
-            Ok(Err(e)) if !failing => {
-                tracing::warn!("heartbeat to the control plane failed: {e}");
-                failing = true;
-            }
-            Err(_) if !failing => {
-                tracing::warn!("heartbeat to the control plane timed out");
-                failing = true;
-            }
-            _ => {}
-        }
-        if failing && !fenced && last_ok.elapsed() >= FENCE_AFTER {
-            // The control plane may be failing our primaries over: they
-            // must not take writes any more.
+        // First the deadline, before anything else: a host that was frozen
+        // (SIGSTOP, a paused VM) wakes here, and its primaries may have
+        // been replaced meanwhile even if the next heartbeat succeeds.
+        if !fenced && last_ok.elapsed() >= FENCE_AFTER {
             tracing::warn!(
-                "no word from the control plane for {:.1} s: stopping this host's primaries",
+                "no heartbeat answered for {:.1} s: fencing this host's primaries",
                 last_ok.elapsed().as_secs_f64()
             );
             agent.stop_primaries().await;
             fenced = true;
+        }
+        let deadline = tokio::time::Instant::from_std(last_ok + FENCE_AFTER);
+        let sent = Instant::now();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(deadline), if !fenced => continue,
+            beat = tokio::time::timeout(HEARTBEAT * 2, control.register_host(&registration)) => {
+                match beat {
+                    Ok(Ok(_)) => {
+                        if failing {
+                            tracing::info!("the control plane answers again");
+                        }
+                        last_ok = sent;
+                        failing = false;
+                        fenced = false;
+                    }
+                    Ok(Err(e)) if !failing => {
+                        tracing::warn!("heartbeat to the control plane failed: {e}");
+                        failing = true;
+                    }
+                    Err(_) if !failing => {
+                        tracing::warn!("heartbeat to the control plane timed out");
+                        failing = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(deadline), if !fenced && failing => {}
+            _ = tokio::time::sleep(HEARTBEAT) => {}
         }
     }
 }

@@ -38,9 +38,11 @@ pub struct CreateArgs {
     #[arg(long, value_name = "DB")]
     pub follow: Option<String>,
     /// Premium and enterprise: commits wait for the HA standby, so a
-    /// failover loses no acknowledged commit
-    #[arg(long)]
-    pub sync: bool,
+    /// failover loses no acknowledged commit. A lost standby is given up
+    /// after 2 s so commits go on; `--sync strict` keeps waiting instead
+    #[arg(long, value_name = "strict", num_args = 0..=1, default_missing_value = "on",
+          value_parser = ["on", "strict"])]
+    pub sync: Option<String>,
     /// PostgreSQL major version (`18`); default: the newest every host has
     /// (a follower always runs its leader's)
     #[arg(long = "version", id = "pg_major", value_name = "MAJOR")]
@@ -78,7 +80,8 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<()> {
     let req = CreateAddon {
         plan: args.plan.clone(),
         follow: args.follow.clone(),
-        sync: args.sync,
+        sync: args.sync.is_some(),
+        sync_strict: args.sync.as_deref() == Some("strict"),
         version: args.version,
     };
     let resp = client.create_addon(app, &req).await?;

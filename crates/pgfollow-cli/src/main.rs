@@ -81,11 +81,15 @@ pub enum Command {
     Run(run::RunArgs),
     /// List an app's databases
     Addons(addons::ListArgs),
-    /// Create a database, or a follower with --follow
-    #[command(name = "addons:create", disable_version_flag = true)]
+    /// Create a database, or a follower with --follow (also addons:add)
+    #[command(
+        name = "addons:create",
+        alias = "addons:add",
+        disable_version_flag = true
+    )]
     AddonsCreate(addons::CreateArgs),
-    /// Destroy a database
-    #[command(name = "addons:destroy")]
+    /// Destroy a database (also addons:remove)
+    #[command(name = "addons:destroy", alias = "addons:remove")]
     AddonsDestroy(addons::DestroyArgs),
     /// Show details of an app's databases
     #[command(name = "pg:info")]
@@ -297,6 +301,8 @@ mod tests {
             "pg:backups:schedules -a sushi",
             "pg:backups:unschedule -a sushi",
             "addons:destroy WHITE -a sushi --confirm sushi",
+            "addons:add heroku-postgresql:standard-0 -a sushi --follow HEROKU_POSTGRESQL_WHITE_URL",
+            "addons:remove HEROKU_POSTGRESQL_WHITE -a sushi --confirm sushi",
             "pg:info -a sushi",
             "pg:info WHITE -a sushi --json",
             "pg:wait -a sushi --timeout 30 --interval-ms 100",

@@ -41,6 +41,16 @@ pub struct ChangeoverArgs {
     /// How long the follower may take to catch up while writes are held
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub catch_up_timeout: u64,
+    /// When a client keeps a transaction open past the 1 s freeze
+    /// deadline, stop (writes resume on the old primary) instead of ending
+    /// that client's connection
+    #[arg(long)]
+    pub no_kill: bool,
+    /// The leader's host is gone: make the follower writable at once and
+    /// route DATABASE_URL to it with what it had received (refused while
+    /// the leader still answers)
+    #[arg(long)]
+    pub leader_lost: bool,
     #[command(flatten)]
     pub json: JsonArg,
 }
@@ -70,6 +80,8 @@ pub async fn changeover(client: &Client, args: ChangeoverArgs) -> anyhow::Result
     let request = pgfollow_types::api::ChangeoverRequest {
         dry_run: args.dry_run,
         catch_up_timeout_secs: Some(args.catch_up_timeout),
+        no_kill: args.no_kill,
+        leader_lost: args.leader_lost,
     };
     let report = client.changeover(&args.app.app, &args.db, &request).await?;
     if args.json.json {

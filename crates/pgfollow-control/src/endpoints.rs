@@ -23,6 +23,24 @@ pub struct Endpoints {
     store: Store,
     agent: Arc<Agent>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Operations a task of this process is carrying out right now (a
+    /// changeover): an active one missing here was interrupted.
+    running: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Marks an operation as being carried out until dropped.
+pub struct RunningOp {
+    set: Arc<Mutex<std::collections::HashSet<String>>>,
+    id: String,
+}
+
+impl Drop for RunningOp {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// The database an app's endpoint should route to.
@@ -53,13 +71,37 @@ pub fn endpoint_spec(state: &State, app: &AppRecord, db: &DatabaseRecord) -> Opt
     })
 }
 
+/// The apps whose endpoints log in with `db_id`'s owner password: those
+/// routing to it or to one of its followers (they share it).
+pub fn sharing_credentials(state: &State, db_id: &str) -> Vec<String> {
+    state
+        .apps
+        .values()
+        .filter(|a| {
+            main_database(state, a)
+                .is_some_and(|m| m.id == db_id || m.following.as_deref() == Some(db_id))
+        })
+        .map(|a| a.name.to_string())
+        .collect()
+}
+
+/// Whether the endpoint may route to `db`: it is writable (it follows
+/// nothing; an unfollow clears that once it has promoted it).
+pub fn routable(db: &DatabaseRecord) -> bool {
+    !db.is_follower()
+}
+
 /// Whether `app`'s endpoint must be synced: it routes elsewhere than the
-/// catalog says, or is not running.
+/// catalog says (to a database it may route to), or is not running.
 pub fn needs_sync(state: &State, app: &AppRecord, running: bool) -> bool {
     let (Some(ep), Some(db)) = (&app.endpoint, main_database(state, app)) else {
         return false;
     };
-    !running || ep.applied.as_deref() != Some(db.id.as_str())
+    let applied = ep.applied.as_deref() == Some(db.id.as_str());
+    if !applied && !routable(db) {
+        return false;
+    }
+    !running || !applied
 }
 
 impl Endpoints {
@@ -68,7 +110,29 @@ impl Endpoints {
             store,
             agent,
             locks: Mutex::default(),
+            running: Arc::default(),
         }
+    }
+
+    /// Records that this process carries operation `id` out now (call it
+    /// before the operation is in the catalog: from the catalog write's
+    /// closure), until the returned guard is dropped.
+    pub fn run_op(&self, id: &str) -> RunningOp {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+        RunningOp {
+            set: self.running.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    pub fn is_op_running(&self, id: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 
     pub fn agent(&self) -> &Arc<Agent> {
@@ -96,6 +160,21 @@ impl Endpoints {
     /// configuration even when it routes to the right database (new
     /// credentials). Returns how long clients were held, if they were.
     pub async fn sync(&self, app: &str, force: bool) -> Result<Option<Duration>, ApiErr> {
+        self.sync_inner(app, force, false).await
+    }
+
+    /// As [`Endpoints::sync`], routing to the database behind `DATABASE`
+    /// even while it is read-only (`pg:promote --force`).
+    pub async fn sync_read_only(&self, app: &str) -> Result<Option<Duration>, ApiErr> {
+        self.sync_inner(app, false, true).await
+    }
+
+    async fn sync_inner(
+        &self,
+        app: &str,
+        force: bool,
+        read_only: bool,
+    ) -> Result<Option<Duration>, ApiErr> {
         let lock = self.lock(app);
         let _held = lock.lock().await;
         let state = self.store.read()?;
@@ -106,7 +185,14 @@ impl Endpoints {
             return Ok(None);
         };
         let running = self.is_running(rec);
-        if !force && !needs_sync(&state, rec, running) {
+        if !read_only
+            && !routable(db)
+            && rec.endpoint.as_ref().and_then(|e| e.applied.as_deref()) != Some(db.id.as_str())
+        {
+            // It becomes the target once it is writable.
+            return Ok(None);
+        }
+        if !force && !read_only && !needs_sync(&state, rec, running) {
             return Ok(None);
         }
         let Some(spec) = endpoint_spec(&state, rec, db) else {
@@ -176,54 +262,97 @@ impl Endpoints {
 }
 
 impl Endpoints {
-    /// Holds new transactions at every endpoint that routes to `db_id`
-    /// (HA fencing: nothing reaches a lost primary through an endpoint).
-    /// Returns the apps whose endpoints were held.
-    pub async fn hold_routes_to(&self, db_id: &str) -> Vec<String> {
-        let Ok(state) = self.store.read() else {
-            return Vec::new();
+    /// The apps whose endpoints route to `db_id` (or are about to).
+    pub fn routing_to(state: &State, db_id: &str) -> Vec<String> {
+        state
+            .apps
+            .values()
+            .filter(|app| {
+                app.endpoint.as_ref().is_some_and(|ep| {
+                    ep.applied.as_deref() == Some(db_id)
+                        || main_database(state, app).is_some_and(|m| m.id == db_id)
+                })
+            })
+            .map(|app| app.name.to_string())
+            .collect()
+    }
+
+    /// Holds new transactions at `app`'s endpoint for operation `op_id`:
+    /// the hold is recorded in the catalog first (so that whatever happens
+    /// next, reconciliation resumes an endpoint whose operation ended),
+    /// then PAUSE; past `limit` every connection is ended instead of
+    /// waiting. Returns whether connections were killed. An endpoint that
+    /// does not run holds nothing.
+    pub async fn hold(&self, app: &str, op_id: &str, limit: Duration) -> Result<bool, ApiErr> {
+        let lock = self.lock(app);
+        let _held = lock.lock().await;
+        let state = self.store.update(|state| {
+            if let Some(ep) = state.apps.get_mut(app).and_then(|a| a.endpoint.as_mut()) {
+                ep.held_by = Some(op_id.to_string());
+            }
+            Ok(state.clone())
+        })?;
+        let Some(rec) = state.apps.get(app) else {
+            return Ok(false);
         };
-        let mut held = Vec::new();
-        for app in state.apps.values() {
-            let (Some(ep), Some(db)) = (&app.endpoint, main_database(&state, app)) else {
-                continue;
-            };
-            if ep.applied.as_deref() != Some(db_id) || db.id != db_id {
-                continue;
-            }
-            match self.agent.endpoint_pause(&ep.id, &db.database).await {
-                Ok(()) => held.push(app.name.to_string()),
-                Err(e) => tracing::warn!("{}: could not hold the endpoint: {e}", app.name),
-            }
+        let (Some(ep), Some(db)) = (&rec.endpoint, main_database(&state, rec)) else {
+            return Ok(false);
+        };
+        if !self.is_running(rec) {
+            return Ok(false);
         }
-        held
+        let killed = self
+            .agent
+            .endpoint_hold(&ep.id, &db.database, limit)
+            .await?;
+        if killed {
+            tracing::warn!(
+                "{app}: the endpoint could not pause within {} ms (a transaction stayed open or a server hung); its connections were ended",
+                limit.as_millis()
+            );
+        }
+        Ok(killed)
     }
 
     /// Points `app`'s held endpoint at the database now behind
-    /// `DATABASE`, then lets transactions through.
+    /// `DATABASE`, lets transactions through, and clears the hold.
     pub async fn reroute_held(&self, app: &str) -> Result<(), ApiErr> {
         let lock = self.lock(app);
         let _held = lock.lock().await;
+        self.reroute_held_locked(app).await
+    }
+
+    /// [`Endpoints::reroute_held`] for a caller that holds `app`'s lock.
+    pub async fn reroute_held_locked(&self, app: &str) -> Result<(), ApiErr> {
         let state = self.store.read()?;
         let Some(rec) = state.apps.get(app) else {
             return Ok(());
         };
-        let Some(db) = main_database(&state, rec) else {
-            return Ok(());
-        };
-        let Some(spec) = endpoint_spec(&state, rec, db) else {
-            return Ok(());
-        };
-        let ep = self.agent.endpoint(&spec.id)?;
-        let fail = |e: pgfollow_pgbouncer::BouncerError| ApiErr::unavailable(e.to_string());
-        ep.write_config(&spec).map_err(fail)?;
-        let admin = ep.admin().await.map_err(fail)?;
-        admin.reload().await.map_err(fail)?;
-        admin.resume(&spec.dbname).await.map_err(fail)?;
-        let db_id = db.id.clone();
+        // Never onto a read-only database: then it resumes where it routes.
+        let db = main_database(&state, rec).filter(|d| routable(d));
+        let spec = db.and_then(|db| endpoint_spec(&state, rec, db));
+        if let (Some(spec), Some(db), true) = (spec, db, self.is_running(rec)) {
+            let ep = self.agent.endpoint(&spec.id)?;
+            let fail = |e: pgfollow_pgbouncer::BouncerError| ApiErr::unavailable(e.to_string());
+            if rec.endpoint.as_ref().and_then(|e| e.applied.as_deref()) != Some(db.id.as_str()) {
+                ep.write_config(&spec).map_err(fail)?;
+                let admin = ep.admin().await.map_err(fail)?;
+                admin.reload().await.map_err(fail)?;
+            }
+            ep.admin()
+                .await
+                .map_err(fail)?
+                .resume(&spec.dbname)
+                .await
+                .map_err(fail)?;
+        }
+        let db_id = db.map(|d| d.id.clone());
         self.store.update(|state| {
             if let Some(e) = state.apps.get_mut(app).and_then(|a| a.endpoint.as_mut()) {
-                e.applied = Some(db_id.clone());
+                if db_id.is_some() {
+                    e.applied = db_id.clone();
+                }
+                e.held_by = None;
             }
             Ok(())
         })?;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use pgfollow_planner::{
     decide, follower_fell_off, is_caught_up, reconcile, Action, Decision, Observed, REWIND_FAILED,
+    SLOT_LEFT,
 };
 use pgfollow_types::api::DatabaseState;
 use pgfollow_types::model::{DatabaseRecord, OperationRecord, OperationState, State};
@@ -22,9 +23,8 @@ use crate::endpoints::{main_database, needs_sync, Endpoints};
 use crate::error::ApiErr;
 use crate::ha::{self, HaMemory};
 use crate::hosts::Hosts;
-use crate::provision::{cluster_spec, pick_port, synchronous_standby};
+use crate::provision::{cluster_spec, pick_port};
 use crate::store::Store;
-use pgfollow_planner::HaVerdict;
 
 /// How often the executor looks, when nothing wakes it sooner.
 const TICK: Duration = Duration::from_millis(250);
@@ -38,16 +38,33 @@ const FOLLOWER_CHECK_EVERY: Duration = Duration::from_secs(2);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 pub struct Executor {
-    store: Store,
-    hosts: Hosts,
-    endpoints: Arc<Endpoints>,
-    port_range: (u16, u16),
-    wake: Arc<Notify>,
-    ha: HaMemory,
-    ha_max_lag_bytes: u64,
-    busy: Mutex<HashSet<String>>,
+    pub(crate) store: Store,
+    pub(crate) hosts: Hosts,
+    pub(crate) endpoints: Arc<Endpoints>,
+    pub(crate) port_range: (u16, u16),
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) ha: HaMemory,
+    pub(crate) ha_max_lag_bytes: u64,
+    busy: Arc<Mutex<HashSet<String>>>,
     backoff: Mutex<HashMap<String, Instant>>,
-    last_sentence: Mutex<HashMap<String, String>>,
+    pub(crate) last_sentence: Mutex<HashMap<String, String>>,
+}
+
+/// Keys (database ids, `ha:<id>`, `endpoint:<app>`, ...) that a task is
+/// working on; they are free again when the guard is dropped, also when
+/// the task panics.
+pub(crate) struct Busy {
+    set: Arc<Mutex<HashSet<String>>>,
+    keys: Vec<String>,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut set = lock(&self.set);
+        for k in &self.keys {
+            set.remove(k);
+        }
+    }
 }
 
 impl Executor {
@@ -66,7 +83,7 @@ impl Executor {
             wake,
             ha: HaMemory::default(),
             ha_max_lag_bytes: ha::HA_MAX_LAG_BYTES,
-            busy: Mutex::default(),
+            busy: Arc::default(),
             backoff: Mutex::default(),
             last_sentence: Mutex::default(),
         }
@@ -76,6 +93,23 @@ impl Executor {
     pub fn with_ha_max_lag(mut self, bytes: u64) -> Self {
         self.ha_max_lag_bytes = bytes;
         self
+    }
+
+    /// Claims `keys` for a task, unless one of them is taken.
+    pub(crate) fn claim(&self, keys: Vec<String>) -> Option<Busy> {
+        let mut set = lock(&self.busy);
+        if keys.iter().any(|k| set.contains(k)) {
+            return None;
+        }
+        set.extend(keys.iter().cloned());
+        Some(Busy {
+            set: self.busy.clone(),
+            keys,
+        })
+    }
+
+    pub(crate) fn is_busy(&self, key: &str) -> bool {
+        lock(&self.busy).contains(key)
     }
 
     /// Runs until `cancel`, then waits (bounded) for steps in flight.
@@ -119,10 +153,15 @@ impl Executor {
     async fn tick(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<(), ApiErr> {
         let state = Arc::new(self.store.read()?);
         for db in state.databases.values() {
-            if lock(&self.busy).contains(&db.id) {
+            if self.is_busy(&db.id) {
                 continue;
             }
             let op = active_operation(&state, &db.id);
+            // A step that just failed is tried again after a pause, not at
+            // once (the executor wakes itself after every step).
+            if op.is_some() && self.backing_off(&format!("op:{}", db.id)) {
+                continue;
+            }
             let observed = self.observe(db).await;
             let leader = related_leader(&state, db, op);
             let decision = match &op {
@@ -135,13 +174,15 @@ impl Executor {
             if decision.action == Action::Wait {
                 continue;
             }
-            lock(&self.busy).insert(db.id.clone());
+            let Some(busy) = self.claim(vec![db.id.clone()]) else {
+                continue;
+            };
             let me = self.clone();
             let (db, op, state) = (db.clone(), op.cloned(), state.clone());
             tasks.spawn(async move {
+                let _busy = busy;
                 me.carry_out(&state, &db, op.as_ref(), decision.action)
                     .await;
-                lock(&me.busy).remove(&db.id);
                 me.wake.notify_one();
             });
         }
@@ -150,156 +191,29 @@ impl Executor {
         Ok(())
     }
 
-    /// Watches every HA primary: measures its standby's lag, keeps the
-    /// synchronous standby setting current, and fails over when the
-    /// planner says so.
-    async fn tick_ha(self: &Arc<Self>, state: &Arc<State>, tasks: &mut JoinSet<()>) {
-        for (primary, standby) in ha::primaries(state) {
-            let key = format!("ha:{}", primary.id);
-            if lock(&self.busy).contains(&key) || lock(&self.busy).contains(&primary.id) {
-                continue;
-            }
-            if ha::rejoin_hopeless(state, &self.hosts, standby) {
-                match ha::replace_standby(
-                    &self.store,
-                    &self.hosts,
-                    self.port_range,
-                    &primary.id,
-                    &standby.id,
-                ) {
-                    Ok(sentence) => tracing::warn!("HA: {sentence}"),
-                    Err(e) => {
-                        tracing::warn!("HA: cannot build a new standby for {}: {e}", primary.color)
-                    }
-                }
-                self.wake.notify_one();
-                continue;
-            }
-            let o = ha::observe(&self.hosts, &self.ha, primary, standby).await;
-            let v = ha::verdict(&o, self.ha_max_lag_bytes);
-            let sentence = match &v {
-                HaVerdict::Healthy => None,
-                HaVerdict::Watch(w) => Some(format!("HA: {} is being watched: {w}", primary.color)),
-                HaVerdict::Refuse(r) => {
-                    Some(format!("HA: {} is not failed over: {r}", primary.color))
-                }
-                HaVerdict::Failover(f) => Some(format!(
-                    "HA: failing {} over to its standby: {f}",
-                    primary.color
-                )),
-            };
-            if let Some(sentence) = &sentence {
-                // Once per kind of verdict: the seconds in it change every tick.
-                let kind = sentence.split(':').take(2).collect::<String>();
-                if lock(&self.last_sentence).get(&key) != Some(&kind) {
-                    tracing::info!("{sentence}");
-                    lock(&self.last_sentence).insert(key.clone(), kind);
-                }
-            } else {
-                lock(&self.last_sentence).remove(&key);
-            }
-            let me = self.clone();
-            let (p, sb, st) = (primary.clone(), standby.clone(), state.clone());
-            match v {
-                HaVerdict::Failover(why) => {
-                    lock(&self.busy).insert(key.clone());
-                    lock(&self.busy).insert(p.id.clone());
-                    lock(&self.busy).insert(sb.id.clone());
-                    tasks.spawn(async move {
-                        match ha::failover(&me.store, &me.hosts, &me.endpoints, &p.id, &why).await {
-                            Ok(done) => tracing::warn!("{done}"),
-                            Err(e) => tracing::error!("HA: failover of {} failed: {e}", p.color),
-                        }
-                        for k in [&key, &p.id, &sb.id] {
-                            lock(&me.busy).remove(k);
-                        }
-                        me.wake.notify_one();
-                    });
-                }
-                HaVerdict::Refuse(why) => {
-                    if p.status_detail.as_deref() != Some(why.as_str()) {
-                        let _ = self.store.update(|s| {
-                            if let Some(d) = s.databases.get_mut(&p.id) {
-                                d.status_detail = Some(why.clone());
-                            }
-                            Ok(())
-                        });
-                    }
-                }
-                HaVerdict::Healthy => {
-                    let want_sync = synchronous_standby(state, primary);
-                    if want_sync != primary.sync_applied {
-                        lock(&self.busy).insert(key.clone());
-                        tasks.spawn(async move {
-                            if let Err(e) = me.apply_sync(&st, &p, want_sync).await {
-                                tracing::warn!(
-                                    "{}: could not set its synchronous standby: {e}",
-                                    p.color
-                                );
-                            }
-                            lock(&me.busy).remove(&key);
-                        });
-                    } else if sb.state == DatabaseState::Available && self.ha.lag_due(&p.id) {
-                        lock(&self.busy).insert(key.clone());
-                        tasks.spawn(async move {
-                            if let Ok(lag) = crate::lag::measure(&me.hosts, &st, &sb).await {
-                                me.ha.record_lag(&p.id, lag.bytes);
-                            }
-                            lock(&me.busy).remove(&key);
-                        });
-                    }
-                }
-                HaVerdict::Watch(_) => {}
-            }
-        }
-    }
-
-    /// Names (or clears) the primary's synchronous standby and reloads it.
-    async fn apply_sync(
-        &self,
-        state: &State,
-        primary: &DatabaseRecord,
-        want: Option<String>,
-    ) -> Result<(), ApiErr> {
-        let spec = cluster_spec(state, primary);
-        self.hosts.agent(&primary.host)?.set_upstream(&spec).await?;
-        tracing::info!(
-            "{}: commits {}",
-            primary.color,
-            if want.is_some() {
-                "now wait for its standby (synchronous)"
-            } else {
-                "no longer wait for a standby"
-            }
-        );
-        let id = primary.id.clone();
-        self.store.update(|s| {
-            if let Some(d) = s.databases.get_mut(&id) {
-                d.sync_applied = want.clone();
-            }
-            Ok(())
-        })
-    }
-
     /// Starts or retargets every endpoint that does not match the catalog.
     fn tick_endpoints(self: &Arc<Self>, state: &State, tasks: &mut JoinSet<()>) {
         for app in state.apps.values() {
             let key = format!("endpoint:{}", app.name);
-            if lock(&self.busy).contains(&key) || self.backing_off(&key) {
+            // A held endpoint is its operation's to release.
+            let held = app.endpoint.as_ref().is_some_and(|e| e.held_by.is_some());
+            if held || self.is_busy(&key) || self.backing_off(&key) {
                 continue;
             }
             if !needs_sync(state, app, self.endpoints.is_running(app)) {
                 continue;
             }
-            lock(&self.busy).insert(key.clone());
+            let Some(busy) = self.claim(vec![key.clone()]) else {
+                continue;
+            };
             let me = self.clone();
             let name = app.name.to_string();
             tasks.spawn(async move {
+                let _busy = busy;
                 if let Err(e) = me.endpoints.sync(&name, false).await {
                     tracing::warn!("{name}: endpoint: {e}");
                     lock(&me.backoff).insert(key.clone(), Instant::now() + RESTART_BACKOFF);
                 }
-                lock(&me.busy).remove(&key);
             });
         }
     }
@@ -359,6 +273,8 @@ impl Executor {
             }
             (Err(e), Some(op)) => {
                 tracing::warn!("{} ({}): step {step} failed: {e}", db.color, db.name);
+                lock(&self.backoff)
+                    .insert(format!("op:{}", db.id), Instant::now() + RESTART_BACKOFF);
                 self.record_failure(db, op, &e.message)
             }
             (Err(e), None) => {
@@ -383,6 +299,17 @@ impl Executor {
         op: Option<&OperationRecord>,
         action: &Action,
     ) -> Result<Outcome, ApiErr> {
+        // What only changes the catalog needs no agent (its host may be gone).
+        if matches!(
+            action,
+            Action::Forget
+                | Action::Cancel
+                | Action::Wait
+                | Action::CommitPassword
+                | Action::GiveUp(_)
+        ) {
+            return Ok(Outcome::Done);
+        }
         let agent = self.hosts.agent(&db.host)?;
         let spec = cluster_spec(state, db);
         let leader = related_leader(state, db, op);
@@ -422,8 +349,8 @@ impl Executor {
                 // The caught-up check is a lag measurement too: an HA
                 // standby may be failed over to before the monitor's own
                 // first measurement.
-                if let Some(primary) = &db.following {
-                    self.ha.record_lag(primary, lag.bytes);
+                if let Some(primary) = db.following.as_ref().filter(|_| db.hidden) {
+                    ha::record_lag(&self.store, primary, lag.bytes)?;
                 }
                 if !is_caught_up(&lag) {
                     return Ok(Outcome::NotYet(format!(
@@ -434,13 +361,39 @@ impl Executor {
             }
             Action::DropSlot => {
                 if let Some(l) = leader {
-                    self.hosts
-                        .agent(&l.host)?
-                        .drop_slot(&l.id, &db.slot_name())
-                        .await?
+                    let left = || {
+                        Outcome::Fallback(
+                            SLOT_LEFT,
+                            format!(
+                                "{}'s host {} does not answer: its slot for this database stays there (WAL it keeps is bounded by the plan)",
+                                l.color, l.host
+                            ),
+                        )
+                    };
+                    let Some(leader_agent) = self.hosts.get(&l.host) else {
+                        return Ok(left());
+                    };
+                    match leader_agent.drop_slot(&l.id, &db.slot_name()).await {
+                        Err(e) if e.is_unreachable() => return Ok(left()),
+                        other => other?,
+                    }
                 }
             }
             Action::CheckFollower => {
+                // A follower that left recovery by itself would be a second
+                // writable cluster of the data: it is stopped at once.
+                if agent.probe(&db.id).await.is_ok_and(|p| !p.in_recovery) {
+                    agent.fence(&db.id).await?;
+                    let why = format!(
+                        "it left recovery while it should follow {}: a second writable copy, so it was stopped; destroy it (`pgfollow addons:destroy {} --app {} --confirm {}`) and create a new follower",
+                        leader.map_or("its leader", |l| l.color.as_str()),
+                        db.color,
+                        db.app,
+                        db.app
+                    );
+                    tracing::error!("{} ({}): {why}", db.color, db.name);
+                    return Ok(Outcome::Broken(why));
+                }
                 let Some(l) = leader.filter(|l| l.is_live()) else {
                     return Ok(Outcome::Done);
                 };
@@ -503,7 +456,21 @@ impl Executor {
                     }
                 }
             }
-            Action::Forget | Action::Cancel | Action::Wait => {}
+            Action::SetPassword => {
+                if let Some(role) = &db.pending_owner {
+                    agent.set_password(&db.id, role).await?;
+                }
+            }
+            Action::SyncEndpoints => {
+                for app in crate::endpoints::sharing_credentials(state, &db.id) {
+                    self.endpoints.sync(&app, true).await?;
+                }
+            }
+            Action::Forget
+            | Action::Cancel
+            | Action::Wait
+            | Action::CommitPassword
+            | Action::GiveUp(_) => {}
         }
         Ok(Outcome::Done)
     }
@@ -576,6 +543,13 @@ impl Executor {
                         d.fork_pending = false;
                     }
                 }
+                Action::CommitPassword => {
+                    pgfollow_planner::commit_password(state, &db.id);
+                    tracing::info!("{} ({}): rotated the owner's password", db.color, db.name);
+                }
+                Action::SyncEndpoints => {
+                    o.state = OperationState::Done;
+                }
                 Action::Promote => {
                     // Writable now: it follows nothing any more.
                     if let Some(d) = state.databases.get_mut(&db.id) {
@@ -590,6 +564,13 @@ impl Executor {
                         d.status_detail = Some(reason.clone());
                     }
                     end_billing(state, &db.name, now);
+                }
+                Action::GiveUp(reason) => {
+                    o.state = OperationState::Failed;
+                    o.last_error = Some(reason.clone());
+                    if let Some(d) = state.databases.get_mut(&db.id) {
+                        d.status_detail = Some(format!("its {} failed: {reason}", o.kind.as_str()));
+                    }
                 }
                 Action::Cancel => {
                     o.state = OperationState::Failed;
@@ -606,6 +587,7 @@ impl Executor {
         if matches!(action, Action::Bootstrap) {
             self.record_version(db);
         }
+        crate::failover::crash_point(&format!("{}:{}", op.kind.as_str(), action.step()));
         Ok(())
     }
 
@@ -712,7 +694,7 @@ enum Outcome {
     Fallback(&'static str, String),
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

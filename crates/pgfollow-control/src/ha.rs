@@ -1,25 +1,25 @@
 //! High availability: every premium and enterprise primary has a hidden
-//! standby. The monitor looks at each such primary every tick; the planner's
-//! `ha_verdict` decides; a failover fences the old primary (its endpoints
-//! hold new transactions, its agent stops it by itself once it cannot reach
-//! the control plane), promotes the standby, moves the database's name,
-//! colour and attachments to it, routes the endpoints to it and lets
-//! transactions through. The old primary rejoins as the new standby, from a
-//! fresh copy, when its host is back.
+//! standby. Each tick the monitor looks at every such primary (its host's
+//! heartbeats, whether postgres runs and answers a query, its standby's
+//! last time-stamped lag), asks the planner's `ha_verdict`, and on a
+//! failover verdict records a failover operation, which the failover
+//! runner (`failover.rs`) carries out step by step, fence first. The old
+//! primary rejoins as the new standby when its host is back; a primary that
+//! has no standby (it became one by a changeover, an unfollow or a
+//! promotion) gets one.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use pgfollow_planner::{ha_verdict, HaObservation, HaVerdict};
+use pgfollow_planner::{HaLimits, HaObservation};
 use pgfollow_types::api::DatabaseState;
-use pgfollow_types::model::{DatabaseRecord, OperationKind, State};
+use pgfollow_types::model::{DatabaseRecord, LagSample, OperationKind, State};
 
-use crate::endpoints::Endpoints;
 use crate::error::ApiErr;
 use crate::hosts::{Hosts, HOST_LEASE};
-use crate::provision::new_operation;
+use crate::provision::{new_operation, next_operation_id};
 use crate::store::Store;
 
 /// Standby lag beyond which a failover is refused (WAL bytes), unless
@@ -28,37 +28,55 @@ pub const HA_MAX_LAG_BYTES: u64 = 16 * 1024 * 1024;
 /// How long an old primary's host may stay down before a new standby is
 /// built elsewhere instead of waiting for it to rejoin.
 pub const REJOIN_PATIENCE: Duration = Duration::from_secs(10);
-/// How often a healthy standby's lag is measured.
-const LAG_EVERY: Duration = Duration::from_millis(500);
+/// How often a healthy standby's lag is measured and recorded.
+pub const LAG_EVERY: Duration = Duration::from_millis(1000);
+/// A lag measurement older than this does not approve a failover.
+pub const LAG_MAX_AGE: Duration = Duration::from_secs(5);
+/// How often a primary is asked a query.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// A running primary that has answered no query this long is failed over.
+pub const HUNG_AFTER: Duration = Duration::from_secs(3);
+/// How long a synchronous primary waits for a lost standby before the
+/// control plane tells it to stop waiting (unless strict).
+pub const SYNC_GRACE: Duration = HOST_LEASE;
 
-/// What the monitor remembers between ticks.
+/// The limits the HA verdict is judged by.
+pub fn limits(max_lag_bytes: u64) -> HaLimits {
+    HaLimits {
+        grace: HOST_LEASE,
+        hung_after: HUNG_AFTER,
+        max_lag_bytes,
+        max_lag_age: LAG_MAX_AGE,
+    }
+}
+
+/// What the monitor remembers between ticks (observations only: what
+/// decides a failover is in the catalog).
 #[derive(Default)]
 pub struct HaMemory {
-    /// Primary id → (when measured, standby lag in bytes).
-    lag: Mutex<HashMap<String, (Instant, u64)>>,
     /// Database id → failed starts in a row.
-    pub start_failures: Mutex<HashMap<String, u32>>,
+    start_failures: Mutex<HashMap<String, u32>>,
+    /// Primary id → since when its probes have gone unanswered.
+    unanswered_since: Mutex<HashMap<String, Instant>>,
+    /// Primary id → when it was last probed / its lag last measured.
+    probed_at: Mutex<HashMap<String, Instant>>,
+    lag_at: Mutex<HashMap<String, Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn due(map: &Mutex<HashMap<String, Instant>>, id: &str, every: Duration) -> bool {
+    let mut m = lock(map);
+    if m.get(id).is_some_and(|at| at.elapsed() < every) {
+        return false;
+    }
+    m.insert(id.to_string(), Instant::now());
+    true
+}
+
 impl HaMemory {
-    pub fn lag_due(&self, primary: &str) -> bool {
-        lock(&self.lag)
-            .get(primary)
-            .is_none_or(|(at, _)| at.elapsed() >= LAG_EVERY)
-    }
-
-    pub fn record_lag(&self, primary: &str, bytes: u64) {
-        lock(&self.lag).insert(primary.to_string(), (Instant::now(), bytes));
-    }
-
-    pub fn lag(&self, primary: &str) -> Option<u64> {
-        lock(&self.lag).get(primary).map(|(_, b)| *b)
-    }
-
     pub fn start_failed(&self, id: &str, failed: bool) {
         let mut m = lock(&self.start_failures);
         if failed {
@@ -67,17 +85,54 @@ impl HaMemory {
             m.remove(id);
         }
     }
+
+    /// Whether `primary` is due a probe (and, if so, it counts as probed).
+    pub fn probe_due(&self, primary: &str) -> bool {
+        due(&self.probed_at, primary, PROBE_EVERY)
+    }
+
+    /// Whether `primary`'s standby is due a lag measurement.
+    pub fn lag_due(&self, primary: &str) -> bool {
+        due(&self.lag_at, primary, LAG_EVERY)
+    }
+
+    /// Records the outcome of a probe of `primary` that was sent at `sent`.
+    pub fn probed(&self, primary: &str, sent: Instant, answered: bool) {
+        let mut m = lock(&self.unanswered_since);
+        if answered {
+            m.remove(primary);
+        } else {
+            m.entry(primary.to_string()).or_insert(sent);
+        }
+    }
+
+    fn unresponsive_for(&self, primary: &str) -> Option<Duration> {
+        lock(&self.unanswered_since)
+            .get(primary)
+            .map(|at| at.elapsed())
+    }
+
+    /// Forgets what was seen of `primary` (it failed over or is gone).
+    pub fn forget(&self, primary: &str) {
+        lock(&self.unanswered_since).remove(primary);
+        lock(&self.start_failures).remove(primary);
+    }
 }
 
-/// The HA primaries: live, not followers, with a standby.
+/// The HA primaries: live, not followers, with a standby, and no failover
+/// under way.
 pub fn primaries(state: &State) -> impl Iterator<Item = (&DatabaseRecord, &DatabaseRecord)> {
     state.databases.values().filter_map(|d| {
         let standby = d
             .ha_standby
             .as_ref()
             .and_then(|id| state.databases.get(id))?;
+        let failing_over = state.operations.values().any(|o| {
+            o.database == d.id && o.kind == OperationKind::Failover && o.state.is_active()
+        });
         (d.is_live()
             && !d.is_follower()
+            && !failing_over
             && matches!(
                 d.state,
                 DatabaseState::Available | DatabaseState::Unavailable
@@ -86,7 +141,8 @@ pub fn primaries(state: &State) -> impl Iterator<Item = (&DatabaseRecord, &Datab
     })
 }
 
-/// Looks at one primary.
+/// Looks at one primary (cheap: the agents' heartbeats, `postmaster.pid`,
+/// and what earlier probes and measurements found).
 pub async fn observe(
     hosts: &Hosts,
     memory: &HaMemory,
@@ -99,6 +155,15 @@ pub async fn observe(
         Some(a) if host_up => a.status(&primary.id).await.is_ok_and(|s| s.running),
         _ => false,
     };
+    let now = Utc::now();
+    let unresponsive_for = memory.unresponsive_for(&primary.id).filter(|_| running);
+    // The primary cannot have written anything since it was last seen
+    // working: what counts is how much older the measurement is than that.
+    let lost_for = if host_up {
+        unresponsive_for.unwrap_or_default()
+    } else {
+        silent_for
+    };
     HaObservation {
         host_up,
         silent_for,
@@ -107,123 +172,105 @@ pub async fn observe(
             .get(&primary.id)
             .copied()
             .unwrap_or(0),
+        unresponsive_for,
         standby_ready: standby.is_live() && standby.state == DatabaseState::Available,
-        standby_lag_bytes: memory.lag(&primary.id),
+        standby_lag: primary.standby_lag.map(|s| {
+            let age = (now - s.measured_at).to_std().unwrap_or(Duration::ZERO);
+            (s.bytes, age.saturating_sub(lost_for))
+        }),
     }
 }
 
-/// The verdict on one observation, with a lag limit of `max_lag_bytes`.
-pub fn verdict(o: &HaObservation, max_lag_bytes: u64) -> HaVerdict {
-    ha_verdict(o, HOST_LEASE, max_lag_bytes)
+/// Records `primary`'s standby lag, time-stamped, in the catalog.
+pub fn record_lag(store: &Store, primary: &str, bytes: u64) -> Result<(), ApiErr> {
+    let sample = LagSample {
+        bytes,
+        measured_at: Utc::now(),
+    };
+    store.update(|s| {
+        if let Some(d) = s.databases.get_mut(primary) {
+            d.standby_lag = Some(sample);
+        }
+        Ok(())
+    })
 }
 
-/// Fails `primary_id` over to its standby. Returns a sentence for the log.
-pub async fn failover(
+/// Records a failover operation for `primary` (once: none if one is under
+/// way). The failover runner picks it up.
+pub fn begin_failover(store: &Store, primary: &str, why: &str) -> Result<Option<String>, ApiErr> {
+    store.update(|state| {
+        let Some(p) = state.databases.get(primary).cloned() else {
+            return Ok(None);
+        };
+        let under_way = state.operations.values().any(|o| {
+            o.database == p.id && o.kind == OperationKind::Failover && o.state.is_active()
+        });
+        let Some(standby) = p.ha_standby.clone().filter(|_| !under_way) else {
+            return Ok(None);
+        };
+        let id = next_operation_id(state);
+        let mut op = new_operation(&id, OperationKind::Failover, &p.id, Utc::now());
+        op.subject = Some(standby);
+        op.reason = Some(why.to_string());
+        state.operations.insert(id.clone(), op);
+        Ok(Some(id))
+    })
+}
+
+/// Whether `db` is a primary that should have an HA standby and has none:
+/// a live, available, premium or enterprise database that follows nothing,
+/// with no operation under way.
+pub fn lacks_standby(state: &State, db: &DatabaseRecord) -> bool {
+    db.plan.tier.has_ha()
+        && !db.ha_released
+        && db.is_live()
+        && !db.is_follower()
+        && !db.hidden
+        && db.state == DatabaseState::Available
+        && db
+            .ha_standby
+            .as_ref()
+            .and_then(|id| state.databases.get(id))
+            .is_none_or(|s| !s.is_live())
+        && !state
+            .operations
+            .values()
+            .any(|o| o.database == db.id && o.state.is_active())
+}
+
+/// Gives `primary` a new hidden standby on the best other host up.
+pub fn add_standby(
     store: &Store,
     hosts: &Hosts,
-    endpoints: &Endpoints,
+    port_range: (u16, u16),
     primary_id: &str,
-    why: &str,
 ) -> Result<String, ApiErr> {
-    let started = Instant::now();
-    let state = store.read()?;
-    let primary = state
-        .databases
-        .get(primary_id)
-        .ok_or_else(|| ApiErr::not_found("the primary vanished"))?
-        .clone();
-    let standby = primary
-        .ha_standby
-        .as_ref()
-        .and_then(|id| state.databases.get(id))
-        .ok_or_else(|| ApiErr::not_found("the standby vanished"))?
-        .clone();
-
-    // Fence: nothing reaches the old primary through an endpoint again.
-    let held = endpoints.hold_routes_to(&primary.id).await;
-    // Promote the standby.
-    if let Err(e) = hosts.agent(&standby.host)?.promote(&standby.id).await {
-        for app in &held {
-            let _ = endpoints.reroute_held(app).await;
-        }
-        return Err(ApiErr::unavailable(format!(
-            "promoting the standby of {} failed: {e}",
-            primary.color
-        )));
-    }
-    // The database (its name, colour and attachments) now lives on the
-    // standby's cluster; the old cluster becomes its standby-to-be.
-    let now = Utc::now();
     store.update(|state| {
-        let (Some(p), Some(s)) = (
-            state.databases.get(&primary.id).cloned(),
-            state.databases.get(&standby.id).cloned(),
-        ) else {
-            return Err(ApiErr::not_found("a database vanished during the failover"));
+        let Some(primary) = state.databases.get(primary_id).cloned() else {
+            return Err(ApiErr::not_found("the primary vanished"));
         };
-        if let Some(new) = state.databases.get_mut(&s.id) {
-            new.name = p.name.clone();
-            new.color = p.color.clone();
-            new.following = None;
-            new.hidden = false;
-            new.ha_standby = Some(p.id.clone());
-            new.state = DatabaseState::Available;
-            new.status_detail = None;
-            new.sync = p.sync;
-            new.sync_applied = None;
-            new.created_at = p.created_at;
+        if !lacks_standby(state, &primary) {
+            return Ok(format!("{} already has its standby", primary.color));
         }
-        if let Some(old) = state.databases.get_mut(&p.id) {
-            old.name = s.name.clone();
-            old.color = s.color.clone();
-            old.following = Some(s.id.clone());
-            old.hidden = true;
-            old.ha_standby = None;
-            old.state = DatabaseState::Preparing;
-            old.status_detail = Some(format!(
-                "replaced by a failover ({why}); rejoins as the standby when its host is back"
-            ));
-            old.sync = false;
-            old.sync_applied = None;
-        }
-        for app in state.apps.values_mut() {
-            for id in app.attachments.values_mut() {
-                if *id == p.id {
-                    *id = s.id.clone();
-                }
-            }
-        }
-        for op in state.operations.values_mut() {
-            if op.database == p.id && op.state.is_active() {
-                op.state = pgfollow_types::model::OperationState::Failed;
-                op.last_error = Some("superseded by a failover".into());
-            }
-        }
-        state.next_serial += 1;
-        let op_id = format!(
-            "op-{:06}-{}",
-            state.next_serial,
-            hex::encode(rand::random::<[u8; 2]>())
-        );
-        let mut op = new_operation(&op_id, OperationKind::Rejoin, &p.id, now);
-        op.subject = Some(s.id.clone());
-        state.operations.insert(op_id, op);
-        Ok(())
-    })?;
-    // Route the endpoints to the new primary and let transactions through.
-    for app in &held {
-        if let Err(e) = endpoints.reroute_held(app).await {
-            tracing::error!("{app}: could not route the endpoint to the new primary: {e}");
-        }
-    }
-    Ok(format!(
-        "{} ({} of {}): failed over in {:.0} ms because {why}; now on host {}, the old primary rejoins as its standby",
-        primary.color,
-        primary.name,
-        primary.app,
-        started.elapsed().as_secs_f64() * 1000.0,
-        standby.host
-    ))
+        let host = crate::provision::choose_host(state, Some(&primary), &|h| hosts.is_up(h))?;
+        crate::provision::add_database(
+            state,
+            &crate::provision::NewDatabase {
+                app: primary.app.as_str(),
+                plan: &primary.plan,
+                host: &host,
+                port_range,
+                now: Utc::now(),
+                leader: Some(&primary),
+                sync: false,
+                hidden: true,
+            },
+        )?;
+        Ok(format!(
+            "HA: {} ({} of {}) is a {} primary without a standby; building one on host {}",
+            primary.color, primary.name, primary.app, primary.plan.name, host.name
+        ))
+    })
 }
 
 /// Whether `standby` is an old primary waiting to rejoin whose host has

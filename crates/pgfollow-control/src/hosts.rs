@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use pgfollow_agent::{Agent, AgentError};
 use pgfollow_client::agent::{AgentCallError, AgentClient};
 use pgfollow_types::agent::{
-    AgentCall, AgentRegistration, ClusterSpec, ClusterStats, ClusterStatus, CommitCount,
+    AgentCall, AgentRegistration, ClusterSpec, ClusterStats, ClusterStatus, CommitCount, Probe,
     ReplayStatus, RoleSecret, SlotStatus,
 };
 use pgfollow_types::api::Backend;
@@ -26,6 +26,11 @@ pub const HOST_LEASE: Duration = Duration::from_millis(2000);
 const GLANCE: Duration = Duration::from_secs(1);
 /// How long a quick call to a remote agent may take.
 const QUICK: Duration = Duration::from_secs(5);
+/// How long a probe of a remote cluster may take in all (the agent's own
+/// deadline for the query is 1 s).
+const PROBE: Duration = Duration::from_millis(1500);
+/// How long fencing a remote cluster may take.
+const FENCE: Duration = Duration::from_millis(1500);
 /// How long a slow step (initdb, start, promote) may take.
 const SLOW: Duration = Duration::from_secs(180);
 /// How long a base backup may take.
@@ -36,6 +41,9 @@ pub struct Hosts {
     local: Option<Arc<Agent>>,
     remote: Arc<RwLock<BTreeMap<String, Remote>>>,
     token: String,
+    /// When this control plane started: a host not heard from since has
+    /// been silent (to this control plane) at least this long.
+    started: Instant,
 }
 
 #[derive(Clone)]
@@ -51,6 +59,7 @@ impl Hosts {
             local,
             remote: Arc::default(),
             token,
+            started: Instant::now(),
         }
     }
 
@@ -98,6 +107,17 @@ impl Hosts {
             .map(|r| AgentHandle::Remote(r.client.clone()))
     }
 
+    /// The agent of `host` even when its lease has run out: to fence a
+    /// primary, any answer is worth trying for.
+    pub fn reach(&self, host: &str) -> Option<AgentHandle> {
+        if let Some(a) = self.local.as_ref().filter(|a| a.name() == host) {
+            return Some(AgentHandle::Local(a.clone()));
+        }
+        self.remotes()
+            .get(host)
+            .map(|r| AgentHandle::Remote(r.client.clone()))
+    }
+
     /// The agent of `host`, or an error that says it does not answer.
     pub fn agent(&self, host: &str) -> Result<AgentHandle, ApiErr> {
         self.get(host).ok_or_else(|| {
@@ -108,12 +128,17 @@ impl Hosts {
     }
 
     /// How long `host`'s agent has been silent (zero for the embedded one);
-    /// none for a host never heard from since this control plane started.
+    /// a host not heard from since this control plane started has been
+    /// silent since then. Always some: the option is for callers' sake.
     pub fn silence(&self, host: &str) -> Option<Duration> {
         if self.local.as_ref().is_some_and(|a| a.name() == host) {
             return Some(Duration::ZERO);
         }
-        self.remotes().get(host).map(|r| r.last_seen.elapsed())
+        Some(
+            self.remotes()
+                .get(host)
+                .map_or_else(|| self.started.elapsed(), |r| r.last_seen.elapsed()),
+        )
     }
 
     pub fn is_up(&self, host: &str) -> bool {
@@ -121,7 +146,9 @@ impl Hosts {
     }
 }
 
-/// One agent, embedded or remote.
+/// One agent, embedded or remote. Every call is an [`AgentCall`]: the
+/// embedded agent answers it through the same dispatch as the agent's HTTP
+/// API, a remote one over HTTP, so the two cannot drift apart.
 #[derive(Clone)]
 pub enum AgentHandle {
     Local(Arc<Agent>),
@@ -135,71 +162,67 @@ fn remote_error(e: AgentCallError) -> AgentError {
     }
 }
 
+/// How long a remote agent may take to answer `call`.
+fn timeout_of(call: &AgentCall) -> Duration {
+    match call {
+        AgentCall::Status { .. } => GLANCE,
+        AgentCall::Probe { .. } => PROBE,
+        AgentCall::Fence { .. } => FENCE,
+        AgentCall::BaseBackup { .. } => COPY,
+        AgentCall::Initialize { .. }
+        | AgentCall::Start { .. }
+        | AgentCall::Bootstrap { .. }
+        | AgentCall::Destroy { .. }
+        | AgentCall::Promote { .. }
+        | AgentCall::Checkpoint { .. }
+        | AgentCall::Rewind { .. }
+        | AgentCall::SetUpstream { .. } => SLOW,
+        _ => QUICK,
+    }
+}
+
 impl AgentHandle {
-    async fn call<T: DeserializeOwned>(
-        client: &AgentClient,
-        call: AgentCall,
-        timeout: Duration,
-    ) -> Result<T, AgentError> {
-        client.call(&call, timeout).await.map_err(remote_error)
+    /// Makes `call` and reads its answer as `T`.
+    pub async fn call<T: DeserializeOwned>(&self, call: AgentCall) -> Result<T, AgentError> {
+        match self {
+            Self::Local(a) => {
+                let value = pgfollow_agent::http::dispatch(a, call).await?;
+                serde_json::from_value(value).map_err(|e| {
+                    AgentError::HostDown(format!("the agent's answer could not be read: {e}"))
+                })
+            }
+            Self::Remote(c) => {
+                let timeout = timeout_of(&call);
+                c.call(&call, timeout).await.map_err(remote_error)
+            }
+        }
     }
 
     pub async fn status(&self, id: &str) -> Result<ClusterStatus, AgentError> {
-        match self {
-            Self::Local(a) => a.status(id),
-            Self::Remote(c) => Self::call(c, AgentCall::Status { id: id.into() }, GLANCE).await,
-        }
+        self.call(AgentCall::Status { id: id.into() }).await
     }
 
     pub async fn initialize(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
-        match self {
-            Self::Local(a) => a.initialize(spec).await,
-            Self::Remote(c) => {
-                Self::call(c, AgentCall::Initialize { spec: spec.clone() }, SLOW).await
-            }
-        }
+        self.call(AgentCall::Initialize { spec: spec.clone() })
+            .await
     }
 
     pub async fn start(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
-        match self {
-            Self::Local(a) => a.start(spec).await,
-            Self::Remote(c) => Self::call(c, AgentCall::Start { spec: spec.clone() }, SLOW).await,
-        }
+        self.call(AgentCall::Start { spec: spec.clone() }).await
     }
 
     pub async fn bootstrap(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
-        match self {
-            Self::Local(a) => a.bootstrap(spec).await,
-            Self::Remote(c) => {
-                Self::call(c, AgentCall::Bootstrap { spec: spec.clone() }, SLOW).await
-            }
-        }
+        self.call(AgentCall::Bootstrap { spec: spec.clone() }).await
     }
 
     pub async fn stats(&self, id: &str, database: &str) -> Result<ClusterStats, AgentError> {
-        match self {
-            Self::Local(a) => a.stats(id, database).await,
-            Self::Remote(c) => {
-                let call = AgentCall::Stats {
-                    id: id.into(),
-                    database: database.into(),
-                };
-                Self::call(c, call, QUICK).await
-            }
-        }
+        let (id, database) = (id.into(), database.into());
+        self.call(AgentCall::Stats { id, database }).await
     }
 
     pub async fn backends(&self, id: &str, database: &str) -> Result<Vec<Backend>, AgentError> {
-        match self {
-            Self::Local(a) => a.backends(id, database).await,
-            Self::Remote(c) => {
-                let call = AgentCall::Backends {
-                    id: id.into(),
-                    database: database.into(),
-                };
-                Self::call(c, call, QUICK).await
-            }
-        }
+        let (id, database) = (id.into(), database.into());
+        self.call(AgentCall::Backends { id, database }).await
     }
 
     pub async fn kill(
@@ -209,77 +232,38 @@ impl AgentHandle {
         pid: i32,
         force: bool,
     ) -> Result<bool, AgentError> {
-        match self {
-            Self::Local(a) => a.kill(id, database, pid, force).await,
-            Self::Remote(c) => {
-                let call = AgentCall::Kill {
-                    id: id.into(),
-                    database: database.into(),
-                    pid,
-                    force,
-                };
-                Self::call(c, call, QUICK).await
-            }
-        }
+        let (id, database) = (id.into(), database.into());
+        self.call(AgentCall::Kill {
+            id,
+            database,
+            pid,
+            force,
+        })
+        .await
     }
 
     pub async fn kill_all(&self, id: &str, database: &str) -> Result<Vec<i32>, AgentError> {
-        match self {
-            Self::Local(a) => a.kill_all(id, database).await,
-            Self::Remote(c) => {
-                let call = AgentCall::KillAll {
-                    id: id.into(),
-                    database: database.into(),
-                };
-                Self::call(c, call, QUICK).await
-            }
-        }
+        let (id, database) = (id.into(), database.into());
+        self.call(AgentCall::KillAll { id, database }).await
     }
 
     pub async fn set_password(&self, id: &str, role: &RoleSecret) -> Result<(), AgentError> {
-        match self {
-            Self::Local(a) => a.set_password(id, role).await,
-            Self::Remote(c) => {
-                let call = AgentCall::SetPassword {
-                    id: id.into(),
-                    role: role.clone(),
-                };
-                Self::call(c, call, QUICK).await
-            }
-        }
+        let (id, role) = (id.into(), role.clone());
+        self.call(AgentCall::SetPassword { id, role }).await
     }
 
     pub async fn destroy(&self, id: &str) -> Result<(), AgentError> {
-        match self {
-            Self::Local(a) => a.destroy(id).await,
-            Self::Remote(c) => Self::call(c, AgentCall::Destroy { id: id.into() }, SLOW).await,
-        }
+        self.call(AgentCall::Destroy { id: id.into() }).await
     }
 
     pub async fn create_slot(&self, id: &str, slot: &str) -> Result<(), AgentError> {
-        match self {
-            Self::Local(a) => a.create_slot(id, slot).await,
-            Self::Remote(c) => {
-                let call = AgentCall::CreateSlot {
-                    id: id.into(),
-                    slot: slot.into(),
-                };
-                Self::call(c, call, QUICK).await
-            }
-        }
+        let (id, slot) = (id.into(), slot.into());
+        self.call(AgentCall::CreateSlot { id, slot }).await
     }
 
     pub async fn drop_slot(&self, id: &str, slot: &str) -> Result<(), AgentError> {
-        match self {
-            Self::Local(a) => a.drop_slot(id, slot).await,
-            Self::Remote(c) => {
-                let call = AgentCall::DropSlot {
-                    id: id.into(),
-                    slot: slot.into(),
-                };
-                Self::call(c, call, QUICK).await
-            }
-        }
+        let (id, slot) = (id.into(), slot.into());
+        self.call(AgentCall::DropSlot { id, slot }).await
     }
 
     pub async fn slot_status(
@@ -287,36 +271,24 @@ impl AgentHandle {
         id: &str,
         slot: &str,
     ) -> Result<Option<SlotStatus>, AgentError> {
-        match self {
-            Self::Local(a) => a.slot_status(id, slot).await,
-            Self::Remote(c) => {
-                let call = AgentCall::SlotStatus {
-                    id: id.into(),
-                    slot: slot.into(),
-                };
-                Self::call(c, call, QUICK).await
-            }
-        }
+        let (id, slot) = (id.into(), slot.into());
+        self.call(AgentCall::SlotStatus { id, slot }).await
     }
 
-    /// Copies the leader; a remote agent's progress is polled twice a second.
+    /// Copies the leader; its progress is polled twice a second.
     pub async fn basebackup(
         &self,
         spec: &ClusterSpec,
         progress: impl Fn(u64, u64) + Send + Sync,
     ) -> Result<(), AgentError> {
-        let c = match self {
-            Self::Local(a) => return a.basebackup(spec, progress).await,
-            Self::Remote(c) => c,
-        };
-        let copy = Self::call::<()>(c, AgentCall::BaseBackup { spec: spec.clone() }, COPY);
+        let copy = self.call::<()>(AgentCall::BaseBackup { spec: spec.clone() });
         tokio::pin!(copy);
         loop {
             tokio::select! {
                 result = &mut copy => return result,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
                     let call = AgentCall::Progress { id: spec.id.clone() };
-                    if let Ok(Some((done, total))) = Self::call::<Option<(u64, u64)>>(c, call, QUICK).await {
+                    if let Ok(Some((done, total))) = self.call::<Option<(u64, u64)>>(call).await {
                         progress(done, total);
                     }
                 }
@@ -325,12 +297,7 @@ impl AgentHandle {
     }
 
     pub async fn replay_status(&self, id: &str) -> Result<ReplayStatus, AgentError> {
-        match self {
-            Self::Local(a) => a.replay_status(id).await,
-            Self::Remote(c) => {
-                Self::call(c, AgentCall::ReplayStatus { id: id.into() }, QUICK).await
-            }
-        }
+        self.call(AgentCall::ReplayStatus { id: id.into() }).await
     }
 
     pub async fn commits_since(
@@ -339,46 +306,39 @@ impl AgentHandle {
         from: Lsn,
         max_bytes: u64,
     ) -> Result<CommitCount, AgentError> {
-        match self {
-            Self::Local(a) => a.commits_since(id, from, max_bytes).await,
-            Self::Remote(c) => {
-                let call = AgentCall::CommitsSince {
-                    id: id.into(),
-                    from,
-                    max_bytes,
-                };
-                Self::call(c, call, QUICK).await
-            }
-        }
+        let id = id.into();
+        self.call(AgentCall::CommitsSince {
+            id,
+            from,
+            max_bytes,
+        })
+        .await
     }
 
     pub async fn promote(&self, id: &str) -> Result<(), AgentError> {
-        match self {
-            Self::Local(a) => a.promote(id).await,
-            Self::Remote(c) => Self::call(c, AgentCall::Promote { id: id.into() }, SLOW).await,
-        }
+        self.call(AgentCall::Promote { id: id.into() }).await
     }
 
     pub async fn rewind(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
-        match self {
-            Self::Local(a) => a.rewind(spec).await,
-            Self::Remote(c) => Self::call(c, AgentCall::Rewind { spec: spec.clone() }, SLOW).await,
-        }
+        self.call(AgentCall::Rewind { spec: spec.clone() }).await
     }
 
     pub async fn checkpoint(&self, id: &str) -> Result<(), AgentError> {
-        match self {
-            Self::Local(a) => a.checkpoint(id).await,
-            Self::Remote(c) => Self::call(c, AgentCall::Checkpoint { id: id.into() }, SLOW).await,
-        }
+        self.call(AgentCall::Checkpoint { id: id.into() }).await
+    }
+
+    /// Kills the cluster so it can take no write.
+    pub async fn fence(&self, id: &str) -> Result<(), AgentError> {
+        self.call(AgentCall::Fence { id: id.into() }).await
+    }
+
+    /// One query within the agent's probe deadline.
+    pub async fn probe(&self, id: &str) -> Result<Probe, AgentError> {
+        self.call(AgentCall::Probe { id: id.into() }).await
     }
 
     pub async fn set_upstream(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
-        match self {
-            Self::Local(a) => a.set_upstream(spec).await,
-            Self::Remote(c) => {
-                Self::call(c, AgentCall::SetUpstream { spec: spec.clone() }, SLOW).await
-            }
-        }
+        self.call(AgentCall::SetUpstream { spec: spec.clone() })
+            .await
     }
 }

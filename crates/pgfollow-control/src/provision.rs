@@ -7,8 +7,7 @@ use chrono::{DateTime, Utc};
 use pgfollow_types::agent::{ClusterSpec, PgSettings, RoleSecret, Upstream};
 use pgfollow_types::api::DatabaseState;
 use pgfollow_types::model::{
-    BillingRecord, DatabaseRecord, Desired, HostRecord, OperationKind, OperationRecord,
-    OperationState, State,
+    BillingRecord, DatabaseRecord, Desired, HostRecord, OperationKind, OperationRecord, State,
 };
 use pgfollow_types::{Color, Plan};
 use rand::Rng;
@@ -285,6 +284,12 @@ pub fn add_database_of_major(
         hidden: false,
         sync: new.plan.synchronous_standby || new.sync,
         sync_applied: None,
+        sync_strict: new.plan.synchronous_strict,
+        sync_suspended: false,
+        standby_lag: None,
+        timeline: None,
+        pending_owner: None,
+        ha_released: false,
     };
     let mut db = db;
     db.hidden = new.hidden;
@@ -356,6 +361,7 @@ fn add_endpoint(state: &mut State, app: &str, range: (u16, u16)) -> Result<(), A
             host,
             port,
             applied: None,
+            held_by: None,
         });
     }
     Ok(())
@@ -367,19 +373,17 @@ pub fn new_operation(
     database: &str,
     now: DateTime<Utc>,
 ) -> OperationRecord {
-    OperationRecord {
-        id: id.to_string(),
-        kind,
-        database: database.to_string(),
-        state: OperationState::Pending,
-        done: Vec::new(),
-        failures: 0,
-        last_error: None,
-        progress_percent: None,
-        created_at: now,
-        updated_at: now,
-        subject: None,
-    }
+    OperationRecord::new(id, kind, database, now)
+}
+
+/// A fresh operation id (`op-000042-3f9a`), never used before.
+pub fn next_operation_id(state: &mut State) -> String {
+    state.next_serial += 1;
+    format!(
+        "op-{:06}-{}",
+        state.next_serial,
+        hex::encode(rand::random::<[u8; 2]>())
+    )
 }
 
 /// Marks a database for removal: detaches it everywhere, stops its bill,
@@ -417,7 +421,7 @@ pub fn remove_database(state: &mut State, id: &str, now: DateTime<Utc>) -> Resul
 /// standby, when `db` is in sync mode and the standby has caught up (until
 /// then commits do not wait, or they would hang).
 pub fn synchronous_standby(state: &State, db: &DatabaseRecord) -> Option<String> {
-    if !db.sync || db.is_follower() {
+    if !db.sync || db.sync_suspended || db.is_follower() {
         return None;
     }
     db.ha_standby

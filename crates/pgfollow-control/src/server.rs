@@ -46,6 +46,8 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
         _ => secret() + &secret(),
     };
 
+    let metrics_token = metrics_token(data_dir)?;
+
     let catalog = SqliteCatalog::open(&data_dir.join("catalog.sqlite"))
         .with_context(|| format!("cannot open the catalog in {}", data_dir.display()))?;
     let store = Store::new(Arc::new(catalog));
@@ -96,6 +98,7 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
         hosts: hosts.clone(),
         plans,
         token,
+        metrics_token,
         port_range: config.pg_ports,
         wake: wake.clone(),
         endpoints: endpoints.clone(),
@@ -138,6 +141,39 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     agent.stop_all().await;
     tracing::info!("stopped");
     served.context("the API server failed")
+}
+
+/// The file holding the read-only token of `GET /metrics`.
+pub const METRICS_TOKEN_FILE: &str = "metrics.token";
+
+/// The metrics token from `metrics.token` (mode 0600), made at first start.
+fn metrics_token(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join(METRICS_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => bail!(
+            "cannot read {}: {e}; fix its permissions or remove it for a new metrics token",
+            path.display()
+        ),
+    }
+    let token = secret() + &secret();
+    let tmp = dir.join(format!("{METRICS_TOKEN_FILE}.tmp"));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        writeln!(f, "{token}").with_context(|| format!("cannot write {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(token)
 }
 
 /// Creates the data directory: mode 0711, so the OS user postgres runs as

@@ -186,6 +186,65 @@ impl AdminSession<'_> {
             .await
     }
 
+    /// `PAUSE db` within `limit`: whether it finished. When it did not, the
+    /// database stays paused (new transactions wait) while the
+    /// transactions that held it up go on; [`AdminSession::active_servers`]
+    /// tells when they are gone.
+    pub async fn pause_within(&self, dbname: &str, limit: Duration) -> Result<bool, BouncerError> {
+        let command = format!("PAUSE {}", admin_ident(dbname));
+        match self.command(&command, limit).await {
+            Ok(_) => Ok(true),
+            Err(BouncerError::Admin { detail, .. }) if detail.contains("already paused") => {
+                Ok(self.endpoint.admin().await?.active_servers(dbname).await? == 0)
+            }
+            Err(BouncerError::AdminTimeout { .. }) => Ok(false),
+            Err(e) => Err(no_such_database(e, dbname)),
+        }
+    }
+
+    /// Server connections of `dbname` still in a transaction (`SHOW POOLS`
+    /// `sv_active`): a pause is complete when there are none.
+    pub async fn active_servers(&self, dbname: &str) -> Result<u32, BouncerError> {
+        let messages = self.command("SHOW POOLS", COMMAND_TIMEOUT).await?;
+        let mut active = 0;
+        for m in messages {
+            let SimpleQueryMessage::Row(row) = m else {
+                continue;
+            };
+            if row.try_get("database").ok().flatten() == Some(dbname) {
+                active += row
+                    .try_get("sv_active")
+                    .ok()
+                    .flatten()
+                    .and_then(|v: &str| v.parse::<u32>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        Ok(active)
+    }
+
+    /// `PAUSE db` that never gives the database back: when the pause does
+    /// not finish within `limit` (a client keeps a transaction open, or a
+    /// server connection hangs on a host that no longer answers), `KILL db`
+    /// ends every connection of `dbname` instead, which leaves it paused
+    /// too. Returns whether connections had to be killed.
+    pub async fn pause_or_kill(&self, dbname: &str, limit: Duration) -> Result<bool, BouncerError> {
+        let command = format!("PAUSE {}", admin_ident(dbname));
+        match self.command(&command, limit).await {
+            Ok(_) => Ok(false),
+            Err(BouncerError::Admin { detail, .. }) if detail.contains("already paused") => {
+                Ok(false)
+            }
+            Err(BouncerError::AdminTimeout { .. }) => {
+                // This connection still waits for its PAUSE: KILL over a
+                // new one.
+                self.endpoint.admin().await?.kill_clients(dbname).await?;
+                Ok(true)
+            }
+            Err(e) => Err(no_such_database(e, dbname)),
+        }
+    }
+
     /// `KILL db`: drops every client and server connection of `dbname` at
     /// once (open transactions roll back). PgBouncer leaves the database
     /// paused afterwards: RESUME lets new work in again.

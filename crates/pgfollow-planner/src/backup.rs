@@ -281,6 +281,7 @@ mod tests {
             created_at: at(12, 0, 1),
             updated_at: at(12, 0, 1),
             subject: Some("sushi/b001".into()),
+            reason: None,
         }
     }
 

@@ -8,6 +8,15 @@ use pgfollow_types::model::{DatabaseRecord, Desired, OperationKind, OperationRec
 /// The step recorded when `pg_rewind` failed and a fresh copy is needed.
 pub const REWIND_FAILED: &str = "rewind-failed";
 
+/// The step recorded when a slot could not be dropped because its leader's
+/// host does not answer: it is left there (bounded by the plan's
+/// `max_slot_wal_keep_size`) rather than holding the operation up.
+pub const SLOT_LEFT: &str = "slot-left";
+
+fn slot_handled(op: &OperationRecord) -> bool {
+    op.has_done(Action::DropSlot.step()) || op.has_done(SLOT_LEFT)
+}
+
 /// A step gives up after failing this many times in a row.
 pub const MAX_STEP_FAILURES: u32 = 3;
 
@@ -54,8 +63,17 @@ pub enum Action {
     Forget,
     /// Give up: remove what was created and show the reason.
     Fail(String),
+    /// Give up on the operation, keep the database and its data, and show
+    /// the reason.
+    GiveUp(String),
     /// The operation no longer applies (its database is being destroyed).
     Cancel,
+    /// Give the owner role its pending password (a rotation).
+    SetPassword,
+    /// The catalog takes the pending password as the owner's.
+    CommitPassword,
+    /// Endpoints that log in as the owner get its new password.
+    SyncEndpoints,
     /// Nothing can be done this tick.
     Wait,
 }
@@ -80,7 +98,11 @@ impl Action {
             Action::DestroyCluster => "destroy",
             Action::Forget => "forget",
             Action::Fail(_) => "fail",
+            Action::GiveUp(_) => "give-up",
             Action::Cancel => "cancel",
+            Action::SetPassword => "set-password",
+            Action::CommitPassword => "commit-password",
+            Action::SyncEndpoints => "sync-endpoints",
             Action::Wait => "wait",
         }
     }
@@ -122,6 +144,14 @@ pub fn decide(
         OperationKind::Destroy => decide_destroy(db, op, observed, leader),
         OperationKind::Unfollow => decide_unfollow(db, op, observed, leader),
         OperationKind::Rejoin => decide_rejoin(db, op, observed, leader),
+        OperationKind::Repoint => decide_repoint(db, op, observed, leader),
+        OperationKind::Failover => decision(
+            db,
+            Action::Wait,
+            "failing over; the failover runner carries it out step by step",
+        ),
+        OperationKind::Rotate => decide_rotate(db, op, observed),
+        OperationKind::Changeover => decision(db, Action::Wait, "a changeover to it is under way"),
         // backups branch: carried out by the control plane's backups loop.
         OperationKind::Backup | OperationKind::Restore => decision(
             db,
@@ -129,6 +159,117 @@ pub fn decide(
             "a backup or restore runs in the backups loop",
         ),
     }
+}
+
+/// Rotate: the new password is in the catalog (pending) before the role
+/// has it; then the role, then the catalog takes it, then the endpoints.
+/// Every step is idempotent and the rotation never gives up: whatever
+/// interrupts it, the role, the catalog and the endpoints end up agreeing.
+fn decide_rotate(db: &DatabaseRecord, op: &OperationRecord, observed: &Observed) -> Decision {
+    if is_being_destroyed(db) {
+        return decision(
+            db,
+            Action::Cancel,
+            "it is being destroyed; the rotation stops",
+        );
+    }
+    if let Observed::HostUnreachable(host) = observed {
+        return decision(
+            db,
+            Action::Wait,
+            format!("host {host} does not answer; the rotation waits"),
+        );
+    }
+    let next = [
+        (
+            Action::SetPassword,
+            "giving the owner role its new password",
+        ),
+        (
+            Action::CommitPassword,
+            "recording the new password as the owner's",
+        ),
+        (
+            Action::SyncEndpoints,
+            "giving the endpoints the new password",
+        ),
+    ]
+    .into_iter()
+    .find(|(a, _)| !op.has_done(a.step()));
+    match next {
+        Some((action, why)) => decision(db, action, why),
+        None => decision(db, Action::Wait, "the rotation is done"),
+    }
+}
+
+/// The catalog's side of a rotation: the pending password becomes the
+/// owner's, on the database and on its followers (they are copies).
+pub fn commit_password(state: &mut pgfollow_types::model::State, id: &str) {
+    let Some(new) = state
+        .databases
+        .get_mut(id)
+        .and_then(|d| d.pending_owner.take())
+    else {
+        return;
+    };
+    for d in state.databases.values_mut() {
+        if d.id == id || d.following.as_deref() == Some(id) {
+            d.owner = new.clone();
+        }
+    }
+}
+
+/// Repoint: a follower whose leader failed over follows the new primary:
+/// a slot on it, the new `primary_conninfo` (reloaded), then caught up.
+fn decide_repoint(
+    db: &DatabaseRecord,
+    op: &OperationRecord,
+    observed: &Observed,
+    leader: Option<&DatabaseRecord>,
+) -> Decision {
+    let cluster = match preamble(db, op, observed, "repoint") {
+        Ok(c) => c,
+        Err(d) => return d,
+    };
+    let Some(l) = leader.filter(|l| l.is_live()) else {
+        return decision(
+            db,
+            Action::Fail("its new leader is gone".into()),
+            "its new leader is gone; giving up",
+        );
+    };
+    if !op.has_done(Action::CreateSlot.step()) {
+        return decision(
+            db,
+            Action::CreateSlot,
+            format!(
+                "its leader failed over: creating its slot on {} (the new primary)",
+                l.color
+            ),
+        );
+    }
+    if !cluster.running {
+        return decision(
+            db,
+            Action::Start,
+            "not running; starting it as a hot standby",
+        );
+    }
+    if !op.has_done(Action::Reconfigure.step()) {
+        return decision(
+            db,
+            Action::Reconfigure,
+            format!("pointing it at {} on host {}", l.color, l.host),
+        );
+    }
+    decision(
+        db,
+        Action::CheckCaughtUp,
+        format!(
+            "streaming from the new primary {}; checking whether it has caught up",
+            l.color
+        ),
+    )
 }
 
 /// Rejoin: an old primary comes back as the standby of the database that
@@ -212,7 +353,7 @@ fn decide_unfollow(
         );
     }
     if let Some(l) = leader.filter(|l| l.is_live()) {
-        if !op.has_done(Action::DropSlot.step()) {
+        if !slot_handled(op) {
             return decision(
                 db,
                 Action::DropSlot,
@@ -341,10 +482,16 @@ fn give_up(db: &DatabaseRecord, op: &OperationRecord) -> Option<Decision> {
     let reason = op
         .last_error
         .clone()
-        .unwrap_or_else(|| "the provision failed".to_string());
+        .unwrap_or_else(|| format!("the {} failed", op.kind.as_str()));
+    // Only what is being built may be removed: a database that already
+    // holds data (an unfollow, a repoint) keeps it, and says why it is stuck.
+    let action = match op.kind {
+        OperationKind::Provision | OperationKind::Rejoin => Action::Fail(reason.clone()),
+        _ => Action::GiveUp(reason.clone()),
+    };
     Some(decision(
         db,
-        Action::Fail(reason.clone()),
+        action,
         format!("giving up after {} failed attempts: {reason}", op.failures),
     ))
 }
@@ -406,7 +553,7 @@ fn decide_destroy(
         );
     }
     if let Some(l) = leader.filter(|l| l.is_live()) {
-        if !op.has_done(Action::DropSlot.step()) {
+        if !slot_handled(op) {
             return decision(
                 db,
                 Action::DropSlot,
@@ -427,71 +574,6 @@ pub fn follower_fell_off(slot: Option<&SlotStatus>) -> Option<String> {
             "it fell further behind than its leader keeps WAL for (the plan's max_slot_wal_keep_size), and the leader removed WAL it still needed".to_string(),
         ),
         Some(_) => None,
-    }
-}
-
-/// What the HA monitor saw of a primary and its standby.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HaObservation {
-    /// The primary's agent heartbeats within its lease.
-    pub host_up: bool,
-    /// Time since the primary's agent was last heard from.
-    pub silent_for: std::time::Duration,
-    pub running: bool,
-    /// Failed attempts to start the primary in a row.
-    pub start_failures: u32,
-    /// The standby is available (built and caught up once).
-    pub standby_ready: bool,
-    /// WAL bytes the standby is behind the primary's last known position.
-    pub standby_lag_bytes: Option<u64>,
-}
-
-/// What the HA monitor does about one primary.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HaVerdict {
-    Healthy,
-    /// Something is off but within what a restart or the grace covers.
-    Watch(String),
-    Failover(String),
-    /// It should fail over but must not (why).
-    Refuse(String),
-}
-
-/// Failed starts after which a primary counts as lost.
-pub const MAX_START_FAILURES: u32 = 6;
-
-/// Fail over when the primary's host is silent past `grace`, or postgres
-/// will not start; only to a ready standby within `max_lag_bytes`.
-pub fn ha_verdict(o: &HaObservation, grace: std::time::Duration, max_lag_bytes: u64) -> HaVerdict {
-    let why = if !o.host_up && o.silent_for >= grace {
-        format!(
-            "its host has been silent for {:.1} s",
-            o.silent_for.as_secs_f64()
-        )
-    } else if o.host_up && !o.running && o.start_failures >= MAX_START_FAILURES {
-        format!("postgres failed to start {} times", o.start_failures)
-    } else if !o.host_up {
-        return HaVerdict::Watch(format!(
-            "its host has been silent for {:.1} s (grace {:.1} s)",
-            o.silent_for.as_secs_f64(),
-            grace.as_secs_f64()
-        ));
-    } else if !o.running {
-        return HaVerdict::Watch("postgres is down; restarting it".into());
-    } else {
-        return HaVerdict::Healthy;
-    };
-    if !o.standby_ready {
-        return HaVerdict::Refuse(format!("{why}, but its standby is not ready"));
-    }
-    match o.standby_lag_bytes {
-        Some(lag) if lag <= max_lag_bytes => HaVerdict::Failover(why),
-        Some(lag) => HaVerdict::Refuse(format!(
-            "{why}, but its standby is {} kB behind (limit {} kB)",
-            lag / 1024,
-            max_lag_bytes / 1024
-        )),
-        None => HaVerdict::Refuse(format!("{why}, but its standby's lag is unknown")),
     }
 }
 
@@ -539,7 +621,7 @@ pub fn reconcile(db: &DatabaseRecord, observed: &Observed) -> Option<Decision> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::Utc;
     use pgfollow_types::agent::RoleSecret;
@@ -547,7 +629,7 @@ mod tests {
     use pgfollow_types::plan::builtin_plans;
     use pgfollow_types::{AppName, Color};
 
-    fn db(state: DatabaseState, desired: Desired) -> DatabaseRecord {
+    pub(crate) fn db(state: DatabaseState, desired: Desired) -> DatabaseRecord {
         let role = RoleSecret {
             name: "u".into(),
             password: "p".into(),
@@ -575,6 +657,12 @@ mod tests {
             hidden: false,
             sync: false,
             sync_applied: None,
+            sync_strict: false,
+            sync_suspended: false,
+            standby_lag: None,
+            timeline: None,
+            pending_owner: None,
+            ha_released: false,
         }
     }
 
@@ -591,6 +679,7 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
             subject: None,
+            reason: None,
         }
     }
 
@@ -854,58 +943,6 @@ mod tests {
             reconcile(&f, &seen(true, true)).map(|d| d.action),
             Some(Action::CheckFollower)
         );
-    }
-
-    #[test]
-    fn failover_only_past_the_grace_and_to_a_close_standby() {
-        use std::time::Duration;
-        let grace = Duration::from_secs(2);
-        let ok = HaObservation {
-            host_up: true,
-            silent_for: Duration::from_millis(200),
-            running: true,
-            start_failures: 0,
-            standby_ready: true,
-            standby_lag_bytes: Some(1000),
-        };
-        let v = |o: HaObservation| ha_verdict(&o, grace, 16 << 20);
-        assert_eq!(v(ok.clone()), HaVerdict::Healthy);
-        // A stall shorter than the grace: watch, keep the role.
-        let stalled = HaObservation {
-            host_up: false,
-            silent_for: Duration::from_millis(1200),
-            ..ok.clone()
-        };
-        assert!(matches!(v(stalled), HaVerdict::Watch(_)));
-        // A crashed postgres is restarted, not failed over.
-        let crashed = HaObservation {
-            running: false,
-            start_failures: 1,
-            ..ok.clone()
-        };
-        assert!(matches!(v(crashed), HaVerdict::Watch(_)));
-        let lost = HaObservation {
-            host_up: false,
-            silent_for: Duration::from_secs(3),
-            ..ok.clone()
-        };
-        assert!(matches!(v(lost.clone()), HaVerdict::Failover(_)));
-        let broken = HaObservation {
-            running: false,
-            start_failures: MAX_START_FAILURES,
-            ..ok.clone()
-        };
-        assert!(matches!(v(broken), HaVerdict::Failover(_)));
-        let far = HaObservation {
-            standby_lag_bytes: Some(17 << 20),
-            ..lost.clone()
-        };
-        assert!(matches!(v(far), HaVerdict::Refuse(r) if r.contains("behind")));
-        let unready = HaObservation {
-            standby_ready: false,
-            ..lost
-        };
-        assert!(matches!(v(unready), HaVerdict::Refuse(_)));
     }
 
     #[test]

@@ -5,15 +5,24 @@
 //! executor carries the step out and records the result.
 
 mod backup;
+mod changeover;
 mod decide;
+mod failover;
+mod ha;
 
 pub use backup::{
     decide_backup, decide_restore, latest_slot, schedule_due, to_prune, BackupAction,
     BackupDecision, MAX_BACKUP_FAILURES,
 };
-
-pub use decide::{
-    decide, follower_fell_off, ha_verdict, is_caught_up, reconcile, Action, Decision,
-    HaObservation, HaVerdict, Observed, CAUGHT_UP_COMMITS, MAX_START_FAILURES, MAX_STEP_FAILURES,
-    REWIND_FAILED,
+pub use changeover::{
+    hand_over_standby, recover_changeover, ChangeoverRecovery, CHANGEOVER_SWITCH,
 };
+pub use decide::{
+    commit_password, decide, follower_fell_off, is_caught_up, reconcile, Action, Decision,
+    Observed, CAUGHT_UP_COMMITS, MAX_STEP_FAILURES, REWIND_FAILED, SLOT_LEFT,
+};
+pub use failover::{
+    decide_failover, is_promoted, orphaned_holds, self_fence_is_certain, switch_roles,
+    sync_suspension, FailoverAction, FailoverDecision, FailoverStep, MAX_FAILOVER_TRIES,
+};
+pub use ha::{ha_verdict, HaLimits, HaObservation, HaVerdict, MAX_START_FAILURES};

@@ -236,9 +236,19 @@ impl Cluster {
             });
         }
         let pgdata = self.pgdata();
+        let passfile = self.root.join(conf::UPSTREAM_PASSFILE);
+        if let Some(up) = &spec.upstream {
+            files::write_private(
+                &passfile,
+                &crate::basebackup::passfile_line(&up.user, &up.password),
+                &self.user,
+            )?;
+        } else if passfile.exists() {
+            fs::remove_file(&passfile).map_err(|e| PgError::io("removing", &passfile, e))?;
+        }
         files::write_private(
             &pgdata.join(conf::CONF_FILE),
-            &conf::render_conf(spec, &socket_dir),
+            &conf::render_conf(spec, &socket_dir, &passfile),
             &self.user,
         )?;
         files::write_private(

@@ -48,7 +48,7 @@ pub fn slot_name_problem(slot: &str) -> Option<&'static str> {
 }
 
 /// Renders `pgfollow.conf` for `spec`, with the Unix socket in `socket_dir`.
-pub fn render_conf(spec: &ClusterSpec, socket_dir: &Path) -> String {
+pub fn render_conf(spec: &ClusterSpec, socket_dir: &Path, passfile: &Path) -> String {
     let s = &spec.settings;
     let socket_dir = socket_dir.display().to_string();
     let settings: Vec<(&str, String)> = vec![
@@ -111,7 +111,7 @@ pub fn render_conf(spec: &ClusterSpec, socket_dir: &Path) -> String {
     if let Some(up) = &spec.upstream {
         out.push_str("# Follower: streams WAL from its leader (with `standby.signal`).\n");
         for (name, value) in [
-            ("primary_conninfo", quote(&conninfo(up))),
+            ("primary_conninfo", quote(&conninfo(up, passfile))),
             ("primary_slot_name", quote(&up.slot)),
             // Off, as on a plain standby: with it on, the follower's open
             // snapshots hold back vacuum and HOT pruning on the leader, which
@@ -126,14 +126,22 @@ pub fn render_conf(spec: &ClusterSpec, socket_dir: &Path) -> String {
     out
 }
 
+/// The file, in the cluster root (outside the data directory, so no base
+/// backup or rewind copies it), that holds the upstream's password for
+/// `primary_conninfo`: PostgreSQL logs that setting whenever it changes,
+/// so the password must not be in it.
+pub const UPSTREAM_PASSFILE: &str = "upstream.pgpass";
+
 /// The libpq connection string a follower streams with (without the
-/// `postgresql.conf` quoting; see [`quote`]). Holds the password.
-pub fn conninfo(up: &Upstream) -> String {
+/// `postgresql.conf` quoting; see [`quote`]). The password is read from
+/// `passfile`, never written here.
+pub fn conninfo(up: &Upstream, passfile: &Path) -> String {
+    let passfile = passfile.display().to_string();
     [
         ("host", up.host.as_str()),
         ("port", &up.port.to_string()),
         ("user", &up.user),
-        ("password", &up.password),
+        ("passfile", &passfile),
         ("application_name", &up.application_name),
         ("sslmode", UPSTREAM_SSLMODE),
         (
@@ -399,7 +407,11 @@ mod tests {
 
     #[test]
     fn conf_carries_spec_and_fixed_settings() {
-        let conf = render_conf(&spec(), Path::new("/srv/c/run"));
+        let conf = render_conf(
+            &spec(),
+            Path::new("/srv/c/run"),
+            Path::new("/srv/c/upstream.pgpass"),
+        );
         for (name, want) in [
             ("port", "54321"),
             ("listen_addresses", "'127.0.0.1'"),
@@ -427,7 +439,11 @@ mod tests {
 
     #[test]
     fn conf_never_contains_passwords() {
-        let conf = render_conf(&spec(), Path::new("/srv/c/run"));
+        let conf = render_conf(
+            &spec(),
+            Path::new("/srv/c/run"),
+            Path::new("/srv/c/upstream.pgpass"),
+        );
         assert!(!conf.contains("s3cr"));
         assert!(!conf.contains("r3pl"));
     }
@@ -460,7 +476,11 @@ mod tests {
 
     #[test]
     fn settings_read_back() {
-        let conf = render_conf(&spec(), Path::new("/srv/c/run"));
+        let conf = render_conf(
+            &spec(),
+            Path::new("/srv/c/run"),
+            Path::new("/srv/c/upstream.pgpass"),
+        );
         assert_eq!(read_setting(&conf, "port").as_deref(), Some("54321"));
         assert_eq!(
             read_setting(&conf, "listen_addresses").as_deref(),
@@ -471,7 +491,11 @@ mod tests {
 
     #[test]
     fn a_leader_has_no_standby_settings() {
-        let conf = render_conf(&spec(), Path::new("/srv/c/run"));
+        let conf = render_conf(
+            &spec(),
+            Path::new("/srv/c/run"),
+            Path::new("/srv/c/upstream.pgpass"),
+        );
         for name in [
             "primary_conninfo",
             "primary_slot_name",
@@ -483,26 +507,32 @@ mod tests {
 
     #[test]
     fn a_follower_streams_from_its_upstream_through_its_slot() {
-        let conf = render_conf(&follower(), Path::new("/srv/c/run"));
+        let conf = render_conf(
+            &follower(),
+            Path::new("/srv/c/run"),
+            Path::new("/srv/c/upstream.pgpass"),
+        );
         assert_eq!(
             setting(&conf, "primary_slot_name"),
             Some("'follower_charcoal_1'")
         );
         assert_eq!(setting(&conf, "hot_standby_feedback"), Some("off"));
         assert_eq!(setting(&conf, "hot_standby"), Some("on"));
-        let raw = setting(&conf, "primary_conninfo").unwrap();
-        let parsed: tokio_postgres::Config = guc_unquote(raw).parse().unwrap();
-        assert_eq!(
-            parsed.get_hosts(),
-            &[tokio_postgres::config::Host::Tcp("10.0.0.7".into())]
+        let raw = guc_unquote(setting(&conf, "primary_conninfo").unwrap());
+        for part in [
+            "host='10.0.0.7'",
+            "port='5433'",
+            "user='r_white'",
+            "passfile='/srv/c/upstream.pgpass'",
+            "application_name='charcoal-1'",
+        ] {
+            assert!(raw.contains(part), "no {part} in {raw}");
+        }
+        assert!(!raw.contains("password="), "{raw}");
+        assert!(
+            !conf.contains("pass word"),
+            "the password is never in the config"
         );
-        assert_eq!(parsed.get_ports(), &[5433]);
-        assert_eq!(parsed.get_user(), Some("r_white"));
-        assert_eq!(
-            parsed.get_password(),
-            Some("it's a \\ pass word".as_bytes())
-        );
-        assert_eq!(parsed.get_application_name(), Some("charcoal-1"));
     }
 
     #[test]
@@ -510,11 +540,8 @@ mod tests {
         assert_eq!(conninfo_value("a b"), "'a b'");
         assert_eq!(conninfo_value("it's\\x"), "'it\\'s\\\\x'");
         let up = follower().upstream.unwrap();
-        let text = conninfo(&up);
-        assert!(
-            text.contains("password='it\\'s a \\\\ pass word'"),
-            "{text}"
-        );
+        let text = conninfo(&up, Path::new("/srv/it's/x"));
+        assert!(text.contains("passfile='/srv/it\\'s/x'"), "{text}");
         assert!(text.contains("sslmode='prefer'"), "{text}");
         // And as a postgresql.conf literal: quotes doubled, backslashes doubled.
         assert_eq!(guc_unquote(&quote(&text)), text);

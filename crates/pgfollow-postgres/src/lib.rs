@@ -18,7 +18,8 @@
 //! - [`pidfile`]: reading `postmaster.pid`.
 //! - [`cluster`]: a cluster's files and lifecycle (initialize, start, stop, destroy).
 //! - [`sql`]: what the agent asks a running cluster (bootstrap, passwords, stats, backends).
-//! - [`replication`]: slots, replay status, commits behind, repointing, promotion.
+//! - [`replication`]: slots, replay status, repointing, promotion.
+//! - [`walcount`]: exact commits behind at any distance, with a per-segment cache, and the age of the oldest.
 //! - [`basebackup`]: a follower's data directory from `pg_basebackup`.
 //! - [`dump`]: logical backups, `pg_dump -Fc` into a file and `pg_restore` from one.
 //! - [`error`]: [`PgError`], the one error type.
@@ -29,6 +30,7 @@ pub mod cluster;
 pub mod conf;
 pub mod dump;
 pub mod error;
+pub mod fence;
 pub mod files;
 pub mod pidfile;
 pub mod process;
@@ -36,8 +38,10 @@ pub mod replication;
 pub mod rewind;
 pub mod sql;
 pub mod user;
+pub mod walcount;
 
 pub use binaries::PgBinaries;
 pub use cluster::{Cluster, StopMode};
 pub use error::PgError;
 pub use user::OsUser;
+pub use walcount::CommitCache;

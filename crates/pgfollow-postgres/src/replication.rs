@@ -2,19 +2,18 @@
 //! makes a follower is in [`crate::basebackup`]).
 //!
 //! Leader side: replication slots ([`Cluster::create_slot`],
-//! [`Cluster::drop_slot`], [`Cluster::slot_status`]) and the exact number of
-//! commit records a follower is behind ([`Cluster::commits_since`], with
-//! `pg_walinspect`). Follower side: how far it has replayed
+//! [`Cluster::drop_slot`], [`Cluster::slot_status`]; the exact number of
+//! commit records a follower is behind is in [`crate::walcount`]). Follower side: how far it has replayed
 //! ([`Cluster::replay_status`]), repointing ([`Cluster::set_upstream`]) and
 //! promotion ([`Cluster::promote`]). The running follower reads the
 //! replication password from `primary_conninfo` in `pgfollow.conf` (mode 0600).
 
 use std::time::{Duration, Instant};
 
-use pgfollow_types::agent::{ClusterSpec, CommitCount, ReplayStatus, SlotStatus};
+use pgfollow_types::agent::{ClusterSpec, ReplayStatus, SlotStatus};
 use pgfollow_types::Lsn;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 use crate::cluster::Cluster;
 use crate::conf;
@@ -32,15 +31,6 @@ pub const PROMOTE_LIMIT: Duration = Duration::from_secs(60);
 /// How often promotion polls `pg_is_in_recovery()`: `pg_promote(wait =>
 /// true)` polls every 100 ms, and the promotion itself takes 35–40 ms.
 const PROMOTE_POLL: Duration = Duration::from_millis(10);
-
-/// Commit records in `pg_walinspect`'s words (PostgreSQL 15): resource
-/// manager `Transaction`, record types `COMMIT` and `COMMIT_PREPARED`
-/// (`ABORT`, `PREPARE`, `ABORT_PREPARED`, ... are not). Counted with
-/// `pg_get_wal_stats(.., per_record => true)`, whose rows are named
-/// `Transaction/COMMIT`: it decodes the same records as
-/// `pg_get_wal_records_info` but builds no description strings, about 11x
-/// cheaper (2 MB of WAL holding 20 000 commits: 2.3 ms against 26 ms).
-const COMMIT_RECORDS: &str = "('Transaction/COMMIT', 'Transaction/COMMIT_PREPARED')";
 
 impl Cluster {
     /// Leader side. Idempotent: creates the physical slot `slot`, reserving
@@ -161,46 +151,6 @@ impl Cluster {
         })
     }
 
-    /// Leader side: the exact number of commit records in the WAL from
-    /// `from` (a follower's replay position) to the leader's flush position,
-    /// reading at most `max_bytes` of WAL: when the gap is larger, only its
-    /// start is read and `complete` is false. One connection, one statement.
-    ///
-    /// [`PgError::WalGone`] when the leader no longer has the WAL at `from`;
-    /// [`PgError::InRecovery`] on a standby.
-    pub async fn commits_since(&self, from: Lsn, max_bytes: u64) -> Result<CommitCount, PgError> {
-        let client = self.connect("postgres").await?;
-        let stmt = commits_since_sql(from, max_bytes);
-        let result = match client.simple_query(&stmt).await {
-            Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
-                // A promoted follower whose old leader predates the extension.
-                client
-                    .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
-                    .await
-                    .map_err(PgError::sql("creating extension pg_walinspect"))?;
-                client.simple_query(&stmt).await
-            }
-            other => other,
-        };
-        let messages = result.map_err(|e| commits_error(from, e))?;
-        let row = messages
-            .iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::Row(r) => Some(r),
-                _ => None,
-            })
-            .ok_or_else(|| PgError::Unexpected("counting commits returned no row".into()))?;
-        let field = |i: usize| row.try_get(i).ok().flatten().unwrap_or_default();
-        let current = parse_lsn(field(0))?;
-        let commits = field(1).parse().unwrap_or(0);
-        let end = from.0.saturating_add(max_bytes);
-        Ok(CommitCount {
-            current,
-            commits,
-            complete: end >= current.0,
-        })
-    }
-
     /// Follower → leader. Idempotent: Ok at once when not in recovery.
     /// Signals promotion and polls `pg_is_in_recovery()` every 10 ms (for at
     /// most [`PROMOTE_LIMIT`]). PostgreSQL removes `standby.signal` itself;
@@ -269,50 +219,6 @@ impl Cluster {
     }
 }
 
-/// The one statement of [`Cluster::commits_since`]. The LSNs are formatted
-/// by [`Lsn`]'s `Display` (hex digits and `/`), so they are safe literals.
-/// `pg_get_wal_records_info` refuses an end beyond the flush position, and
-/// a start not before the end, so it is only called when there is a gap.
-fn commits_since_sql(from: Lsn, max_bytes: u64) -> String {
-    let cap = Lsn(from.0.saturating_add(max_bytes));
-    format!(
-        "SELECT cur::text, CASE WHEN '{from}'::pg_lsn >= least(cur, '{cap}'::pg_lsn) THEN 0 \
-         ELSE (SELECT coalesce(sum(count), 0) \
-         FROM pg_get_wal_stats('{from}'::pg_lsn, least(cur, '{cap}'::pg_lsn), true) \
-         WHERE \"resource_manager/record_type\" IN {COMMIT_RECORDS}) END \
-         FROM (SELECT pg_current_wal_flush_lsn() AS cur) c"
-    )
-}
-
-/// Maps an error of the commit count: WAL that is gone, a standby, or SQL.
-fn commits_error(from: Lsn, e: tokio_postgres::Error) -> PgError {
-    let (code, message) = match e.as_db_error() {
-        Some(db) => (Some(db.code().clone()), db.message().to_string()),
-        None => (None, String::new()),
-    };
-    if is_wal_gone(code.as_ref(), &message) {
-        return PgError::WalGone {
-            from,
-            detail: message,
-        };
-    }
-    if code == Some(SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) && message.contains("recovery") {
-        return PgError::InRecovery {
-            what: "counting commits since a position",
-        };
-    }
-    PgError::sql("counting commit records with pg_walinspect")(e)
-}
-
-/// Whether PostgreSQL 15's `pg_walinspect` says the WAL at the start is not
-/// there: `requested WAL segment ... has already been removed` (58P01), or
-/// `could not read WAL at LSN ...` for a start before the oldest record.
-pub fn is_wal_gone(code: Option<&SqlState>, message: &str) -> bool {
-    code == Some(&SqlState::UNDEFINED_FILE)
-        || message.contains("has already been removed")
-        || message.starts_with("could not read WAL at")
-}
-
 /// The slot's row of `pg_replication_slots`.
 async fn slot_row(client: &Client, slot: &str) -> Result<Option<SlotStatus>, PgError> {
     let Some(row) = client
@@ -348,40 +254,4 @@ fn check_slot_name(slot: &str) -> Result<(), PgError> {
 fn parse_lsn(text: &str) -> Result<Lsn, PgError> {
     text.parse::<Lsn>()
         .map_err(|e| PgError::Unexpected(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_commit_count_reads_only_the_gap() {
-        let from: Lsn = "0/3000148".parse().unwrap_or_default();
-        let sql = commits_since_sql(from, 0x100);
-        assert!(sql.contains("'0/3000148'::pg_lsn"), "{sql}");
-        assert!(sql.contains("'0/3000248'::pg_lsn"), "{sql}");
-        assert!(
-            sql.contains("IN ('Transaction/COMMIT', 'Transaction/COMMIT_PREPARED')"),
-            "{sql}"
-        );
-        // No overflow past the end of the LSN space.
-        let sql = commits_since_sql(Lsn(u64::MAX - 1), u64::MAX);
-        assert!(sql.contains("'FFFFFFFF/FFFFFFFF'::pg_lsn"), "{sql}");
-    }
-
-    #[test]
-    fn wal_gone_is_recognised() {
-        assert!(is_wal_gone(
-            Some(&SqlState::UNDEFINED_FILE),
-            "requested WAL segment pg_wal/000000010000000000000001 has already been removed"
-        ));
-        assert!(is_wal_gone(
-            Some(&SqlState::INTERNAL_ERROR),
-            "could not read WAL at LSN 0/10"
-        ));
-        assert!(!is_wal_gone(
-            Some(&SqlState::INTERNAL_ERROR),
-            "cannot accept future end LSN"
-        ));
-    }
 }

@@ -108,7 +108,11 @@ async fn an_18_cluster_runs_as_the_os_user_with_pg_walinspect() {
     // The commit count behind followers needs pg_walinspect (contrib).
     let n = r
         .cluster
-        .commits_since(pgfollow_types::Lsn(0x0100_0000), 1 << 20)
+        .commits_since(
+            pgfollow_types::Lsn(0x0100_0000),
+            1 << 20,
+            &pgfollow_postgres::CommitCache::default(),
+        )
         .await
         .unwrap();
     assert!(n.commits > 0, "{n:?}");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use pgfollow_postgres::replication::STANDBY_SIGNAL;
-use pgfollow_postgres::{Cluster, PgError, StopMode};
+use pgfollow_postgres::{Cluster, CommitCache, PgError, StopMode};
 use pgfollow_types::agent::{ClusterSpec, Upstream};
 use pgfollow_types::Lsn;
 use tempfile::TempDir;
@@ -32,6 +32,8 @@ struct Pair {
     lspec: ClusterSpec,
     follower: Cluster,
     fspec: ClusterSpec,
+    /// What an agent remembers of counted WAL.
+    commits: CommitCache,
     // Dropped after `Drop::drop` has stopped postgres.
     _dir: TempDir,
 }
@@ -74,6 +76,7 @@ impl Pair {
             lspec,
             follower,
             fspec,
+            commits: CommitCache::default(),
             _dir: dir,
         }
     }
@@ -227,7 +230,7 @@ async fn a_follower_streams_counts_exact_commits_and_is_promoted() {
     assert!(p.follower_sees(100).await, "follower sees 100 rows");
     let caught_up = p
         .leader
-        .commits_since(p.replay_lsn().await, 1 << 30)
+        .commits_since(p.replay_lsn().await, 1 << 30, &p.commits)
         .await
         .unwrap();
     assert_eq!(
@@ -237,14 +240,14 @@ async fn a_follower_streams_counts_exact_commits_and_is_promoted() {
     );
     let at_current = p
         .leader
-        .commits_since(caught_up.current, 1 << 30)
+        .commits_since(caught_up.current, 1 << 30, &p.commits)
         .await
         .unwrap();
     assert_eq!((at_current.commits, at_current.complete), (0, true));
     let t = Instant::now();
     for _ in 0..20 {
         p.leader
-            .commits_since(caught_up.current, 1 << 30)
+            .commits_since(caught_up.current, 1 << 30, &p.commits)
             .await
             .unwrap();
     }
@@ -264,20 +267,35 @@ async fn a_follower_streams_counts_exact_commits_and_is_promoted() {
         "slot inactive while the follower is down"
     );
     commit_rows(&leader_owner, 7).await;
-    let behind = p.leader.commits_since(replayed, 1 << 30).await.unwrap();
+    let behind = p
+        .leader
+        .commits_since(replayed, 1 << 30, &p.commits)
+        .await
+        .unwrap();
     assert_eq!((behind.commits, behind.complete), (7, true), "{behind:?}");
     assert!(behind.current > replayed);
     let t = Instant::now();
-    p.leader.commits_since(replayed, 1 << 30).await.unwrap();
+    p.leader
+        .commits_since(replayed, 1 << 30, &p.commits)
+        .await
+        .unwrap();
     eprintln!(
         "commits_since, 7 commits behind, incl. connect: {:?}",
         t.elapsed()
     );
     let plan = leader_pg_explain(&p.leader, replayed, behind.current).await;
     eprintln!("server time of the count, 7 commits behind: {plan}");
-    let partial = p.leader.commits_since(replayed, 64).await.unwrap();
+    let partial = p
+        .leader
+        .commits_since(replayed, 64, &p.commits)
+        .await
+        .unwrap();
     assert!(!partial.complete && partial.commits < 7, "{partial:?}");
-    let nothing = p.leader.commits_since(replayed, 0).await.unwrap();
+    let nothing = p
+        .leader
+        .commits_since(replayed, 0, &p.commits)
+        .await
+        .unwrap();
     assert_eq!((nothing.commits, nothing.complete), (0, false));
 
     // Back up: active again, catches up.
@@ -369,10 +387,18 @@ async fn a_follower_streams_counts_exact_commits_and_is_promoted() {
         .parse()
         .unwrap();
     commit_rows(&fork_owner, 2).await;
-    let count = p.follower.commits_since(before, 1 << 30).await.unwrap();
+    let count = p
+        .follower
+        .commits_since(before, 1 << 30, &p.commits)
+        .await
+        .unwrap();
     // Two rows, and the CREATE EXTENSION commit itself.
     assert_eq!(count.commits, 3, "{count:?}");
-    let count = p.follower.commits_since(before, 1 << 30).await.unwrap();
+    let count = p
+        .follower
+        .commits_since(before, 1 << 30, &p.commits)
+        .await
+        .unwrap();
     assert_eq!(count.commits, 3, "{count:?}");
     // An upstream for a data directory that is no standby is refused.
     let mut again = p.fspec.clone();
@@ -441,7 +467,7 @@ async fn a_failed_base_backup_leaves_nothing_and_hides_the_password() {
     // WAL that is long gone.
     match p
         .leader
-        .commits_since("0/10".parse().unwrap(), 1 << 20)
+        .commits_since("0/10".parse().unwrap(), 1 << 20, &p.commits)
         .await
     {
         Err(e @ PgError::WalGone { .. }) => assert!(e.to_string().contains("base backup"), "{e}"),

@@ -73,6 +73,8 @@ pub struct Server {
     /// The API's address, from the line `serve` printed.
     pub url: String,
     extra_args: Vec<String>,
+    /// Extra environment of `serve` (fault injection), from the next start.
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -81,8 +83,21 @@ impl Server {
         Self::start_with(bin, &[])
     }
 
+    /// As [`Server::start_with`], with more environment for `serve`.
+    pub fn start_with_env(
+        bin: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(bin, extra_args, env)
+    }
+
     /// As [`Server::start`], with more `serve` arguments.
     pub fn start_with(bin: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_inner(bin, extra_args, &[])
+    }
+
+    fn start_inner(bin: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let root = tempfile::Builder::new()
             .prefix("pgfollow-test-")
             .tempdir_in("/tmp")?;
@@ -95,6 +110,10 @@ impl Server {
             child: None,
             url: String::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         server.spawn()?;
         Ok(server)
@@ -136,6 +155,7 @@ impl Server {
         }
         let mut child = cmd
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
             .env_remove("PGFOLLOW_API")
             .env_remove("PGFOLLOW_TOKEN")
@@ -167,7 +187,17 @@ impl Server {
             .unwrap_or_default()
     }
 
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+    /// Sets (or with `None`, removes) an environment variable of `serve`
+    /// for its next start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_string(), v.to_string()));
+        }
+    }
+
+    /// Waits at most `limit` for `serve` to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {

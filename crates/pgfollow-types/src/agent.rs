@@ -130,9 +130,29 @@ pub struct CommitCount {
     pub current: Lsn,
     /// Commit records counted.
     pub commits: u64,
-    /// False when the gap was larger than the bound and only its start was
-    /// read: then there are *more than* `commits`.
+    /// False when the count stopped before `current` (the bound asked for,
+    /// or the agent's time budget for WAL it had not counted before): then
+    /// there may be more than `commits`.
     pub complete: bool,
+    /// Where the count stopped: `min(from + max_bytes, current)`, or before
+    /// when the agent's time budget ran out. None from an agent that
+    /// predates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_to: Option<Lsn>,
+    /// Milliseconds since the first commit record counted was written (its
+    /// commit timestamp, read on the leader's clock): how old the oldest
+    /// commit the follower lacks is. None when nothing was counted, or from
+    /// an agent that predates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_commit_age_ms: Option<u64>,
+}
+
+/// What one query to a cluster found: whether it is a standby, and the
+/// WAL timeline it writes on when it is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub in_recovery: bool,
+    pub timeline: Option<u32>,
 }
 
 /// A physical replication slot on a leader.
@@ -250,6 +270,16 @@ pub enum AgentCall {
     SetUpstream {
         spec: ClusterSpec,
     },
+    /// Stops the cluster at once, whatever state its processes are in
+    /// (SIGKILL of the postmaster and every backend), so it can take no
+    /// write; answers once nothing of it runs.
+    Fence {
+        id: String,
+    },
+    /// Asks the cluster one query within a short deadline.
+    Probe {
+        id: String,
+    },
 }
 
 impl AgentCall {
@@ -277,6 +307,8 @@ impl AgentCall {
             AgentCall::Checkpoint { .. } => "checkpoint",
             AgentCall::Rewind { .. } => "rewind",
             AgentCall::SetUpstream { .. } => "set_upstream",
+            AgentCall::Fence { .. } => "fence",
+            AgentCall::Probe { .. } => "probe",
         }
     }
 }

@@ -90,6 +90,10 @@ pub struct CreateAddon {
     /// a failover loses no acknowledged commit.
     #[serde(default)]
     pub sync: bool,
+    /// With `sync`: commits keep waiting for a lost standby instead of
+    /// going on without it after the grace (Patroni's strict mode).
+    #[serde(default)]
+    pub sync_strict: bool,
     /// The PostgreSQL major version (`18`); default: the newest every host
     /// has, or a follower's leader's.
     #[serde(default)]
@@ -400,6 +404,15 @@ pub struct ChangeoverRequest {
     /// (default 30 s); past it the changeover resumes on the old primary.
     #[serde(default)]
     pub catch_up_timeout_secs: Option<u64>,
+    /// When a client keeps a transaction open past the pause deadline,
+    /// give up (and resume) instead of ending its server connection.
+    #[serde(default)]
+    pub no_kill: bool,
+    /// The leader is gone (its host does not answer): make the follower
+    /// writable at once and route `DATABASE_URL` to it, keeping what it
+    /// had received (the reference's manual failover, in one command).
+    #[serde(default)]
+    pub leader_lost: bool,
 }
 
 /// One step of a changeover.

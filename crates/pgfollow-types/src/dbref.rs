@@ -1,8 +1,12 @@
 //! The ways a user names a database: `WHITE`, `PGFOLLOW_POSTGRESQL_WHITE_URL`
-//! (with or without `_URL`), `DATABASE_URL`, the add-on name, `OTHERAPP::VAR`,
-//! or the full URL of a pgfollow database.
+//! or Heroku's `HEROKU_POSTGRESQL_WHITE_URL` (with or without `_URL`),
+//! `DATABASE_URL`, the add-on name, `OTHERAPP::VAR`, or the full URL of a
+//! pgfollow database.
 
 use crate::names::{Color, COLOR_VAR_PREFIX};
+
+/// Heroku's prefix of a colour config var, taken as pgfollow's.
+pub const HEROKU_COLOR_VAR_PREFIX: &str = "HEROKU_POSTGRESQL_";
 
 /// A parsed database reference, not yet looked up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +55,8 @@ impl DatabaseRef {
 }
 
 impl LocalName {
-    /// `WHITE` and `PGFOLLOW_POSTGRESQL_WHITE_URL` both become the attachment
+    /// `WHITE`, `PGFOLLOW_POSTGRESQL_WHITE_URL` and
+    /// `HEROKU_POSTGRESQL_WHITE_URL` all become the attachment
     /// `PGFOLLOW_POSTGRESQL_WHITE`; `DATABASE_URL` becomes `DATABASE`.
     pub fn parse(s: &str) -> Self {
         if let Ok(color) = Color::parse(s) {
@@ -62,6 +67,12 @@ impl LocalName {
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
         if looks_like_var {
             let base = s.strip_suffix("_URL").unwrap_or(s);
+            if let Some(color) = base
+                .strip_prefix(HEROKU_COLOR_VAR_PREFIX)
+                .and_then(|c| Color::parse(c).ok())
+            {
+                return LocalName::Attachment(format!("{COLOR_VAR_PREFIX}{color}"));
+            }
             return LocalName::Attachment(base.to_string());
         }
         LocalName::Addon(s.to_string())
@@ -93,6 +104,27 @@ mod tests {
         assert_eq!(
             DatabaseRef::parse("PGFOLLOW_POSTGRESQL_WHITE").unwrap(),
             white
+        );
+        // Heroku's spelling, with and without _URL, here and in another app.
+        assert_eq!(
+            DatabaseRef::parse("HEROKU_POSTGRESQL_WHITE_URL").unwrap(),
+            white
+        );
+        assert_eq!(
+            DatabaseRef::parse("HEROKU_POSTGRESQL_WHITE").unwrap(),
+            white
+        );
+        assert_eq!(
+            DatabaseRef::parse("sushi::HEROKU_POSTGRESQL_WHITE_URL").unwrap(),
+            DatabaseRef::OtherApp {
+                app: "sushi".into(),
+                name: LocalName::Attachment("PGFOLLOW_POSTGRESQL_WHITE".into())
+            }
+        );
+        // Not a colour after the prefix: an ordinary config var name.
+        assert_eq!(
+            DatabaseRef::parse("HEROKU_POSTGRESQL_URL").unwrap(),
+            att("HEROKU_POSTGRESQL")
         );
         assert_eq!(DatabaseRef::parse("DATABASE_URL").unwrap(), att("DATABASE"));
         assert_eq!(DatabaseRef::parse("DATABASE").unwrap(), att("DATABASE"));

@@ -64,6 +64,11 @@ pub struct EndpointRecord {
     /// The database it was last pointed at (id), none before the first time.
     #[serde(default)]
     pub applied: Option<String>,
+    /// The operation that holds (pauses) it, written before the PAUSE.
+    /// An endpoint held by an operation that is no longer active is
+    /// resumed by reconciliation.
+    #[serde(default)]
+    pub held_by: Option<String>,
 }
 
 /// Whether a database should exist.
@@ -118,6 +123,38 @@ pub struct DatabaseRecord {
     /// The synchronous standby its running configuration names.
     #[serde(default)]
     pub sync_applied: Option<String>,
+    /// Sync mode keeps waiting for a lost standby instead of letting
+    /// commits go on without it (`--sync strict`, or the plan's setting).
+    #[serde(default)]
+    pub sync_strict: bool,
+    /// The control plane told this primary to stop waiting for its lost
+    /// synchronous standby; it waits again once the standby is back.
+    #[serde(default)]
+    pub sync_suspended: bool,
+    /// On an HA primary: the last measurement of its standby's lag.
+    #[serde(default)]
+    pub standby_lag: Option<LagSample>,
+    /// The WAL timeline it was last seen writing on, as a primary.
+    #[serde(default)]
+    pub timeline: Option<u32>,
+    /// The owner's next password while a rotation rolls it out: set in the
+    /// catalog before the role gets it, so no password is ever one that
+    /// only the database knows.
+    #[serde(default)]
+    pub pending_owner: Option<RoleSecret>,
+    /// A primary that gave its HA standby to the database that replaced it
+    /// behind `DATABASE_URL` (a changeover): it gets no new one until it is
+    /// behind `DATABASE_URL` again.
+    #[serde(default)]
+    pub ha_released: bool,
+}
+
+/// One time-stamped measurement of how far a standby is behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LagSample {
+    /// WAL bytes between the standby's replay and the primary's position.
+    pub bytes: u64,
+    pub measured_at: DateTime<Utc>,
 }
 
 impl DatabaseRecord {
@@ -145,6 +182,16 @@ pub enum OperationKind {
     Unfollow,
     /// A failed-over primary comes back as its successor's standby.
     Rejoin,
+    /// An HA standby replaces its lost primary (on the primary's record;
+    /// `subject` is the standby). Run step by step by the failover runner.
+    Failover,
+    /// A follower whose leader was replaced follows the new one.
+    Repoint,
+    /// `pg:changeover`: the app moves to this follower (`subject` is the
+    /// old primary) with writes held at the endpoint.
+    Changeover,
+    /// `pg:credentials:rotate`: the owner role gets a new password.
+    Rotate,
     /// A logical backup (`pg:backups:capture`, or a schedule) of the
     /// database; `subject` is the backup's key.
     Backup,
@@ -159,6 +206,10 @@ impl OperationKind {
             OperationKind::Destroy => "destroy",
             OperationKind::Unfollow => "unfollow",
             OperationKind::Rejoin => "rejoin",
+            OperationKind::Failover => "failover",
+            OperationKind::Repoint => "repoint",
+            OperationKind::Changeover => "changeover",
+            OperationKind::Rotate => "rotate",
             OperationKind::Backup => "backup",
             OperationKind::Restore => "restore",
         }
@@ -212,12 +263,33 @@ pub struct OperationRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// The other database the operation concerns: for an unfollow, the
-    /// leader the database followed.
+    /// leader the database followed; for a failover, the standby.
     #[serde(default)]
     pub subject: Option<String>,
+    /// Why it was started (a failover: what the monitor saw).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 impl OperationRecord {
+    /// A pending operation of `kind` on `database`, with nothing done yet.
+    pub fn new(id: &str, kind: OperationKind, database: &str, now: DateTime<Utc>) -> Self {
+        Self {
+            id: id.to_string(),
+            kind,
+            database: database.to_string(),
+            state: OperationState::Pending,
+            done: Vec::new(),
+            failures: 0,
+            last_error: None,
+            progress_percent: None,
+            created_at: now,
+            updated_at: now,
+            subject: None,
+            reason: None,
+        }
+    }
+
     pub fn has_done(&self, step: &str) -> bool {
         self.done.iter().any(|s| s == step)
     }

@@ -83,6 +83,9 @@ pub struct Plan {
     /// Whether the HA standby of this plan is synchronous.
     #[serde(default)]
     pub synchronous_standby: bool,
+    /// Whether commits keep waiting for a lost synchronous standby.
+    #[serde(default)]
+    pub synchronous_strict: bool,
     /// Whole US dollars a month, charged pro rata.
     pub price_per_month: u32,
     /// Manual backups (`pg:backups:capture`) kept per database; the oldest
@@ -156,6 +159,7 @@ fn plan(
         storage_limit_gb,
         max_slot_wal_keep_mb: default_slot_wal_keep(),
         synchronous_standby: false,
+        synchronous_strict: false,
         price_per_month,
         backups_kept: Some(tier.backups_kept().0),
         scheduled_backups_kept: Some(tier.backups_kept().1),
@@ -239,13 +243,30 @@ impl PlanCatalog {
         Ok(Self { plans })
     }
 
+    /// The plan `name`, also spelled `heroku-postgresql:NAME` or
+    /// `pgfollow-postgresql:NAME` (the add-on service's prefix).
     pub fn get(&self, name: &str) -> Option<&Plan> {
+        let name = plan_name(name);
         self.plans.iter().find(|p| p.name == name)
     }
 
     pub fn all(&self) -> &[Plan] {
         &self.plans
     }
+}
+
+/// Add-on service prefixes a plan may be written with, as on Heroku
+/// (`addons:create heroku-postgresql:standard-0`).
+pub const PLAN_PREFIXES: [&str; 2] = ["heroku-postgresql:", "pgfollow-postgresql:"];
+
+/// A plan's name without its service prefix: `heroku-postgresql:standard-0`
+/// and `pgfollow-postgresql:standard-0` are `standard-0`.
+pub fn plan_name(spelled: &str) -> &str {
+    let spelled = spelled.trim();
+    PLAN_PREFIXES
+        .iter()
+        .find_map(|p| spelled.strip_prefix(p))
+        .unwrap_or(spelled)
 }
 
 fn check_plan(p: &Plan) -> Result<(), PlanError> {
@@ -299,6 +320,24 @@ mod tests {
         }
         assert_eq!(c.get("standard-0").unwrap().price_per_month, 50);
         assert!(c.get("standard-9").is_none());
+    }
+
+    #[test]
+    fn heroku_spellings_of_a_plan() {
+        let c = PlanCatalog::default();
+        for spelled in [
+            "heroku-postgresql:standard-0",
+            "pgfollow-postgresql:standard-0",
+            " standard-0 ",
+        ] {
+            assert_eq!(c.get(spelled).map(|p| p.name.as_str()), Some("standard-0"));
+        }
+        assert_eq!(plan_name("heroku-postgresql:premium-2"), "premium-2");
+        assert!(c.get("heroku-postgresql:").is_none());
+        assert!(c.get("heroku-redis:standard-0").is_none());
+        assert!(c
+            .get("heroku-postgresql:heroku-postgresql:standard-0")
+            .is_none());
     }
 
     #[test]

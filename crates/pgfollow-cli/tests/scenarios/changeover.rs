@@ -193,3 +193,129 @@ fn maintenance_refuses_connections_through_database_url_until_it_is_off() {
         "1\n"
     );
 }
+
+/// A client on `url` that opened a transaction and leaves it open, on a
+/// thread of its own; `finish` tries to commit it and says what happened.
+struct OpenTransaction {
+    commit: std::sync::mpsc::Sender<()>,
+    handle: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl OpenTransaction {
+    fn start(url: &str, table: &str) -> OpenTransaction {
+        let (url, table) = (url.to_string(), table.to_string());
+        let (commit, wait) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                c.simple_query(&format!("BEGIN; INSERT INTO {table} (id) VALUES (-7)"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = ready_tx.send(());
+                let _ =
+                    tokio::task::spawn_blocking(move || wait.recv_timeout(Duration::from_secs(60)))
+                        .await;
+                c.simple_query("COMMIT")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        });
+        ready
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the transaction opened");
+        OpenTransaction { commit, handle }
+    }
+
+    fn finish(self) -> Result<(), String> {
+        let _ = self.commit.send(());
+        self.handle.join().unwrap()
+    }
+}
+
+#[test]
+fn a_transaction_left_open_does_not_hold_up_a_changeover_it_is_ended() {
+    let s = server();
+    app_with_follower(&s);
+    let main = config_get(&s, "sushi", "DATABASE_URL");
+    let idle = OpenTransaction::start(&main, "w");
+    let started = std::time::Instant::now();
+    let out = s.cli(&["pg:changeover", "CHARCOAL", "--app", "sushi"]).ok();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(out.stdout.contains("were ended"), "{}", out.stdout);
+    assert!(
+        idle.finish().is_err(),
+        "the open transaction's client gets an error"
+    );
+    psql_url(&main, "insert into w values (1)").ok();
+    let charcoal = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
+    assert!(ids(&charcoal, "w").contains(&1), "writes go to CHARCOAL");
+    assert!(
+        !ids(&charcoal, "w").contains(&-7),
+        "the open transaction rolled back"
+    );
+}
+
+#[test]
+fn with_no_kill_a_transaction_left_open_stops_the_changeover_and_writes_resume() {
+    let s = server();
+    app_with_follower(&s);
+    let main = config_get(&s, "sushi", "DATABASE_URL");
+    let idle = OpenTransaction::start(&main, "w");
+    let out = s
+        .cli(&["pg:changeover", "CHARCOAL", "--app", "sushi", "--no-kill"])
+        .failed();
+    assert!(out.stderr.contains("--no-kill"), "{}", out.stderr);
+    assert!(out.stderr.contains("resumed on WHITE"), "{}", out.stderr);
+    idle.finish()
+        .expect("the open transaction was left alone and commits");
+    psql_url(&main, "insert into w values (1)").ok();
+    let white = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL");
+    let on_white = ids(&white, "w");
+    assert!(
+        on_white.contains(&1) && on_white.contains(&-7),
+        "{on_white:?}"
+    );
+}
+
+#[test]
+fn serve_killed_in_the_middle_of_a_changeover_finishes_it_after_a_restart() {
+    let mut s =
+        Server::start_with_env(bin(), &[], &[("PGFOLLOW_CRASH_AFTER", "changeover:switch")])
+            .unwrap();
+    app_with_follower(&s);
+    let main = config_get(&s, "sushi", "DATABASE_URL");
+    s.cli(&["pg:changeover", "CHARCOAL", "--app", "sushi"])
+        .failed();
+    assert!(
+        s.wait_exit(Duration::from_secs(10)).is_some(),
+        "serve stopped"
+    );
+    s.set_env("PGFOLLOW_CRASH_AFTER", None);
+    s.restart().unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "writes work through DATABASE_URL",
+        || psql_url(&main, "insert into w values (5)").success(),
+    );
+    let charcoal = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
+    assert!(
+        ids(&charcoal, "w").contains(&5),
+        "the endpoint routes to CHARCOAL"
+    );
+    assert!(
+        s.log()
+            .contains("interrupted changeover to CHARCOAL is finished"),
+        "{}",
+        s.log()
+    );
+}

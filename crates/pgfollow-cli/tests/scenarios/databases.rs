@@ -272,3 +272,72 @@ fn destroying_a_database_removes_its_cluster_files_and_config_vars() {
         .collect();
     assert_eq!(names, [white.as_str()]);
 }
+
+#[test]
+fn rotations_at_the_same_time_are_serialized_and_the_last_password_works() {
+    let s = server();
+    app_with_database(&s, "sushi", "standard-0");
+    let rotate = || {
+        let out = s.cli(&[
+            "pg:credentials:rotate",
+            "--app",
+            "sushi",
+            "--confirm",
+            "sushi",
+        ]);
+        (out.success(), out.stderr.clone())
+    };
+    let (a, b) = std::thread::scope(|t| {
+        let a = t.spawn(rotate);
+        let b = t.spawn(rotate);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(a.0 || b.0, "one rotation goes through: {a:?} {b:?}");
+    for (ok, err) in [&a, &b] {
+        assert!(*ok || err.contains("under way"), "{err}");
+    }
+    for var in ["DATABASE_URL", "PGFOLLOW_POSTGRESQL_WHITE_URL"] {
+        let url = config_get(&s, "sushi", var);
+        assert_eq!(psql_url(&url, "select 1").ok().stdout, "1\n", "{var}");
+    }
+}
+
+/// Kills serve right after rotation step `step`; after a restart the role,
+/// the catalog and the endpoint agree.
+fn rotation_interrupted_after(step: &str) {
+    let point = format!("rotate:{step}");
+    let mut s = Server::start_with_env(bin(), &[], &[("PGFOLLOW_CRASH_AFTER", &point)]).unwrap();
+    app_with_database(&s, "sushi", "standard-0");
+    let old = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL");
+    s.cli(&[
+        "pg:credentials:rotate",
+        "--app",
+        "sushi",
+        "--confirm",
+        "sushi",
+    ])
+    .failed();
+    assert!(
+        s.wait_exit(Duration::from_secs(10)).is_some(),
+        "serve stopped at {point}"
+    );
+    s.set_env("PGFOLLOW_CRASH_AFTER", None);
+    s.restart().unwrap();
+    eventually(Duration::from_secs(30), "DATABASE_URL logs in", || {
+        psql_url(&config_get(&s, "sushi", "DATABASE_URL"), "select 1").success()
+    });
+    let new = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL");
+    assert_ne!(new, old, "the rotation finished");
+    assert_eq!(psql_url(&new, "select 1").ok().stdout, "1\n");
+    psql_url(&old, "select 1").failed();
+}
+
+#[test]
+fn a_rotation_interrupted_after_the_role_changed_converges() {
+    rotation_interrupted_after("set-password");
+}
+
+#[test]
+fn a_rotation_interrupted_after_the_catalog_changed_converges() {
+    rotation_interrupted_after("commit-password");
+}

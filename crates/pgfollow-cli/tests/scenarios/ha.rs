@@ -10,7 +10,7 @@ use pgfollow_testkit::AgentProcess;
 
 use crate::common::*;
 
-fn ha_status(s: &Server) -> String {
+pub(crate) fn ha_status(s: &Server) -> String {
     s.cli(&["pg:info", "WHITE", "--app", "sushi", "--json"])
         .ok()
         .json()["ha_status"]
@@ -19,13 +19,13 @@ fn ha_status(s: &Server) -> String {
         .to_string()
 }
 
-fn wait_ha_available(s: &Server) {
+pub(crate) fn wait_ha_available(s: &Server) {
     eventually(Duration::from_secs(120), "HA Status: Available", || {
         ha_status(s) == "Available"
     });
 }
 
-fn host_of_white(s: &Server) -> String {
+pub(crate) fn host_of_white(s: &Server) -> String {
     s.cli(&["pg:info", "WHITE", "--app", "sushi", "--json"])
         .ok()
         .json()["host"]
@@ -35,7 +35,7 @@ fn host_of_white(s: &Server) -> String {
 }
 
 /// The primary on `h2`, its standby on `local`.
-fn premium_on_h2(s: &Server, extra: &[&str]) -> AgentProcess {
+pub(crate) fn premium_on_h2(s: &Server, extra: &[&str]) -> AgentProcess {
     let h2 = AgentProcess::start(bin(), s, "h2", Some("zone-b")).unwrap();
     s.cli(&["apps:create", "sushi"]).ok();
     let mut args = vec!["addons:create", "premium-0", "--app", "sushi"];
@@ -48,7 +48,7 @@ fn premium_on_h2(s: &Server, extra: &[&str]) -> AgentProcess {
 }
 
 /// Loses host h2: its agent and its postgres die at once.
-fn lose_host(h2: &mut AgentProcess) -> Instant {
+pub(crate) fn lose_host(h2: &mut AgentProcess) -> Instant {
     let pids = h2.running_postmasters();
     let at = Instant::now();
     h2.signal(Signal::SIGKILL);

@@ -170,8 +170,17 @@ fn promote_moves_database_url_and_keeps_the_old_one_reachable() {
     let out = s.cli(&["pg:promote", "WHITE", "--app", "sushi"]).failed();
     assert!(out.stderr.contains("already"), "{}", out.stderr);
 
-    // A follower promoted as it is stays read-only, and the user is told.
-    let out = s.cli(&["pg:promote", "CHARCOAL", "--app", "sushi"]).ok();
+    // DATABASE_URL never goes to a read-only follower by itself.
+    let out = s
+        .cli(&["pg:promote", "CHARCOAL", "--app", "sushi"])
+        .failed();
+    assert!(out.stderr.contains("read-only follower"), "{}", out.stderr);
+    assert!(out.stderr.contains("--unfollow"), "{}", out.stderr);
+    assert_eq!(behind_main(), port_of("WHITE"), "nothing changed");
+    // With --force it does, and the user is told it stays read-only.
+    let out = s
+        .cli(&["pg:promote", "CHARCOAL", "--force", "--app", "sushi"])
+        .ok();
     assert!(out.stdout.contains("read-only follower"), "{}", out.stdout);
     assert!(
         out.stdout.contains("PGFOLLOW_POSTGRESQL_WHITE_URL"),
@@ -233,4 +242,22 @@ fn a_preparing_database_is_promoted_only_with_force() {
     wait_available(&s, "sushi");
     let infos = info(&s, "sushi");
     assert_eq!(infos[0]["color"], "CHARCOAL");
+}
+
+#[test]
+fn a_follower_that_leaves_recovery_behind_pgfollows_back_is_stopped() {
+    let s = server();
+    leader_and_follower(&s);
+    let charcoal = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
+    // Someone promotes the follower by hand: a second writable copy.
+    superuser_sql(&s, "sushi", "CHARCOAL", "select pg_promote()");
+    eventually(
+        Duration::from_secs(30),
+        "CHARCOAL is stopped and failed",
+        || info_of(&s, "CHARCOAL")["state"] == "failed",
+    );
+    let detail = info_of(&s, "CHARCOAL")["status_detail"].to_string();
+    assert!(detail.contains("left recovery"), "{detail}");
+    psql_url(&charcoal, "select 1").failed();
+    assert!(s.log().contains("a second writable copy"), "{}", s.log());
 }

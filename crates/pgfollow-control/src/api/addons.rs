@@ -82,11 +82,16 @@ pub async fn create(
                     port_range: ctx.port_range,
                     now,
                     leader: leader.as_ref(),
-                    sync: req.sync,
+                    sync: req.sync || req.sync_strict,
                     hidden: false,
                 },
                 Some(major),
             )?;
+            if req.sync_strict {
+                if let Some(d) = state.databases.get_mut(&id) {
+                    d.sync_strict = true;
+                }
+            }
             if plan.tier.has_ha() && leader.is_none() {
                 // Its HA standby: a hidden follower, on another host when
                 // there is one.

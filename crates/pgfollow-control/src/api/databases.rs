@@ -4,17 +4,20 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::Json;
+use chrono::Utc;
 use pgfollow_types::api::{
     Backend, Confirm, Credentials, DatabaseInfo, DatabaseState, KillAllResponse, KillRequest,
     KillResponse,
 };
-use pgfollow_types::model::{DatabaseRecord, Desired, State as Catalog};
+use pgfollow_types::model::{
+    DatabaseRecord, Desired, OperationKind, OperationState, State as Catalog,
+};
 
 use super::apps::check_confirm;
 use super::{Ctx, Shared};
 use crate::error::ApiErr;
 use crate::executor::active_operation;
-use crate::provision::secret;
+use crate::provision::{new_operation, next_operation_id, secret};
 use crate::resolve::{find_app, resolve_db};
 use crate::views;
 
@@ -126,7 +129,11 @@ async fn ha_status(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> Option<St
         _ => false,
     };
     Some(
-        if ready {
+        if db.sync_suspended {
+            "Temporarily Unavailable (synchronous standby lost; commits no longer wait)"
+        } else if db.ha_released {
+            "Temporarily Unavailable (its standby moved with DATABASE_URL at a changeover)"
+        } else if ready {
             "Available"
         } else {
             "Temporarily Unavailable"
@@ -253,6 +260,9 @@ pub async fn credentials(
     Ok(Json(views::credentials(&state, db)))
 }
 
+/// How long a rotation request waits for the rotation to finish.
+const ROTATE_WAIT: Duration = Duration::from_secs(30);
+
 /// Gives the owner role a new password; the old one stops working.
 #[utoipa::path(post, path = "/v1/apps/{app}/databases/{db}/credentials/rotate", params(("app" = String, Path), ("db" = String, Path)), request_body = Confirm,
     responses((status = 200, body = Credentials), (status = 400, body = pgfollow_types::api::ApiError), (status = 404, body = pgfollow_types::api::ApiError)))]
@@ -276,46 +286,61 @@ pub async fn rotate(
         )));
     }
     available(&db)?;
-    let mut owner = db.owner.clone();
-    owner.password = secret();
-    let agent = ctx.hosts.agent(&db.host)?;
-    agent.set_password(&db.id, &owner).await?;
-    let creds = ctx.store.update(|state| {
+    // The new password goes into the catalog first, with the operation
+    // that rolls it out (role, catalog, endpoints); one at a time.
+    let op_id = ctx.store.update(|state| {
+        let busy = state
+            .operations
+            .values()
+            .any(|o| o.database == db.id && o.kind == OperationKind::Rotate && o.state.is_active());
         let d = state
             .databases
             .get_mut(&db.id)
             .ok_or_else(|| ApiErr::not_found("the database was destroyed meanwhile"))?;
-        d.owner = owner.clone();
-        let d = d.clone();
-        // Followers are copies: the new password reaches them by replication.
-        for f in state.databases.values_mut() {
-            if f.following.as_deref() == Some(d.id.as_str()) {
-                f.owner = owner.clone();
-            }
+        if busy || d.pending_owner.is_some() {
+            return Err(ApiErr::conflict(format!(
+                "a rotation of {}'s credentials is under way; try again when it is done",
+                db.color
+            )));
         }
-        Ok(views::credentials(state, &d))
+        let mut owner = d.owner.clone();
+        owner.password = secret();
+        d.pending_owner = Some(owner);
+        let id = next_operation_id(state);
+        state.operations.insert(
+            id.clone(),
+            new_operation(&id, OperationKind::Rotate, &db.id, Utc::now()),
+        );
+        Ok(id)
     })?;
-    tracing::info!("{} ({}): rotated the owner's password", db.color, db.name);
-    // Endpoints log in with the owner's password too: the database's own,
-    // and those routing to one of its followers (they share it).
-    let state = ctx.store.read()?;
-    let mut shared: Vec<String> = views::followers_of(&state, &db.id)
-        .iter()
-        .map(|f| f.id.clone())
-        .collect();
-    shared.push(db.id.clone());
-    let apps: Vec<String> = state
-        .apps
-        .values()
-        .filter(|a| {
-            a.attachments
-                .get(views::MAIN_ATTACHMENT)
-                .is_some_and(|id| shared.contains(id))
-        })
-        .map(|a| a.name.to_string())
-        .collect();
-    for app in apps {
-        ctx.endpoints.sync(&app, true).await?;
+    ctx.wake.notify_one();
+    let deadline = std::time::Instant::now() + ROTATE_WAIT;
+    loop {
+        let state = ctx.store.read()?;
+        let op = state.operations.get(&op_id);
+        if op.is_some_and(|o| o.state == OperationState::Done) {
+            let d = state
+                .databases
+                .get(&db.id)
+                .ok_or_else(|| ApiErr::not_found("the database was destroyed meanwhile"))?;
+            return Ok(Json(views::credentials(&state, d)));
+        }
+        if op.is_none_or(|o| !o.state.is_active()) {
+            return Err(ApiErr::conflict(format!(
+                "the rotation of {}'s credentials stopped: {}",
+                db.color,
+                op.and_then(|o| o.last_error.clone())
+                    .unwrap_or_else(|| "the database is being destroyed".into())
+            )));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ApiErr::unavailable(format!(
+                "the rotation of {}'s credentials is recorded and goes on by itself ({}); `pgfollow pg:credentials` shows the new password once it is done",
+                db.color,
+                op.and_then(|o| o.last_error.clone())
+                    .unwrap_or_else(|| "still working".into())
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    Ok(Json(creds))
 }

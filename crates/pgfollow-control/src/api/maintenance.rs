@@ -61,7 +61,25 @@ pub async fn changeover(
         .catch_up_timeout_secs
         .map(std::time::Duration::from_secs)
         .unwrap_or(crate::changeover::CATCH_UP_LIMIT);
-    let report = crate::changeover::run(&ctx, &app, &reference, req.dry_run, limit).await?;
+    let report = if req.leader_lost {
+        crate::changeover::run_leader_lost(ctx.clone(), &app, &reference, req.dry_run).await?
+    } else {
+        crate::changeover::run(
+            ctx.clone(),
+            &app,
+            &reference,
+            req.dry_run,
+            limit,
+            req.no_kill,
+        )
+        .await?
+    };
+    if !report.dry_run && !req.leader_lost {
+        crate::metrics::record_write_pause(
+            "changeover",
+            std::time::Duration::from_secs_f64(report.write_pause_ms.max(0.0) / 1000.0),
+        );
+    }
     ctx.wake.notify_one();
     Ok(Json(report))
 }

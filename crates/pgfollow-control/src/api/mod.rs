@@ -8,7 +8,7 @@ mod backups;
 mod databases;
 mod maintenance;
 mod misc;
-mod promotion;
+pub(crate) mod promotion;
 
 use std::sync::Arc;
 
@@ -31,6 +31,8 @@ pub struct Ctx {
     pub hosts: Hosts,
     pub plans: PlanCatalog,
     pub token: String,
+    /// The read-only token of `GET /metrics`.
+    pub metrics_token: String,
     pub port_range: (u16, u16),
     /// Wakes the executor after a write that gives it work.
     pub wake: Arc<Notify>,
@@ -162,6 +164,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             require_token,
         ))
         .route("/health", get(|| async { "ok" }))
+        // Its own, read-only token: not behind the admin token's check.
+        .route("/metrics", get(crate::metrics::serve))
         .with_state(ctx)
 }
 
@@ -183,7 +187,7 @@ async fn require_token(State(ctx): Shared, req: Request, next: Next) -> Result<R
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

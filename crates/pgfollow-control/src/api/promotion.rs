@@ -18,7 +18,10 @@ use crate::views::MAIN_ATTACHMENT;
 
 /// Starts an unfollow of `db` in `state`; returns the operation id and the
 /// leader's colour.
-fn start_unfollow(state: &mut Catalog, db: &DatabaseRecord) -> Result<(String, String), ApiErr> {
+pub(crate) fn start_unfollow(
+    state: &mut Catalog,
+    db: &DatabaseRecord,
+) -> Result<(String, String), ApiErr> {
     let Some(leader_id) = db.following.clone() else {
         return Err(ApiErr::bad_request(format!(
             "{} is not a follower; it is already writable",
@@ -143,14 +146,31 @@ pub async fn promote(
                         .get(leader)
                         .map(|l| l.color.to_string())
                         .unwrap_or_default();
+                    if !req.force {
+                        return Err(ApiErr::conflict(format!(
+                            "{} is a read-only follower of {leader}: writes through DATABASE_URL would fail. Promote it with --unfollow (it stops following first), or run `pgfollow pg:unfollow {} --app {app}` first; --force routes DATABASE_URL to it as it is",
+                            db.color, db.color
+                        )));
+                    }
                     lines.push(format!(
-                        "Warning: {} is still a read-only follower of {leader}; run `pgfollow pg:unfollow {} --app {app}` (or promote with --unfollow) to make it writable.",
+                        "Warning: {} is still a read-only follower of {leader}: writes through DATABASE_URL fail until `pgfollow pg:unfollow {} --app {app}`.",
                         db.color, db.color
                     ));
                     None
                 }
                 (None, _) => None,
             };
+            let unfollowing = operation.is_some()
+                || state.operations.values().any(|o| {
+                    o.database == db.id && o.kind == OperationKind::Unfollow && o.state.is_active()
+                        && !o.has_done("promote")
+                });
+            if unfollowing {
+                lines.push(format!(
+                    "DATABASE_URL routes to {} as soon as its unfollow has made it writable.",
+                    db.color
+                ));
+            }
             let previous = previous_id
                 .as_ref()
                 .and_then(|id| state.databases.get(id))
@@ -165,6 +185,11 @@ pub async fn promote(
             app_rec
                 .attachments
                 .insert(MAIN_ATTACHMENT.to_string(), db.id.clone());
+            if let Some(d) = state.databases.get_mut(&db.id) {
+                // Behind DATABASE_URL again: it gets a standby if it had
+                // given its own away.
+                d.ha_released = false;
+            }
             Ok(PromoteResponse {
                 name: db.name.clone(),
                 color: db.color.clone(),
@@ -180,8 +205,14 @@ pub async fn promote(
         answer.name
     );
     let mut answer = answer;
-    // Connected apps follow without a restart: the endpoint is retargeted.
-    match ctx.endpoints.sync(&app, false).await {
+    // Connected apps follow without a restart: the endpoint is retargeted
+    // (once the database is writable, unless forced).
+    let synced = if req.force {
+        ctx.endpoints.sync_read_only(&app).await
+    } else {
+        ctx.endpoints.sync(&app, false).await
+    };
+    match synced {
         Ok(Some(held)) => answer.message.push_str(&format!(
             "\nDATABASE_URL now routes to {} (connections held {:.0} ms, none dropped).",
             answer.color,

@@ -1,0 +1,310 @@
+//! A changeover past its checks: freeze, catch up, promote, switch,
+//! retarget, with its operation in the catalog.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use pgfollow_planner::CHANGEOVER_SWITCH;
+use pgfollow_types::api::ChangeoverReport;
+use pgfollow_types::model::{DatabaseRecord, OperationKind, OperationState};
+
+use super::Steps;
+use crate::api::Ctx;
+use crate::endpoints::endpoint_spec;
+use crate::error::ApiErr;
+use crate::provision::{new_operation, next_operation_id};
+use crate::views::MAIN_ATTACHMENT;
+
+/// A changeover past its checks, with its operation recorded.
+pub(super) struct Job {
+    pub(super) ctx: Arc<Ctx>,
+    pub(super) app: String,
+    pub(super) op_id: String,
+    pub(super) target: DatabaseRecord,
+    pub(super) old: DatabaseRecord,
+    pub(super) ep_id: String,
+    pub(super) catch_up_limit: Duration,
+    pub(super) no_kill: bool,
+    pub(super) steps: Steps,
+    pub(super) started: Instant,
+}
+
+impl Job {
+    pub(super) async fn execute(mut self) -> Result<ChangeoverReport, ApiErr> {
+        let (ctx, app) = (self.ctx.clone(), self.app.clone());
+        let (target, old) = (self.target.clone(), self.old.clone());
+        let agent = ctx.endpoints.agent().clone();
+        let endpoint = agent.endpoint(&self.ep_id)?;
+        let admin = match endpoint.admin().await {
+            Ok(a) => a,
+            Err(e) => {
+                return Err(self
+                    .give_up(format!("cannot reach the endpoint: {e}"))
+                    .await)
+            }
+        };
+        let mut t = self.started;
+        let paused = match admin.pause_within(&old.database, PAUSE_DEADLINE).await {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(self
+                    .give_up(format!("could not hold writes at the endpoint: {e}"))
+                    .await)
+            }
+        };
+        let frozen = Instant::now();
+        let mut freeze_detail = "new transactions wait at the endpoint".to_string();
+        if !paused {
+            if self.no_kill {
+                return Err(self
+                    .give_up(format!(
+                        "a client kept a transaction open for more than {} ms (--no-kill: its connection was left alone)",
+                        PAUSE_DEADLINE.as_millis()
+                    ))
+                    .await);
+            }
+            match self.end_open_transactions(&admin).await {
+                Ok(detail) => freeze_detail = detail,
+                Err(e) => return Err(self.give_up(e).await),
+            }
+        }
+        t = self.steps.done("freeze", t, freeze_detail);
+
+        // Before the promotion anything that fails resumes on the old primary.
+        let state = ctx.store.read()?;
+        let mut polls = 0u32;
+        loop {
+            polls += 1;
+            match crate::lag::measure(&ctx.hosts, &state, &target).await {
+                Ok(lag) if lag.commits == 0 && !lag.more_than => break,
+                Ok(_) | Err(_) if frozen.elapsed() < self.catch_up_limit => {
+                    tokio::time::sleep(Duration::from_millis(2)).await
+                }
+                Ok(lag) => {
+                    let why = format!(
+                        "{} was still {} behind after {} s",
+                        target.color,
+                        lag.commits_label(),
+                        self.catch_up_limit.as_secs_f64()
+                    );
+                    return Err(self.give_up(why).await);
+                }
+                Err(e) => {
+                    let why = format!("cannot measure {}'s lag: {e}", target.color);
+                    return Err(self.give_up(why).await);
+                }
+            }
+        }
+        t = self.steps.done(
+            "catch up",
+            t,
+            format!("{} is 0 commits behind ({polls} checks)", target.color),
+        );
+
+        let follower_agent = match ctx.hosts.agent(&target.host) {
+            Ok(a) => a,
+            Err(e) => return Err(self.give_up(e.message).await),
+        };
+        if let Err(e) = follower_agent.promote(&target.id).await {
+            let why = format!("promoting {} failed: {e}", target.color);
+            return Err(self.give_up(why).await);
+        }
+        t = self
+            .steps
+            .done("promote", t, format!("{} is writable", target.color));
+
+        // Past the promotion: the old primary must never take writes again
+        // through the endpoint, so nothing below resumes on it; what fails
+        // here is finished by the executor (the operation stays active).
+        let new_state = ctx
+            .store
+            .update(|state| switch(state, &self.op_id, &app, &target.id, &old.id))?;
+        crate::failover::crash_point("changeover:switch");
+        let stuck = |what: &str, e: &dyn std::fmt::Display| {
+            ApiErr::internal(format!(
+                "{} is promoted, but {what} failed ({e}); writes are held until pgfollow routes the endpoint to {} (it retries by itself)",
+                target.color, target.color
+            ))
+        };
+        let rec = new_state
+            .apps
+            .get(&app)
+            .ok_or_else(|| ApiErr::internal("the app vanished during the changeover"))?;
+        let promoted = new_state
+            .databases
+            .get(&target.id)
+            .ok_or_else(|| ApiErr::internal("the database vanished during the changeover"))?;
+        let spec = endpoint_spec(&new_state, rec, promoted)
+            .ok_or_else(|| ApiErr::internal("the app lost its endpoint during the changeover"))?;
+        endpoint
+            .write_config(&spec)
+            .map_err(|e| stuck("rewriting the endpoint", &e))?;
+        admin
+            .reload()
+            .await
+            .map_err(|e| stuck("reloading the endpoint", &e))?;
+        admin
+            .resume(&spec.dbname)
+            .await
+            .map_err(|e| stuck("resuming the endpoint", &e))?;
+        let pause = frozen.elapsed();
+        finish(&ctx.store, &self.op_id, &app, OperationState::Done, None)?;
+        self.steps.done(
+            "retarget",
+            t,
+            format!(
+                "the endpoint routes to {} and writes flow again",
+                target.color
+            ),
+        );
+        tracing::info!(
+            "{app}: changeover from {} to {} done; writes held {:.1} ms",
+            old.color,
+            target.color,
+            pause.as_secs_f64() * 1000.0
+        );
+        Ok(ChangeoverReport {
+            promoted: target.color.to_string(),
+            previous: old.color.to_string(),
+            dry_run: false,
+            steps: std::mem::take(&mut self.steps.0),
+            write_pause_ms: pause.as_secs_f64() * 1000.0,
+            message: format!(
+                "{app} now runs on {}; {} stays reachable as PGFOLLOW_POSTGRESQL_{}_URL.",
+                target.color, old.color, old.color
+            ),
+        })
+    }
+
+    /// The pause did not finish in time: end the old primary's backends of
+    /// the app's database (their clients get an error, the transactions
+    /// roll back), then wait for the pause to complete; if a server
+    /// connection still hangs, end every connection of the endpoint.
+    async fn end_open_transactions(
+        &self,
+        admin: &pgfollow_pgbouncer::AdminSession<'_>,
+    ) -> Result<String, String> {
+        let old = &self.old;
+        let ended = match self.ctx.hosts.agent(&old.host) {
+            Ok(a) => a
+                .kill_all(&old.id, &old.database)
+                .await
+                .map(|v| v.len())
+                .ok(),
+            Err(_) => None,
+        };
+        let started = Instant::now();
+        while started.elapsed() < PAUSE_DEADLINE {
+            match admin.active_servers(&old.database).await {
+                Ok(0) => {
+                    return Ok(format!(
+                        "new transactions wait at the endpoint; {} backend(s) of {} whose transactions stayed open past {} ms were ended",
+                        ended.unwrap_or(0),
+                        old.color,
+                        PAUSE_DEADLINE.as_millis()
+                    ))
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(e) => return Err(format!("cannot watch the endpoint's pause: {e}")),
+            }
+        }
+        admin
+            .kill_clients(&old.database)
+            .await
+            .map_err(|e| format!("could not end the endpoint's connections: {e}"))?;
+        Ok(format!(
+            "new transactions wait at the endpoint; its connections were ended (a server connection still hung after {} ms)",
+            2 * PAUSE_DEADLINE.as_millis()
+        ))
+    }
+
+    /// Before the promotion: the changeover fails and writes resume on the
+    /// old primary (held endpoints of a failed operation are released by
+    /// reconciliation too, should this not get through).
+    async fn give_up(&self, why: String) -> ApiErr {
+        let _ = finish(
+            &self.ctx.store,
+            &self.op_id,
+            &self.app,
+            OperationState::Failed,
+            Some(&why),
+        );
+        // This job holds the app's endpoint lock.
+        let how = match self.ctx.endpoints.reroute_held_locked(&self.app).await {
+            Ok(()) => format!(
+                "resumed on {}; no acknowledged commit was lost",
+                self.old.color
+            ),
+            Err(e) => format!(
+                "and resuming on {} failed too ({e}); pgfollow retries it by itself",
+                self.old.color
+            ),
+        };
+        ApiErr::conflict(format!("changeover stopped: {why}; {how}"))
+    }
+}
+
+/// How long the freeze waits for transactions in flight before it ends
+/// the ones that stay open.
+pub const PAUSE_DEADLINE: Duration = Duration::from_millis(1000);
+
+/// The catalog's side of the promotion: `DATABASE` moves to `target`, the
+/// rest of its unfollow (drop its slot on the old primary, checkpoint) is
+/// an operation of its own, and the changeover records its switch.
+pub(super) fn switch(
+    state: &mut pgfollow_types::model::State,
+    op_id: &str,
+    app: &str,
+    target: &str,
+    old: &str,
+) -> Result<pgfollow_types::model::State, ApiErr> {
+    let now = Utc::now();
+    let id = next_operation_id(state);
+    let mut op = new_operation(&id, OperationKind::Unfollow, target, now);
+    op.subject = Some(old.to_string());
+    op.done.push("promote".into());
+    state.operations.insert(id, op);
+    if let Some(o) = state.operations.get_mut(op_id) {
+        o.done.push(CHANGEOVER_SWITCH.to_string());
+        o.updated_at = now;
+    }
+    if let Some(d) = state.databases.get_mut(target) {
+        d.following = None;
+        d.fork_pending = true;
+        d.ha_released = false;
+    }
+    if let Some(a) = state.apps.get_mut(app) {
+        a.attachments
+            .insert(MAIN_ATTACHMENT.to_string(), target.to_string());
+    }
+    let repoint = next_operation_id(state);
+    if let Some(sentence) = pgfollow_planner::hand_over_standby(state, old, target, repoint, now) {
+        tracing::info!("{sentence}");
+    }
+    Ok(state.clone())
+}
+
+/// Ends changeover `op_id` and clears its hold on `app`'s endpoint.
+pub(super) fn finish(
+    store: &crate::store::Store,
+    op_id: &str,
+    app: &str,
+    to: OperationState,
+    why: Option<&str>,
+) -> Result<(), ApiErr> {
+    store.update(|state| {
+        if let Some(o) = state.operations.get_mut(op_id) {
+            o.state = to;
+            o.last_error = why.map(str::to_string);
+            o.updated_at = Utc::now();
+        }
+        if let Some(e) = state.apps.get_mut(app).and_then(|a| a.endpoint.as_mut()) {
+            if e.held_by.as_deref() == Some(op_id) && to == OperationState::Done {
+                e.held_by = None;
+                e.applied = state.operations.get(op_id).map(|o| o.database.clone());
+            }
+        }
+        Ok(())
+    })
+}

@@ -26,8 +26,10 @@ pub enum AgentError {
     },
     #[error("{0}")]
     Bouncer(#[from] pgfollow_pgbouncer::BouncerError),
-    #[error("PgBouncer is not installed on this host: install it (apt-get install pgbouncer) and restart pgfollow")]
-    NoBouncer,
+    /// No PgBouncer that pgfollow can use (none, or one older than 1.21);
+    /// the reason says which and what to install.
+    #[error("no usable PgBouncer on this host for app endpoints: {0}; then restart pgfollow")]
+    NoBouncer(String),
     /// An agent on another host answered with an error.
     #[error("{}", .0.error)]
     Remote(AgentFailure),
@@ -115,8 +117,8 @@ pub struct Agent {
     /// Every installed major, newest first (never empty).
     bins: Vec<Arc<PgBinaries>>,
     user: Arc<OsUser>,
-    /// PgBouncer, for app endpoints; none when it is not installed.
-    bouncer: Option<Arc<pgfollow_pgbouncer::BouncerBinary>>,
+    /// PgBouncer, for app endpoints; else why there is none to use.
+    bouncer: Result<Arc<pgfollow_pgbouncer::BouncerBinary>, String>,
 }
 
 pub(crate) fn valid_id(id: &str) -> bool {
@@ -125,6 +127,25 @@ pub(crate) fn valid_id(id: &str) -> bool {
         && id
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// The PgBouncer for app endpoints, logged once either way: databases work
+/// without one, endpoints do not.
+fn discover_bouncer() -> Result<Arc<pgfollow_pgbouncer::BouncerBinary>, String> {
+    match pgfollow_pgbouncer::BouncerBinary::discover(None) {
+        Ok(bin) => {
+            tracing::info!(
+                "app endpoints use PgBouncer {} at {}",
+                bin.version,
+                bin.path.display()
+            );
+            Ok(Arc::new(bin))
+        }
+        Err(e) => {
+            tracing::warn!("app endpoints cannot start: {e}");
+            Err(e.to_string())
+        }
+    }
 }
 
 impl Agent {
@@ -149,9 +170,7 @@ impl Agent {
             clusters_dir: config.clusters_dir,
             bins: bins.into_iter().map(Arc::new).collect(),
             user: Arc::new(user),
-            bouncer: pgfollow_pgbouncer::BouncerBinary::discover(None)
-                .map(Arc::new)
-                .ok(),
+            bouncer: discover_bouncer(),
         })
     }
 
@@ -159,8 +178,8 @@ impl Agent {
         &self.name
     }
 
-    pub(crate) fn bouncer(&self) -> Option<Arc<pgfollow_pgbouncer::BouncerBinary>> {
-        self.bouncer.clone()
+    pub(crate) fn bouncer(&self) -> Result<Arc<pgfollow_pgbouncer::BouncerBinary>, AgentError> {
+        self.bouncer.clone().map_err(AgentError::NoBouncer)
     }
 
     pub(crate) fn os_user(&self) -> Arc<OsUser> {

@@ -14,7 +14,7 @@ impl Agent {
         if !crate::agent::valid_id(id) {
             return Err(AgentError::InvalidId(id.to_string()));
         }
-        let bin = self.bouncer().ok_or(AgentError::NoBouncer)?;
+        let bin = self.bouncer()?;
         Ok(Endpoint::new(
             self.endpoints_dir().join(id),
             bin,

@@ -91,6 +91,7 @@ impl Floor {
             password: owner_password.clone(),
             pool_size: POOL_SIZE,
             max_client_conn: 1000,
+            pool_mode: pgfollow_pgbouncer::PoolMode::Transaction,
         };
         let mut floor = Self {
             bin,

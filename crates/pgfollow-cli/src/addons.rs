@@ -43,6 +43,11 @@ pub struct CreateArgs {
     #[arg(long, value_name = "strict", num_args = 0..=1, default_missing_value = "on",
           value_parser = ["on", "strict"])]
     pub sync: Option<String>,
+    /// How the app's endpoint (DATABASE_URL) pools server connections:
+    /// `transaction` (the default) or `session` (for SET, LISTEN/NOTIFY,
+    /// advisory locks, temporary tables, WITH HOLD cursors)
+    #[arg(long, value_name = "MODE")]
+    pub pool_mode: Option<pgfollow_types::api::PoolMode>,
     /// PostgreSQL major version (`18`); default: the newest every host has
     /// (a follower always runs its leader's)
     #[arg(long = "version", id = "pg_major", value_name = "MAJOR")]
@@ -82,6 +87,7 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<()> {
         follow: args.follow.clone(),
         sync: args.sync.is_some(),
         sync_strict: args.sync.as_deref() == Some("strict"),
+        pool_mode: args.pool_mode,
         version: args.version,
     };
     let resp = client.create_addon(app, &req).await?;

@@ -126,6 +126,9 @@ pub enum Command {
     /// Take connections through DATABASE_URL again
     #[command(name = "maintenance:off")]
     MaintenanceOff(maintenance::SetArgs),
+    /// Show or set how DATABASE_URL's endpoint pools: transaction or session
+    #[command(name = "pg:endpoint:mode")]
+    PgEndpointMode(maintenance::EndpointModeArgs),
     /// Show how to connect to a database, password included
     #[command(name = "pg:credentials:url")]
     PgCredentialsUrl(credentials::UrlArgs),
@@ -217,6 +220,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Maintenance(a) => maintenance::show(c, a).await?,
         Command::MaintenanceOn(a) => maintenance::set(c, a, true).await?,
         Command::MaintenanceOff(a) => maintenance::set(c, a, false).await?,
+        Command::PgEndpointMode(a) => maintenance::endpoint_mode(c, a).await?,
         Command::PgPromote(a) => promotion::promote(c, a).await?,
         Command::Hosts(a) => server::hosts(c, a).await?,
         Command::Plans(a) => server::plans(c, a).await?,

@@ -1,4 +1,5 @@
-//! `maintenance`, `maintenance:on`, `maintenance:off` and `pg:changeover`.
+//! `maintenance`, `maintenance:on`, `maintenance:off`, `pg:changeover` and
+//! `pg:endpoint:mode`.
 //!
 //! Formats:
 //! - `maintenance`: `on` or `off`.
@@ -7,6 +8,9 @@
 //! - `pg:changeover DB`: one line per step with its duration,
 //!   `  freeze      0.4 ms  new transactions wait at the endpoint`, then
 //!   `Writes were held for 52.3 ms.` and the server's message.
+//! - `pg:endpoint:mode`: `transaction` or `session`; with a mode,
+//!   `Setting the endpoint of APP to session pooling... done` and what it
+//!   means for clients.
 
 use clap::Args;
 use pgfollow_client::Client;
@@ -53,6 +57,46 @@ pub struct ChangeoverArgs {
     pub leader_lost: bool,
     #[command(flatten)]
     pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct EndpointModeArgs {
+    /// `transaction` or `session`; without it, show the current mode
+    pub mode: Option<pgfollow_types::api::PoolMode>,
+    #[command(flatten)]
+    pub app: AppArg,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+pub async fn endpoint_mode(client: &Client, args: EndpointModeArgs) -> anyhow::Result<()> {
+    let app = &args.app.app;
+    let Some(mode) = args.mode else {
+        let m = client.endpoint_mode(app).await?;
+        if args.json.json {
+            return print_json(&m);
+        }
+        println!("{}", m.pool_mode);
+        return Ok(());
+    };
+    let m = client.set_endpoint_mode(app, mode).await?;
+    if args.json.json {
+        return print_json(&m);
+    }
+    println!("Setting the endpoint of {app} to {mode} pooling... done");
+    println!("{}", mode_meaning(mode));
+    Ok(())
+}
+
+fn mode_meaning(mode: pgfollow_types::api::PoolMode) -> &'static str {
+    match mode {
+        pgfollow_types::api::PoolMode::Transaction => {
+            "Clients share server connections transaction by transaction; session state (SET, LISTEN, advisory locks, temporary tables) does not last past a transaction. Open connections were closed: clients reconnect."
+        }
+        pgfollow_types::api::PoolMode::Session => {
+            "Each client keeps one server connection until it disconnects (clients beyond the pool wait for one); a changeover ends open sessions. Open connections were closed: clients reconnect."
+        }
+    }
 }
 
 pub async fn show(client: &Client, args: ShowArgs) -> anyhow::Result<()> {

@@ -264,6 +264,28 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/apps/{app}/endpoint/mode`.
+    pub async fn endpoint_mode(
+        &self,
+        app: &str,
+    ) -> Result<pgfollow_types::api::EndpointMode, ClientError> {
+        self.get(&["v1", "apps", app, "endpoint", "mode"]).await
+    }
+
+    /// `PUT /v1/apps/{app}/endpoint/mode`.
+    pub async fn set_endpoint_mode(
+        &self,
+        app: &str,
+        pool_mode: pgfollow_types::api::PoolMode,
+    ) -> Result<pgfollow_types::api::EndpointMode, ClientError> {
+        let body = pgfollow_types::api::EndpointMode {
+            app: app.to_string(),
+            pool_mode,
+        };
+        self.send_json(Method::PUT, &["v1", "apps", app, "endpoint", "mode"], &body)
+            .await
+    }
+
     /// `POST /v1/apps/{app}/databases/{db}/changeover`.
     pub async fn changeover(
         &self,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgfollow_agent::{Agent, EndpointSpec, EndpointTarget};
+use pgfollow_types::api::PoolMode;
 use pgfollow_types::model::{AppRecord, DatabaseRecord, State};
 
 use crate::error::ApiErr;
@@ -22,6 +23,8 @@ const MAX_CLIENT_CONN: u32 = 1000;
 pub struct Endpoints {
     store: Store,
     agent: Arc<Agent>,
+    /// To ask a database whether it is out of recovery before routing to it.
+    hosts: crate::hosts::Hosts,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Operations a task of this process is carrying out right now (a
     /// changeover): an active one missing here was interrupted.
@@ -68,6 +71,10 @@ pub fn endpoint_spec(state: &State, app: &AppRecord, db: &DatabaseRecord) -> Opt
         password: db.owner.password.clone(),
         pool_size: db.plan.connection_limit.clamp(5, 100),
         max_client_conn: MAX_CLIENT_CONN,
+        pool_mode: match app.pool_mode {
+            PoolMode::Transaction => pgfollow_pgbouncer::PoolMode::Transaction,
+            PoolMode::Session => pgfollow_pgbouncer::PoolMode::Session,
+        },
     })
 }
 
@@ -105,12 +112,22 @@ pub fn needs_sync(state: &State, app: &AppRecord, running: bool) -> bool {
 }
 
 impl Endpoints {
-    pub fn new(store: Store, agent: Arc<Agent>) -> Self {
+    pub fn new(store: Store, agent: Arc<Agent>, hosts: crate::hosts::Hosts) -> Self {
         Self {
             store,
             agent,
+            hosts,
             locks: Mutex::default(),
             running: Arc::default(),
+        }
+    }
+
+    /// Whether `db` says it is in recovery (a standby). A database that
+    /// cannot be asked is not judged here.
+    async fn seen_in_recovery(&self, db: &DatabaseRecord) -> bool {
+        match self.hosts.get(&db.host) {
+            Some(agent) => agent.probe(&db.id).await.is_ok_and(|p| p.in_recovery),
+            None => false,
         }
     }
 
@@ -194,6 +211,14 @@ impl Endpoints {
         }
         if !force && !read_only && !needs_sync(&state, rec, running) {
             return Ok(None);
+        }
+        let retarget =
+            rec.endpoint.as_ref().and_then(|e| e.applied.as_deref()) != Some(db.id.as_str());
+        if retarget && !read_only && self.seen_in_recovery(db).await {
+            return Err(ApiErr::conflict(format!(
+                "{} answers as a standby (in recovery); the endpoint keeps its route until it is writable",
+                db.color
+            )));
         }
         let Some(spec) = endpoint_spec(&state, rec, db) else {
             return Ok(None);

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use pgfollow_planner::{
-    decide, follower_fell_off, is_caught_up, reconcile, Action, Decision, Observed, REWIND_FAILED,
-    SLOT_LEFT,
+    decide, follower_fell_off, is_caught_up, reconcile, step_done, Action, Decision, Observed,
+    REWIND_FAILED, SLOT_LEFT,
 };
 use pgfollow_types::api::DatabaseState;
-use pgfollow_types::model::{DatabaseRecord, OperationRecord, OperationState, State};
+use pgfollow_types::model::{DatabaseRecord, OperationRecord, State};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -152,8 +152,11 @@ impl Executor {
 
     async fn tick(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<(), ApiErr> {
         let state = Arc::new(self.store.read()?);
+        // Failovers first: their runs claim the primary and the standby
+        // before anything else here may touch them.
+        self.run_failovers(&state, tasks);
         for db in state.databases.values() {
-            if self.is_busy(&db.id) {
+            if self.is_busy(&db.id) || is_failover_subject(&state, &db.id) {
                 continue;
             }
             let op = active_operation(&state, &db.id);
@@ -523,67 +526,12 @@ impl Executor {
         action: &Action,
     ) -> Result<(), ApiErr> {
         let now = Utc::now();
-        self.store.update(|state| {
-            let Some(o) = state.operations.get_mut(&op.id) else {
-                return Ok(());
-            };
-            o.updated_at = now;
-            o.failures = 0;
-            o.last_error = None;
-            o.state = OperationState::Running;
-            o.done.push(action.step().to_string());
-            match action {
-                Action::MarkAvailable | Action::CheckCaughtUp => {
-                    tracing::info!("{} ({} of {}): available", db.color, db.name, db.app);
-                    o.state = OperationState::Done;
-                    o.progress_percent = Some(100);
-                    if let Some(d) = state.databases.get_mut(&db.id) {
-                        d.state = DatabaseState::Available;
-                        d.status_detail = None;
-                        d.fork_pending = false;
-                    }
-                }
-                Action::CommitPassword => {
-                    pgfollow_planner::commit_password(state, &db.id);
-                    tracing::info!("{} ({}): rotated the owner's password", db.color, db.name);
-                }
-                Action::SyncEndpoints => {
-                    o.state = OperationState::Done;
-                }
-                Action::Promote => {
-                    // Writable now: it follows nothing any more.
-                    if let Some(d) = state.databases.get_mut(&db.id) {
-                        d.following = None;
-                    }
-                }
-                Action::Fail(reason) => {
-                    o.state = OperationState::Failed;
-                    o.last_error = Some(reason.clone());
-                    if let Some(d) = state.databases.get_mut(&db.id) {
-                        d.state = DatabaseState::Failed;
-                        d.status_detail = Some(reason.clone());
-                    }
-                    end_billing(state, &db.name, now);
-                }
-                Action::GiveUp(reason) => {
-                    o.state = OperationState::Failed;
-                    o.last_error = Some(reason.clone());
-                    if let Some(d) = state.databases.get_mut(&db.id) {
-                        d.status_detail = Some(format!("its {} failed: {reason}", o.kind.as_str()));
-                    }
-                }
-                Action::Cancel => {
-                    o.state = OperationState::Failed;
-                    o.last_error = Some("cancelled: the database is being destroyed".into());
-                }
-                Action::Forget => {
-                    o.state = OperationState::Done;
-                    forget(state, &db.id, now);
-                }
-                _ => {}
-            }
-            Ok(())
-        })?;
+        let sentence = self
+            .store
+            .update(|state| Ok(step_done(state, &db.id, &op.id, action, now)))?;
+        if let Some(sentence) = sentence {
+            tracing::info!("{sentence}");
+        }
         if matches!(action, Action::Bootstrap) {
             self.record_version(db);
         }
@@ -710,6 +658,16 @@ fn related_leader<'a>(
         .and_then(|id| state.databases.get(id))
 }
 
+/// Whether `id` is the standby an active failover promotes: the failover
+/// runner alone works on it.
+fn is_failover_subject(state: &State, id: &str) -> bool {
+    state.operations.values().any(|o| {
+        o.kind == pgfollow_types::model::OperationKind::Failover
+            && o.state.is_active()
+            && o.subject.as_deref() == Some(id)
+    })
+}
+
 /// The oldest unfinished operation on database `id`.
 pub fn active_operation<'a>(state: &'a State, id: &str) -> Option<&'a OperationRecord> {
     state
@@ -720,20 +678,23 @@ pub fn active_operation<'a>(state: &'a State, id: &str) -> Option<&'a OperationR
         .min_by_key(|o| (o.created_at, o.id.clone()))
 }
 
-fn end_billing(state: &mut State, name: &str, now: chrono::DateTime<Utc>) {
-    for b in state.billing.iter_mut() {
-        if b.database == name && b.ended_at.is_none() {
-            b.ended_at = Some(now);
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Drops a destroyed database's records; its operations stay as history.
-fn forget(state: &mut State, id: &str, now: chrono::DateTime<Utc>) {
-    if let Some(db) = state.databases.remove(id) {
-        end_billing(state, &db.name, now);
-    }
-    for app in state.apps.values_mut() {
-        app.attachments.retain(|_, d| d != id);
+    #[test]
+    fn a_task_that_panics_frees_the_keys_it_claimed() {
+        let set: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let busy = Busy {
+            set: set.clone(),
+            keys: vec!["db-1".into(), "ha:db-1".into()],
+        };
+        lock(&set).extend(busy.keys.iter().cloned());
+        let task = std::thread::spawn(move || {
+            let _busy = busy;
+            panic!("a step panicked");
+        });
+        assert!(task.join().is_err());
+        assert!(lock(&set).is_empty(), "keys left behind: {:?}", lock(&set));
     }
 }

@@ -21,7 +21,6 @@ use crate::provision::{cluster_spec, synchronous_standby};
 
 impl Executor {
     pub(crate) async fn tick_ha(self: &Arc<Self>, state: &Arc<State>, tasks: &mut JoinSet<()>) {
-        self.run_failovers(state, tasks);
         self.recover_changeovers(state, tasks);
         self.release_orphaned_holds(state, tasks);
         self.add_missing_standbys(state);
@@ -109,7 +108,7 @@ impl Executor {
     }
 
     /// Starts a run of every active failover operation that has none.
-    fn run_failovers(self: &Arc<Self>, state: &State, tasks: &mut JoinSet<()>) {
+    pub(crate) fn run_failovers(self: &Arc<Self>, state: &State, tasks: &mut JoinSet<()>) {
         let ops = state
             .operations
             .values()

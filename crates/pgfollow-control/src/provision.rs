@@ -529,6 +529,7 @@ mod tests {
                 attachments: Default::default(),
                 endpoint: None,
                 maintenance: false,
+                pool_mode: Default::default(),
             },
         );
         s

@@ -137,7 +137,16 @@ impl AdminSession<'_> {
     /// until RESUME. Bounded by the endpoint's pause timeout; on timeout
     /// the database is resumed again (over a new connection: this one
     /// still waits for its PAUSE) and the error says so.
+    ///
+    /// In session pooling a server connection is released only when its
+    /// client disconnects, so PAUSE would wait for every client to go
+    /// away: there this ends the sessions instead (KILL: open
+    /// transactions roll back, the clients get their connection closed,
+    /// and their reconnects wait until RESUME like any new connection).
     pub async fn pause(&self, dbname: &str) -> Result<(), BouncerError> {
+        if self.endpoint.pool_mode()? == crate::config::PoolMode::Session {
+            return self.kill_clients(dbname).await;
+        }
         let command = format!("PAUSE {}", admin_ident(dbname));
         let limit = self.endpoint.pause_timeout();
         match self.command(&command, limit).await {
@@ -190,7 +199,15 @@ impl AdminSession<'_> {
     /// database stays paused (new transactions wait) while the
     /// transactions that held it up go on; [`AdminSession::active_servers`]
     /// tells when they are gone.
+    ///
+    /// In session pooling PAUSE would wait for every client to disconnect:
+    /// there the sessions are ended at once (KILL, see
+    /// [`AdminSession::pause`]) and the pause is complete.
     pub async fn pause_within(&self, dbname: &str, limit: Duration) -> Result<bool, BouncerError> {
+        if self.endpoint.pool_mode()? == crate::config::PoolMode::Session {
+            self.kill_clients(dbname).await?;
+            return Ok(true);
+        }
         let command = format!("PAUSE {}", admin_ident(dbname));
         match self.command(&command, limit).await {
             Ok(_) => Ok(true),
@@ -228,7 +245,15 @@ impl AdminSession<'_> {
     /// server connection hangs on a host that no longer answers), `KILL db`
     /// ends every connection of `dbname` instead, which leaves it paused
     /// too. Returns whether connections had to be killed.
+    ///
+    /// In session pooling holding the endpoint always ends its sessions
+    /// (see [`AdminSession::pause`]); that is how it pauses there, so it
+    /// answers `false`.
     pub async fn pause_or_kill(&self, dbname: &str, limit: Duration) -> Result<bool, BouncerError> {
+        if self.endpoint.pool_mode()? == crate::config::PoolMode::Session {
+            self.kill_clients(dbname).await?;
+            return Ok(false);
+        }
         let command = format!("PAUSE {}", admin_ident(dbname));
         match self.command(&command, limit).await {
             Ok(_) => Ok(false),

@@ -20,8 +20,44 @@ pub const ADMIN_USER: &str = "pgfollow_admin";
 /// Longest password the userlist takes (PgBouncer's own limit is larger).
 const MAX_PASSWORD_BYTES: usize = 200;
 
+/// Prepared statements PgBouncer keeps per server connection (LRU); a
+/// client's statement beyond that is prepared again when next used.
+pub const MAX_PREPARED_STATEMENTS: u32 = 200;
+
 /// Longest Unix socket path Linux allows (`sun_path` minus the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
+
+/// How PgBouncer hands server connections to clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PoolMode {
+    /// A client holds a server connection for one transaction: more
+    /// clients than server connections; no session state between
+    /// transactions.
+    #[default]
+    Transaction,
+    /// A client holds a server connection until it disconnects: session
+    /// state (SET, LISTEN, advisory locks, temporary tables, WITH HOLD
+    /// cursors) works; at most pool-size clients at once.
+    Session,
+}
+
+impl PoolMode {
+    /// The value of `pool_mode` in `pgbouncer.ini`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "transaction" => Some(PoolMode::Transaction),
+            "session" => Some(PoolMode::Session),
+            _ => None,
+        }
+    }
+}
 
 /// The real PostgreSQL behind an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +88,7 @@ pub struct EndpointSpec {
     /// Server connections per (database, user) pair.
     pub pool_size: u32,
     pub max_client_conn: u32,
+    pub pool_mode: PoolMode,
 }
 
 impl std::fmt::Debug for EndpointSpec {
@@ -67,6 +104,7 @@ impl std::fmt::Debug for EndpointSpec {
             .field("password", &"<redacted>")
             .field("pool_size", &self.pool_size)
             .field("max_client_conn", &self.max_client_conn)
+            .field("pool_mode", &self.pool_mode)
             .finish()
     }
 }
@@ -212,18 +250,39 @@ pub fn render_ini(spec: &EndpointSpec, layout: &Layout) -> String {
         )),
         None => out.push_str("; no target yet: clients get \"no such database\"\n"),
     }
-    let settings: [(&str, String); 21] = [
+    let settings: [(&str, String); 22] = [
         ("listen_addr", spec.listen_addr.clone()),
         ("listen_port", spec.port.to_string()),
         ("unix_socket_dir", layout.run_dir.display().to_string()),
         ("auth_type", "scram-sha-256".into()),
         ("auth_file", layout.userlist.display().to_string()),
         ("admin_users", ADMIN_USER.into()),
-        ("pool_mode", "transaction".into()),
+        ("pool_mode", spec.pool_mode.as_str().into()),
         ("default_pool_size", spec.pool_size.to_string()),
         ("max_client_conn", spec.max_client_conn.to_string()),
-        // Transaction pooling: nothing session-level to reset.
-        ("server_reset_query", String::new()),
+        // Transaction pooling: nothing session-level to reset. Session
+        // pooling: the next client gets a clean server connection.
+        (
+            "server_reset_query",
+            match spec.pool_mode {
+                PoolMode::Transaction => String::new(),
+                PoolMode::Session => "DISCARD ALL".into(),
+            },
+        ),
+        // Protocol-level named prepared statements in transaction pooling
+        // (PgBouncer 1.21+): a client's statement is prepared again, under
+        // PgBouncer's own name, on whichever server connection (and
+        // server, after a retarget) runs it; this many are kept per server
+        // connection. In session pooling a client keeps its server
+        // connection, so its statements need no help.
+        (
+            "max_prepared_statements",
+            match spec.pool_mode {
+                PoolMode::Transaction => MAX_PREPARED_STATEMENTS,
+                PoolMode::Session => 0,
+            }
+            .to_string(),
+        ),
         (
             "ignore_startup_parameters",
             "extra_float_digits,options".into(),
@@ -323,6 +382,7 @@ mod tests {
             password: "pa\"ss'w\\rd".into(),
             pool_size: 5,
             max_client_conn: 100,
+            pool_mode: PoolMode::Transaction,
         }
     }
 
@@ -348,6 +408,7 @@ mod tests {
             "default_pool_size = 5",
             "max_client_conn = 100",
             "server_reset_query =",
+            "max_prepared_statements = 200",
             "ignore_startup_parameters = extra_float_digits,options",
             "logfile = /srv/pgfollow/endpoints/app-1/log/pgbouncer.log",
             "pidfile = /srv/pgfollow/endpoints/app-1/run/pgbouncer.pid",
@@ -361,6 +422,26 @@ mod tests {
             Some("")
         );
         assert_eq!(read_setting(&ini, "app_db"), None);
+    }
+
+    #[test]
+    fn session_mode_resets_connections_and_leaves_statements_to_the_server() {
+        let mut s = spec();
+        s.pool_mode = PoolMode::Session;
+        let ini = render_ini(&s, &layout());
+        assert_eq!(read_setting(&ini, "pool_mode").as_deref(), Some("session"));
+        assert_eq!(
+            read_setting(&ini, "server_reset_query").as_deref(),
+            Some("DISCARD ALL")
+        );
+        assert_eq!(
+            read_setting(&ini, "max_prepared_statements").as_deref(),
+            Some("0")
+        );
+        for mode in [PoolMode::Transaction, PoolMode::Session] {
+            assert_eq!(PoolMode::parse(mode.as_str()), Some(mode));
+        }
+        assert_eq!(PoolMode::parse("statement"), None);
     }
 
     #[test]

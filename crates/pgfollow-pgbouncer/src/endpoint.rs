@@ -18,7 +18,7 @@ use rand::RngCore;
 
 use crate::admin::AdminSession;
 use crate::binary::BouncerBinary;
-use crate::config::{self, EndpointSpec, Layout};
+use crate::config::{self, EndpointSpec, Layout, PoolMode};
 use crate::error::BouncerError;
 use crate::process;
 
@@ -106,6 +106,20 @@ impl Endpoint {
                     self.layout.ini.display()
                 ))
             })
+    }
+
+    /// The pool mode in the configuration written last (transaction when
+    /// it names none).
+    pub fn pool_mode(&self) -> Result<PoolMode, BouncerError> {
+        match self.setting("pool_mode")? {
+            None => Ok(PoolMode::Transaction),
+            Some(text) => PoolMode::parse(&text).ok_or_else(|| {
+                BouncerError::InvalidSpec(format!(
+                    "pool_mode {text:?} in {} is neither transaction nor session",
+                    self.layout.ini.display()
+                ))
+            }),
+        }
     }
 
     fn setting(&self, key: &str) -> Result<Option<String>, BouncerError> {
@@ -331,8 +345,10 @@ impl Endpoint {
     }
 
     /// Points the endpoint at `spec.target` without dropping clients:
-    /// PAUSE (in-flight transactions finish, new ones wait), rewrite the
-    /// configuration, RELOAD, check that PgBouncer took it, RESUME.
+    /// PAUSE (in-flight transactions finish, new ones wait; in session
+    /// pooling it ends the sessions, see [`AdminSession::pause`]), rewrite
+    /// the configuration, RELOAD, check that PgBouncer took it, RESUME. A
+    /// change of pool mode ends the sessions too (KILL instead of PAUSE).
     /// Returns how long clients were held. From "no target" there is
     /// nothing to pause; to "no target" the database disappears and its
     /// waiting clients get an error. `listen_addr`/`port` cannot change
@@ -349,10 +365,15 @@ impl Endpoint {
                 listen.1.unwrap_or_default()
             )));
         }
+        let mode = self.pool_mode()?;
         let admin = self.admin().await?;
         let had_db = admin.database(&spec.dbname).await?.is_some();
         let started = Instant::now();
-        if had_db {
+        if had_db && mode != spec.pool_mode {
+            // Sessions made under the old mode end; their clients reconnect
+            // (and wait until RESUME) into the new one.
+            admin.kill_clients(&spec.dbname).await?;
+        } else if had_db {
             admin.pause(&spec.dbname).await?;
         }
         let paused = started.elapsed();

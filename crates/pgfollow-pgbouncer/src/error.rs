@@ -10,13 +10,23 @@ use pgfollow_postgres::PgError;
 #[derive(Debug, thiserror::Error)]
 pub enum BouncerError {
     #[error(
-        "pgbouncer not found (looked at: {looked}): install it with `apt-get install pgbouncer` \
-         or pass the path of the pgbouncer program"
+        "pgbouncer not found (looked at: {looked}): run `scripts/install-deps` from the pgfollow \
+         repository (it installs PgBouncer 1.21 or newer, building it into /opt/pgfollow/pgbouncer \
+         when the distribution's is older), or pass the path of a pgbouncer program"
     )]
     NotFound { looked: String },
 
-    #[error("could not read the version of `{}` (got {output:?}): install PgBouncer 1.18 or newer with `apt-get install pgbouncer`", program.display())]
+    #[error("could not read the version of `{}` (got {output:?}): it does not look like PgBouncer; run `scripts/install-deps` from the pgfollow repository to install PgBouncer 1.21 or newer", program.display())]
     Version { program: PathBuf, output: String },
+
+    #[error(
+        "PgBouncer {version} at `{}` is too old: pgfollow needs 1.21 or newer (prepared \
+         statements in transaction pooling); run `scripts/install-deps` from the pgfollow \
+         repository, which builds it into {}",
+        program.display(),
+        crate::binary::PGFOLLOW_PREFIX_BINARY
+    )]
+    TooOld { program: PathBuf, version: String },
 
     #[error("invalid endpoint spec: {0}")]
     InvalidSpec(String),

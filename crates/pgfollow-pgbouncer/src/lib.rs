@@ -8,12 +8,15 @@
 //! outlives the agent, stops it, and speaks to its admin console (PAUSE,
 //! RESUME, RELOAD, DISABLE, ENABLE, KILL, SHOW DATABASES).
 //!
-//! Pooling is in *transaction* mode. PgBouncer 1.18 cannot carry named,
-//! protocol-level prepared statements in that mode: a statement prepared in
-//! one transaction may be missing on the server connection the next one gets
-//! (and always is after a retarget). Clients must use the simple query
-//! protocol or unnamed statements (tokio-postgres `simple_query` and
-//! `query_typed`; JDBC `prepareThreshold=0`; psql works as it is).
+//! Pooling is in *transaction* mode by default, with `max_prepared_statements` on:
+//! PgBouncer 1.21 and newer carry protocol-level named prepared statements
+//! there (a client's statement is prepared again on whichever server
+//! connection runs it, also on a new server after a retarget), so drivers
+//! that prepare (psycopg, JDBC, asyncpg, pgx, tokio-postgres) work. Older
+//! releases are refused by [`binary`] with what to install. In *session*
+//! mode ([`PoolMode::Session`]) a client keeps its server connection, and
+//! holding the endpoint ends the open sessions (KILL) instead of waiting
+//! for clients to disconnect (see [`AdminSession::pause`]).
 //!
 //! Modules:
 //! - [`binary`]: where `pgbouncer` is installed and which version it is.
@@ -32,7 +35,7 @@ pub mod process;
 
 pub use admin::{AdminSession, DatabaseState};
 pub use binary::BouncerBinary;
-pub use config::{EndpointSpec, Target};
+pub use config::{EndpointSpec, PoolMode, Target};
 pub use endpoint::{Endpoint, EndpointStatus};
 pub use error::BouncerError;
 pub use pgfollow_postgres::OsUser;

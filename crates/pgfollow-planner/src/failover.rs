@@ -430,6 +430,7 @@ mod tests {
                 held_by: Some("op-1".into()),
             }),
             maintenance: false,
+            pool_mode: Default::default(),
         };
         app.attachments.insert("DATABASE".into(), "db-old".into());
         app.attachments

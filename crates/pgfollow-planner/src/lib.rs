@@ -9,6 +9,7 @@ mod changeover;
 mod decide;
 mod failover;
 mod ha;
+mod transition;
 
 pub use backup::{
     decide_backup, decide_restore, latest_slot, schedule_due, to_prune, BackupAction,
@@ -26,3 +27,4 @@ pub use failover::{
     sync_suspension, FailoverAction, FailoverDecision, FailoverStep, MAX_FAILOVER_TRIES,
 };
 pub use ha::{ha_verdict, HaLimits, HaObservation, HaVerdict, MAX_START_FAILURES};
+pub use transition::{end_billing, forget, step_done};

@@ -2,8 +2,11 @@
 //! its own temporary data directory and its own range of database ports, runs
 //! the `pgfollow` CLI against it, and on drop stops the server and every
 //! PostgreSQL it started and removes the directory, also when a test fails.
+//! [`drivers`] runs real client drivers (tokio-postgres, psycopg 3, pgbench)
+//! against a database or an endpoint.
 
 mod agent;
+pub mod drivers;
 mod ports;
 mod server;
 

@@ -94,6 +94,9 @@ pub struct CreateAddon {
     /// going on without it after the grace (Patroni's strict mode).
     #[serde(default)]
     pub sync_strict: bool,
+    /// Sets the app's endpoint pool mode (kept when not given).
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
     /// The PostgreSQL major version (`18`); default: the newest every host
     /// has, or a follower's leader's.
     #[serde(default)]
@@ -380,6 +383,60 @@ pub struct PromoteResponse {
     pub operation: Option<String>,
     /// Several lines: what happened, and warnings.
     pub message: String,
+}
+
+/// How an app's endpoint pools server connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A client holds a server connection for one transaction (the
+    /// default): more clients than server connections, prepared statements
+    /// carried, no session state between transactions.
+    #[default]
+    Transaction,
+    /// A client holds a server connection until it disconnects: SET,
+    /// LISTEN/NOTIFY, advisory locks, temporary tables and WITH HOLD
+    /// cursors work; at most the pool's size of clients at once; a
+    /// changeover ends the open sessions.
+    Session,
+}
+
+impl PoolMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        }
+    }
+}
+
+impl std::fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PoolMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "transaction" => Ok(PoolMode::Transaction),
+            "session" => Ok(PoolMode::Session),
+            other => Err(format!(
+                "pool mode {other:?} is neither `transaction` nor `session`"
+            )),
+        }
+    }
+}
+
+/// `GET`/`PUT /v1/apps/{app}/endpoint/mode`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EndpointMode {
+    pub app: String,
+    pub pool_mode: PoolMode,
 }
 
 /// `GET`/`PUT /v1/apps/{app}/maintenance`.

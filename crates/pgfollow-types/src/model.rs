@@ -52,6 +52,9 @@ pub struct AppRecord {
     /// app's databases through `DATABASE_URL`.
     #[serde(default)]
     pub maintenance: bool,
+    /// How the endpoint pools server connections.
+    #[serde(default)]
+    pub pool_mode: crate::api::PoolMode,
 }
 
 /// An app's endpoint: a PgBouncer on the control plane's host.

@@ -194,53 +194,6 @@ fn maintenance_refuses_connections_through_database_url_until_it_is_off() {
     );
 }
 
-/// A client on `url` that opened a transaction and leaves it open, on a
-/// thread of its own; `finish` tries to commit it and says what happened.
-struct OpenTransaction {
-    commit: std::sync::mpsc::Sender<()>,
-    handle: std::thread::JoinHandle<Result<(), String>>,
-}
-
-impl OpenTransaction {
-    fn start(url: &str, table: &str) -> OpenTransaction {
-        let (url, table) = (url.to_string(), table.to_string());
-        let (commit, wait) = std::sync::mpsc::channel::<()>();
-        let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(conn);
-                c.simple_query(&format!("BEGIN; INSERT INTO {table} (id) VALUES (-7)"))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = ready_tx.send(());
-                let _ =
-                    tokio::task::spawn_blocking(move || wait.recv_timeout(Duration::from_secs(60)))
-                        .await;
-                c.simple_query("COMMIT")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
-        });
-        ready
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the transaction opened");
-        OpenTransaction { commit, handle }
-    }
-
-    fn finish(self) -> Result<(), String> {
-        let _ = self.commit.send(());
-        self.handle.join().unwrap()
-    }
-}
-
 #[test]
 fn a_transaction_left_open_does_not_hold_up_a_changeover_it_is_ended() {
     let s = server();

@@ -433,3 +433,21 @@ fn changeover_with_leader_lost_moves_the_app_in_one_command_and_is_refused_while
     let charcoal = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
     assert_eq!(ids(&charcoal, "w"), [1, 2].into_iter().collect());
 }
+
+#[test]
+fn an_open_transaction_on_database_url_does_not_hold_up_a_failover() {
+    let s = server();
+    let mut h2 = premium_on_h2(&s, &[]);
+    let main = config_get(&s, "sushi", "DATABASE_URL");
+    psql_url(&main, "create table w (id bigint primary key)").ok();
+    let open = OpenTransaction::start(&main, "w");
+    let lost = lose_host(&mut h2);
+    writes_back(&main, "w", Duration::from_secs(30));
+    let took = lost.elapsed();
+    eprintln!("failover with an open transaction: writes back after {took:?}");
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert!(
+        open.finish().is_err(),
+        "the open transaction's client gets an error"
+    );
+}

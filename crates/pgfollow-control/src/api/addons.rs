@@ -57,10 +57,15 @@ pub async fn create(
             plan.name, plan.tier
         )));
     }
-    let (id, op) = changed(
+    let (id, op, mode_changed) = changed(
         &ctx,
         ctx.store.update(|state| {
             find_app(state, &app)?;
+            let mut mode_changed = false;
+            if let (Some(mode), Some(a)) = (req.pool_mode, state.apps.get_mut(&app)) {
+                mode_changed = a.pool_mode != mode && a.endpoint.is_some();
+                a.pool_mode = mode;
+            }
             let leader = match &req.follow {
                 Some(reference) => {
                     let l = resolve_db(state, &app, reference)?;
@@ -111,9 +116,13 @@ pub async fn create(
                     },
                 )?;
             }
-            Ok((id, op))
+            Ok((id, op, mode_changed))
         }),
     )?;
+    if mode_changed {
+        // The running endpoint takes the new mode now (its sessions end).
+        ctx.endpoints.sync(&app, true).await?;
+    }
     let state = ctx.store.read()?;
     let db = state
         .databases

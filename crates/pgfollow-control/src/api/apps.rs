@@ -67,6 +67,7 @@ pub async fn create(
             attachments: Default::default(),
             endpoint: None,
             maintenance: false,
+            pool_mode: Default::default(),
         };
         let view = app_view(state, &rec);
         state.apps.insert(name.to_string(), rec);

@@ -6,6 +6,7 @@ mod addons;
 mod apps;
 mod backups;
 mod databases;
+mod endpoint;
 mod maintenance;
 mod misc;
 pub(crate) mod promotion;
@@ -56,6 +57,7 @@ pub type Shared = State<Arc<Ctx>>;
         databases::kill_all, databases::credentials, databases::rotate,
         promotion::unfollow, promotion::promote,
         maintenance::show, maintenance::set, maintenance::changeover,
+        endpoint::show, endpoint::set,
         backups::list, backups::capture, backups::show, backups::download, backups::delete,
         backups::cancel, backups::restore, backups::schedules, backups::schedule,
         backups::unschedule,
@@ -133,6 +135,10 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route(
             "/apps/{app}/maintenance",
             get(maintenance::show).put(maintenance::set),
+        )
+        .route(
+            "/apps/{app}/endpoint/mode",
+            get(endpoint::show).put(endpoint::set),
         )
         .route(
             "/apps/{app}/backups",

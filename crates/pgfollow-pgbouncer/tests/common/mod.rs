@@ -85,6 +85,7 @@ pub fn endpoint_spec(port: u16, target: Option<Target>) -> EndpointSpec {
         password: APP_PW.into(),
         pool_size: 4,
         max_client_conn: 50,
+        pool_mode: pgfollow_pgbouncer::PoolMode::Transaction,
     }
 }
 

@@ -60,6 +60,59 @@ impl Agent {
         Ok(admin.pause_or_kill(dbname, limit).await?)
     }
 
+    /// PAUSE within `limit`: whether it finished (if not, the database
+    /// stays paused while what held it up goes on).
+    pub async fn endpoint_pause_within(
+        &self,
+        id: &str,
+        dbname: &str,
+        limit: Duration,
+    ) -> Result<bool, AgentError> {
+        let ep = self.endpoint(id)?;
+        let admin = ep.admin().await?;
+        Ok(admin.pause_within(dbname, limit).await?)
+    }
+
+    /// Server connections of `dbname` still in a transaction.
+    pub async fn endpoint_active_servers(&self, id: &str, dbname: &str) -> Result<u32, AgentError> {
+        let ep = self.endpoint(id)?;
+        let admin = ep.admin().await?;
+        Ok(admin.active_servers(dbname).await?)
+    }
+
+    /// Whether `dbname` is paused now; none when PgBouncer does not know it.
+    pub async fn endpoint_paused(
+        &self,
+        id: &str,
+        dbname: &str,
+    ) -> Result<Option<bool>, AgentError> {
+        let ep = self.endpoint(id)?;
+        let admin = ep.admin().await?;
+        Ok(admin.database(dbname).await?.map(|d| d.paused))
+    }
+
+    /// Ends every connection of `dbname`; it stays paused.
+    pub async fn endpoint_kill(&self, id: &str, dbname: &str) -> Result<(), AgentError> {
+        Ok(self.endpoint(id)?.kill_clients(dbname).await?)
+    }
+
+    /// Routes the endpoint as `spec` says (with `rewrite`, a new
+    /// configuration and RELOAD first), then RESUME.
+    pub async fn endpoint_route(
+        &self,
+        spec: &EndpointSpec,
+        rewrite: bool,
+    ) -> Result<(), AgentError> {
+        let ep = self.endpoint(&spec.id)?;
+        let admin = ep.admin().await?;
+        if rewrite {
+            ep.write_config(spec)?;
+            admin.reload().await?;
+        }
+        admin.resume(&spec.dbname).await?;
+        Ok(())
+    }
+
     pub async fn endpoint_resume(&self, id: &str, dbname: &str) -> Result<(), AgentError> {
         Ok(self.endpoint(id)?.resume(dbname).await?)
     }

@@ -2,6 +2,7 @@
 //! the control plane uses when the agent runs on another host.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -108,6 +109,49 @@ pub async fn dispatch(agent: &Agent, call: AgentCall) -> Result<serde_json::Valu
         AgentCall::Rewind { spec } => json(agent.rewind(&spec).await?),
         AgentCall::SetUpstream { spec } => json(agent.set_upstream(&spec).await?),
         AgentCall::Fence { id } => json(agent.fence(&id).await?),
+        AgentCall::EndpointStatus { id } => json(agent.endpoint_status(&id)?),
+        AgentCall::EndpointApply { spec } => json(
+            agent
+                .endpoint_apply(&spec)
+                .await?
+                .map(|held| held.as_millis() as u64),
+        ),
+        AgentCall::EndpointHold {
+            id,
+            dbname,
+            limit_ms,
+        } => json(
+            agent
+                .endpoint_hold(&id, &dbname, Duration::from_millis(limit_ms))
+                .await?,
+        ),
+        AgentCall::EndpointPauseWithin {
+            id,
+            dbname,
+            limit_ms,
+        } => json(
+            agent
+                .endpoint_pause_within(&id, &dbname, Duration::from_millis(limit_ms))
+                .await?,
+        ),
+        AgentCall::EndpointActiveServers { id, dbname } => {
+            json(agent.endpoint_active_servers(&id, &dbname).await?)
+        }
+        AgentCall::EndpointKill { id, dbname } => json(agent.endpoint_kill(&id, &dbname).await?),
+        AgentCall::EndpointRoute { spec, rewrite } => {
+            json(agent.endpoint_route(&spec, rewrite).await?)
+        }
+        AgentCall::EndpointResume { id, dbname } => {
+            json(agent.endpoint_resume(&id, &dbname).await?)
+        }
+        AgentCall::EndpointBlock { id, dbname } => json(agent.endpoint_block(&id, &dbname).await?),
+        AgentCall::EndpointUnblock { id, dbname } => {
+            json(agent.endpoint_unblock(&id, &dbname).await?)
+        }
+        AgentCall::EndpointDestroy { id } => json(agent.endpoint_destroy(&id).await?),
+        AgentCall::EndpointPaused { id, dbname } => {
+            json(agent.endpoint_paused(&id, &dbname).await?)
+        }
         AgentCall::Probe { id } => json(agent.probe(&id).await?),
     }
 }

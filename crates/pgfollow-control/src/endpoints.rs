@@ -1,16 +1,16 @@
-//! App endpoints: `DATABASE_URL` points at a PgBouncer on the control
-//! plane's host, which routes to whichever database is attached as
-//! `DATABASE`. `sync` makes an endpoint match the catalog (start it, or
-//! retarget it with PAUSE → new config → RELOAD → RESUME); maintenance mode
-//! closes it. One sync at a time per app.
+//! App endpoints: `DATABASE_URL` points at a PgBouncer that the agent of
+//! the endpoint's host runs, which routes to whichever database is attached
+//! as `DATABASE`. Everything here goes through that agent's interface
+//! (`AgentCall`), like any other work on a host. `sync` makes an endpoint
+//! match the catalog (start it, or retarget it with PAUSE → new config →
+//! RELOAD → RESUME); maintenance mode closes it. One sync at a time per app.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pgfollow_agent::{Agent, EndpointSpec, EndpointTarget};
-use pgfollow_types::api::PoolMode;
-use pgfollow_types::model::{AppRecord, DatabaseRecord, State};
+use pgfollow_types::agent::{EndpointSpec, EndpointTarget};
+use pgfollow_types::model::{AppRecord, DatabaseRecord, EndpointRecord, State};
 
 use crate::error::ApiErr;
 use crate::provision::host_address;
@@ -22,8 +22,8 @@ const MAX_CLIENT_CONN: u32 = 1000;
 
 pub struct Endpoints {
     store: Store,
-    agent: Arc<Agent>,
-    /// To ask a database whether it is out of recovery before routing to it.
+    /// The agents: of the endpoints' hosts, and of the databases (asked
+    /// whether they are out of recovery before an endpoint routes to them).
     hosts: crate::hosts::Hosts,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Operations a task of this process is carrying out right now (a
@@ -71,10 +71,7 @@ pub fn endpoint_spec(state: &State, app: &AppRecord, db: &DatabaseRecord) -> Opt
         password: db.owner.password.clone(),
         pool_size: db.plan.connection_limit.clamp(5, 100),
         max_client_conn: MAX_CLIENT_CONN,
-        pool_mode: match app.pool_mode {
-            PoolMode::Transaction => pgfollow_pgbouncer::PoolMode::Transaction,
-            PoolMode::Session => pgfollow_pgbouncer::PoolMode::Session,
-        },
+        pool_mode: app.pool_mode,
     })
 }
 
@@ -112,10 +109,9 @@ pub fn needs_sync(state: &State, app: &AppRecord, running: bool) -> bool {
 }
 
 impl Endpoints {
-    pub fn new(store: Store, agent: Arc<Agent>, hosts: crate::hosts::Hosts) -> Self {
+    pub fn new(store: Store, hosts: crate::hosts::Hosts) -> Self {
         Self {
             store,
-            agent,
             hosts,
             locks: Mutex::default(),
             running: Arc::default(),
@@ -152,8 +148,9 @@ impl Endpoints {
             .contains(id)
     }
 
-    pub fn agent(&self) -> &Arc<Agent> {
-        &self.agent
+    /// The agent that runs endpoint `ep`.
+    pub fn agent_of(&self, ep: &EndpointRecord) -> Result<crate::hosts::AgentHandle, ApiErr> {
+        self.hosts.agent(&ep.host)
     }
 
     /// The lock that serializes work on `app`'s endpoint.
@@ -166,11 +163,14 @@ impl Endpoints {
             .clone()
     }
 
-    pub fn is_running(&self, app: &AppRecord) -> bool {
-        app.endpoint
-            .as_ref()
-            .and_then(|ep| self.agent.endpoint_status(&ep.id).ok())
-            .is_some_and(|s| s.running)
+    pub async fn is_running(&self, app: &AppRecord) -> bool {
+        let Some(ep) = &app.endpoint else {
+            return false;
+        };
+        match self.hosts.get(&ep.host) {
+            Some(agent) => agent.endpoint_status(&ep.id).await.is_ok_and(|s| s.running),
+            None => false,
+        }
     }
 
     /// Makes `app`'s endpoint match the catalog. With `force`, rewrites its
@@ -201,7 +201,7 @@ impl Endpoints {
         let Some(db) = main_database(&state, rec) else {
             return Ok(None);
         };
-        let running = self.is_running(rec);
+        let running = self.is_running(rec).await;
         if !read_only
             && !routable(db)
             && rec.endpoint.as_ref().and_then(|e| e.applied.as_deref()) != Some(db.id.as_str())
@@ -223,10 +223,14 @@ impl Endpoints {
         let Some(spec) = endpoint_spec(&state, rec, db) else {
             return Ok(None);
         };
-        let held = self.agent.endpoint_apply(&spec).await?;
+        let Some(ep) = &rec.endpoint else {
+            return Ok(None);
+        };
+        let agent = self.agent_of(ep)?;
+        let held = agent.endpoint_apply(&spec).await?;
         if held.is_none() && rec.maintenance {
             // A fresh PgBouncer forgets DISABLE: close it again.
-            self.agent.endpoint_block(&spec.id, &spec.dbname).await?;
+            agent.endpoint_block(&spec.id, &spec.dbname).await?;
         }
         let (db_id, was) = (
             db.id.clone(),
@@ -266,22 +270,27 @@ impl Endpoints {
         let (Some(ep), Some(db)) = (&rec.endpoint, main_database(&state, rec)) else {
             return Ok(());
         };
-        if !self.is_running(rec) {
+        if !self.is_running(rec).await {
             // The next sync starts it, closed if maintenance is on.
             return Ok(());
         }
+        let agent = self.agent_of(ep)?;
         if on {
-            self.agent.endpoint_block(&ep.id, &db.database).await?;
+            agent.endpoint_block(&ep.id, &db.database).await?;
         } else {
-            self.agent.endpoint_unblock(&ep.id, &db.database).await?;
+            agent.endpoint_unblock(&ep.id, &db.database).await?;
         }
         Ok(())
     }
 
     /// Stops and removes an endpoint (its app is gone).
-    pub async fn destroy(&self, id: &str) {
-        if let Err(e) = self.agent.endpoint_destroy(id).await {
-            tracing::warn!("could not remove endpoint {id}: {e}");
+    pub async fn destroy(&self, ep: &EndpointRecord) {
+        let removed = match self.agent_of(ep) {
+            Ok(agent) => agent.endpoint_destroy(&ep.id).await.map_err(ApiErr::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
+            tracing::warn!("could not remove endpoint {}: {e}", ep.id);
         }
     }
 }
@@ -323,11 +332,11 @@ impl Endpoints {
         let (Some(ep), Some(db)) = (&rec.endpoint, main_database(&state, rec)) else {
             return Ok(false);
         };
-        if !self.is_running(rec) {
+        if !self.is_running(rec).await {
             return Ok(false);
         }
         let killed = self
-            .agent
+            .agent_of(ep)?
             .endpoint_hold(&ep.id, &db.database, limit)
             .await?;
         if killed {
@@ -356,20 +365,10 @@ impl Endpoints {
         // Never onto a read-only database: then it resumes where it routes.
         let db = main_database(&state, rec).filter(|d| routable(d));
         let spec = db.and_then(|db| endpoint_spec(&state, rec, db));
-        if let (Some(spec), Some(db), true) = (spec, db, self.is_running(rec)) {
-            let ep = self.agent.endpoint(&spec.id)?;
-            let fail = |e: pgfollow_pgbouncer::BouncerError| ApiErr::unavailable(e.to_string());
-            if rec.endpoint.as_ref().and_then(|e| e.applied.as_deref()) != Some(db.id.as_str()) {
-                ep.write_config(&spec).map_err(fail)?;
-                let admin = ep.admin().await.map_err(fail)?;
-                admin.reload().await.map_err(fail)?;
-            }
-            ep.admin()
-                .await
-                .map_err(fail)?
-                .resume(&spec.dbname)
-                .await
-                .map_err(fail)?;
+        let running = self.is_running(rec).await;
+        if let (Some(spec), Some(db), Some(ep), true) = (spec, db, &rec.endpoint, running) {
+            let rewrite = ep.applied.as_deref() != Some(db.id.as_str());
+            self.agent_of(ep)?.endpoint_route(&spec, rewrite).await?;
         }
         let db_id = db.map(|d| d.id.clone());
         self.store.update(|state| {

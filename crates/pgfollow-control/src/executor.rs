@@ -189,13 +189,13 @@ impl Executor {
                 me.wake.notify_one();
             });
         }
-        self.tick_endpoints(&state, tasks);
+        self.tick_endpoints(&state, tasks).await;
         self.tick_ha(&state, tasks).await;
         Ok(())
     }
 
     /// Starts or retargets every endpoint that does not match the catalog.
-    fn tick_endpoints(self: &Arc<Self>, state: &State, tasks: &mut JoinSet<()>) {
+    async fn tick_endpoints(self: &Arc<Self>, state: &State, tasks: &mut JoinSet<()>) {
         for app in state.apps.values() {
             let key = format!("endpoint:{}", app.name);
             // A held endpoint is its operation's to release.
@@ -203,7 +203,7 @@ impl Executor {
             if held || self.is_busy(&key) || self.backing_off(&key) {
                 continue;
             }
-            if !needs_sync(state, app, self.endpoints.is_running(app)) {
+            if !needs_sync(state, app, self.endpoints.is_running(app).await) {
                 continue;
             }
             let Some(busy) = self.claim(vec![key.clone()]) else {

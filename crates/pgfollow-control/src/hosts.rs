@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use pgfollow_agent::{Agent, AgentError};
 use pgfollow_client::agent::{AgentCallError, AgentClient};
 use pgfollow_types::agent::{
-    AgentCall, AgentRegistration, ClusterSpec, ClusterStats, ClusterStatus, CommitCount, Probe,
-    ReplayStatus, RoleSecret, SlotStatus,
+    AgentCall, AgentRegistration, ClusterSpec, ClusterStats, ClusterStatus, CommitCount,
+    EndpointSpec, EndpointStatus, Probe, ReplayStatus, RoleSecret, SlotStatus,
 };
 use pgfollow_types::api::Backend;
 use pgfollow_types::Lsn;
@@ -169,6 +169,10 @@ fn timeout_of(call: &AgentCall) -> Duration {
         AgentCall::Probe { .. } => PROBE,
         AgentCall::Fence { .. } => FENCE,
         AgentCall::BaseBackup { .. } => COPY,
+        AgentCall::EndpointHold { limit_ms, .. }
+        | AgentCall::EndpointPauseWithin { limit_ms, .. } => {
+            QUICK + Duration::from_millis(*limit_ms)
+        }
         AgentCall::Initialize { .. }
         | AgentCall::Start { .. }
         | AgentCall::Bootstrap { .. }
@@ -340,5 +344,100 @@ impl AgentHandle {
     pub async fn set_upstream(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
         self.call(AgentCall::SetUpstream { spec: spec.clone() })
             .await
+    }
+
+    pub async fn endpoint_status(&self, id: &str) -> Result<EndpointStatus, AgentError> {
+        self.call(AgentCall::EndpointStatus { id: id.into() }).await
+    }
+
+    /// Starts or retargets the endpoint; how long clients were held, if so.
+    pub async fn endpoint_apply(
+        &self,
+        spec: &EndpointSpec,
+    ) -> Result<Option<Duration>, AgentError> {
+        let held: Option<u64> = self
+            .call(AgentCall::EndpointApply { spec: spec.clone() })
+            .await?;
+        Ok(held.map(Duration::from_millis))
+    }
+
+    /// PAUSE, or past `limit` end every connection; whether they were ended.
+    pub async fn endpoint_hold(
+        &self,
+        id: &str,
+        dbname: &str,
+        limit: Duration,
+    ) -> Result<bool, AgentError> {
+        let (id, dbname, limit_ms) = (id.into(), dbname.into(), limit.as_millis() as u64);
+        self.call(AgentCall::EndpointHold {
+            id,
+            dbname,
+            limit_ms,
+        })
+        .await
+    }
+
+    /// PAUSE within `limit`: whether it finished.
+    pub async fn endpoint_pause_within(
+        &self,
+        id: &str,
+        dbname: &str,
+        limit: Duration,
+    ) -> Result<bool, AgentError> {
+        let (id, dbname, limit_ms) = (id.into(), dbname.into(), limit.as_millis() as u64);
+        self.call(AgentCall::EndpointPauseWithin {
+            id,
+            dbname,
+            limit_ms,
+        })
+        .await
+    }
+
+    pub async fn endpoint_active_servers(&self, id: &str, dbname: &str) -> Result<u32, AgentError> {
+        let (id, dbname) = (id.into(), dbname.into());
+        self.call(AgentCall::EndpointActiveServers { id, dbname })
+            .await
+    }
+
+    pub async fn endpoint_kill(&self, id: &str, dbname: &str) -> Result<(), AgentError> {
+        let (id, dbname) = (id.into(), dbname.into());
+        self.call(AgentCall::EndpointKill { id, dbname }).await
+    }
+
+    /// New configuration and RELOAD (with `rewrite`), then RESUME.
+    pub async fn endpoint_route(
+        &self,
+        spec: &EndpointSpec,
+        rewrite: bool,
+    ) -> Result<(), AgentError> {
+        self.call(AgentCall::EndpointRoute {
+            spec: spec.clone(),
+            rewrite,
+        })
+        .await
+    }
+
+    pub async fn endpoint_block(&self, id: &str, dbname: &str) -> Result<(), AgentError> {
+        let (id, dbname) = (id.into(), dbname.into());
+        self.call(AgentCall::EndpointBlock { id, dbname }).await
+    }
+
+    pub async fn endpoint_unblock(&self, id: &str, dbname: &str) -> Result<(), AgentError> {
+        let (id, dbname) = (id.into(), dbname.into());
+        self.call(AgentCall::EndpointUnblock { id, dbname }).await
+    }
+
+    pub async fn endpoint_destroy(&self, id: &str) -> Result<(), AgentError> {
+        self.call(AgentCall::EndpointDestroy { id: id.into() })
+            .await
+    }
+
+    pub async fn endpoint_paused(
+        &self,
+        id: &str,
+        dbname: &str,
+    ) -> Result<Option<bool>, AgentError> {
+        let (id, dbname) = (id.into(), dbname.into());
+        self.call(AgentCall::EndpointPaused { id, dbname }).await
     }
 }

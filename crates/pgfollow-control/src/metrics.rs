@@ -230,10 +230,8 @@ async fn endpoint_paused(ctx: &Ctx, state: &Catalog, app: &str) -> Option<bool> 
     let rec = state.apps.get(app)?;
     let ep = rec.endpoint.as_ref()?;
     let main = crate::endpoints::main_database(state, rec)?;
-    let endpoint = ctx.endpoints.agent().endpoint(&ep.id).ok()?;
-    let admin = endpoint.admin().await.ok()?;
-    let db = admin.database(&main.database).await.ok()??;
-    Some(db.paused)
+    let agent = ctx.endpoints.agent_of(ep).ok()?;
+    agent.endpoint_paused(&ep.id, &main.database).await.ok()?
 }
 
 /// Every series of one scrape.

@@ -85,7 +85,7 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     .store(data_dir)?;
 
     let wake = Arc::new(Notify::new());
-    let endpoints = Arc::new(Endpoints::new(store.clone(), agent.clone(), hosts.clone()));
+    let endpoints = Arc::new(Endpoints::new(store.clone(), hosts.clone()));
     let backups = Arc::new(crate::backups::Backups::new(
         store.clone(),
         agent.clone(),

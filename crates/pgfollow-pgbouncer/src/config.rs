@@ -27,87 +27,8 @@ pub const MAX_PREPARED_STATEMENTS: u32 = 200;
 /// Longest Unix socket path Linux allows (`sun_path` minus the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
-/// How PgBouncer hands server connections to clients.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum PoolMode {
-    /// A client holds a server connection for one transaction: more
-    /// clients than server connections; no session state between
-    /// transactions.
-    #[default]
-    Transaction,
-    /// A client holds a server connection until it disconnects: session
-    /// state (SET, LISTEN, advisory locks, temporary tables, WITH HOLD
-    /// cursors) works; at most pool-size clients at once.
-    Session,
-}
-
-impl PoolMode {
-    /// The value of `pool_mode` in `pgbouncer.ini`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PoolMode::Transaction => "transaction",
-            PoolMode::Session => "session",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "transaction" => Some(PoolMode::Transaction),
-            "session" => Some(PoolMode::Session),
-            _ => None,
-        }
-    }
-}
-
-/// The real PostgreSQL behind an endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-    /// The database's name on that server.
-    pub dbname: String,
-}
-
-/// What one endpoint should be.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EndpointSpec {
-    /// Directory name: `[a-z0-9-]+`.
-    pub id: String,
-    /// Where PgBouncer listens for the app, e.g. `127.0.0.1`.
-    pub listen_addr: String,
-    pub port: u16,
-    /// The database name clients use.
-    pub dbname: String,
-    /// None: no database yet; clients get "no such database".
-    pub target: Option<Target>,
-    /// The app's role name.
-    pub user: String,
-    /// The app's password: clients log in to PgBouncer with it, and
-    /// PgBouncer logs in to PostgreSQL with it.
-    pub password: String,
-    /// Server connections per (database, user) pair.
-    pub pool_size: u32,
-    pub max_client_conn: u32,
-    pub pool_mode: PoolMode,
-}
-
-impl std::fmt::Debug for EndpointSpec {
-    // The password never reaches a log line.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EndpointSpec")
-            .field("id", &self.id)
-            .field("listen_addr", &self.listen_addr)
-            .field("port", &self.port)
-            .field("dbname", &self.dbname)
-            .field("target", &self.target)
-            .field("user", &self.user)
-            .field("password", &"<redacted>")
-            .field("pool_size", &self.pool_size)
-            .field("max_client_conn", &self.max_client_conn)
-            .field("pool_mode", &self.pool_mode)
-            .finish()
-    }
-}
+pub use pgfollow_types::agent::{EndpointSpec, EndpointTarget as Target};
+pub use pgfollow_types::api::PoolMode;
 
 /// Checks everything that is rendered into a file, so that no value can
 /// break out of its place in `pgbouncer.ini` or `userlist.txt`.
@@ -439,9 +360,9 @@ mod tests {
             Some("0")
         );
         for mode in [PoolMode::Transaction, PoolMode::Session] {
-            assert_eq!(PoolMode::parse(mode.as_str()), Some(mode));
+            assert_eq!(mode.as_str().parse::<PoolMode>().ok(), Some(mode));
         }
-        assert_eq!(PoolMode::parse("statement"), None);
+        assert!("statement".parse::<PoolMode>().is_err());
     }
 
     #[test]

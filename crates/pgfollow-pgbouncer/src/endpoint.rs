@@ -35,15 +35,7 @@ const DEFAULT_PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 const LOG_TAIL_LINES: usize = 20;
 const POLL: Duration = Duration::from_millis(50);
 
-/// What can be seen of an endpoint without connecting to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointStatus {
-    /// `pgbouncer.ini` exists.
-    pub configured: bool,
-    /// The pidfile names a live PgBouncer started with this endpoint's ini.
-    pub running: bool,
-    pub pid: Option<u32>,
-}
+pub use pgfollow_types::agent::EndpointStatus;
 
 /// One endpoint's files, and the program and OS user that run it.
 #[derive(Debug, Clone)]
@@ -113,7 +105,7 @@ impl Endpoint {
     pub fn pool_mode(&self) -> Result<PoolMode, BouncerError> {
         match self.setting("pool_mode")? {
             None => Ok(PoolMode::Transaction),
-            Some(text) => PoolMode::parse(&text).ok_or_else(|| {
+            Some(text) => text.parse::<PoolMode>().map_err(|_| {
                 BouncerError::InvalidSpec(format!(
                     "pool_mode {text:?} in {} is neither transaction nor session",
                     self.layout.ini.display()

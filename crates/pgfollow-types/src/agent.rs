@@ -155,6 +155,66 @@ pub struct Probe {
     pub timeline: Option<u32>,
 }
 
+/// The server an endpoint routes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointTarget {
+    pub host: String,
+    pub port: u16,
+    /// The database's name on that server.
+    pub dbname: String,
+}
+
+/// What one app endpoint (a PgBouncer run by an agent) should be.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSpec {
+    /// Directory name: `[a-z0-9-]+`.
+    pub id: String,
+    /// Where PgBouncer listens for the app, e.g. `127.0.0.1`.
+    pub listen_addr: String,
+    pub port: u16,
+    /// The database name clients use.
+    pub dbname: String,
+    /// None: no database yet; clients get "no such database".
+    pub target: Option<EndpointTarget>,
+    /// The app's role name.
+    pub user: String,
+    /// The app's password: clients log in to PgBouncer with it, and
+    /// PgBouncer logs in to PostgreSQL with it.
+    pub password: String,
+    /// Server connections per (database, user) pair.
+    pub pool_size: u32,
+    pub max_client_conn: u32,
+    #[serde(default)]
+    pub pool_mode: crate::api::PoolMode,
+}
+
+impl fmt::Debug for EndpointSpec {
+    // The password never reaches a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointSpec")
+            .field("id", &self.id)
+            .field("listen_addr", &self.listen_addr)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .field("target", &self.target)
+            .field("user", &self.user)
+            .field("pool_size", &self.pool_size)
+            .field("max_client_conn", &self.max_client_conn)
+            .field("pool_mode", &self.pool_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What can be seen of an endpoint without connecting to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// `pgbouncer.ini` exists.
+    pub configured: bool,
+    /// The pidfile names a live PgBouncer started with this endpoint's ini.
+    pub running: bool,
+    pub pid: Option<u32>,
+}
+
 /// A physical replication slot on a leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotStatus {
@@ -280,6 +340,65 @@ pub enum AgentCall {
     Probe {
         id: String,
     },
+    EndpointStatus {
+        id: String,
+    },
+    /// Starts the endpoint, or retargets a running one (PAUSE, config,
+    /// RELOAD, RESUME); answers how long clients were held (ms), if they were.
+    EndpointApply {
+        spec: EndpointSpec,
+    },
+    /// PAUSE; past `limit_ms` ends every connection instead. Answers
+    /// whether connections were ended.
+    EndpointHold {
+        id: String,
+        dbname: String,
+        limit_ms: u64,
+    },
+    /// PAUSE within `limit_ms`; answers whether it finished (if not, the
+    /// database stays paused while what held it up goes on).
+    EndpointPauseWithin {
+        id: String,
+        dbname: String,
+        limit_ms: u64,
+    },
+    /// Server connections of `dbname` still in a transaction.
+    EndpointActiveServers {
+        id: String,
+        dbname: String,
+    },
+    /// Ends every client and server connection of `dbname` (it stays paused).
+    EndpointKill {
+        id: String,
+        dbname: String,
+    },
+    /// Routes the endpoint as `spec` says (new configuration and RELOAD,
+    /// when `rewrite`) and RESUMEs it.
+    EndpointRoute {
+        spec: EndpointSpec,
+        rewrite: bool,
+    },
+    EndpointResume {
+        id: String,
+        dbname: String,
+    },
+    /// Refuses new connections and closes the open ones (maintenance).
+    EndpointBlock {
+        id: String,
+        dbname: String,
+    },
+    EndpointUnblock {
+        id: String,
+        dbname: String,
+    },
+    EndpointDestroy {
+        id: String,
+    },
+    /// Whether `dbname` is paused now (none: PgBouncer does not know it).
+    EndpointPaused {
+        id: String,
+        dbname: String,
+    },
 }
 
 impl AgentCall {
@@ -309,6 +428,18 @@ impl AgentCall {
             AgentCall::SetUpstream { .. } => "set_upstream",
             AgentCall::Fence { .. } => "fence",
             AgentCall::Probe { .. } => "probe",
+            AgentCall::EndpointStatus { .. } => "endpoint_status",
+            AgentCall::EndpointApply { .. } => "endpoint_apply",
+            AgentCall::EndpointHold { .. } => "endpoint_hold",
+            AgentCall::EndpointPauseWithin { .. } => "endpoint_pause_within",
+            AgentCall::EndpointActiveServers { .. } => "endpoint_active_servers",
+            AgentCall::EndpointKill { .. } => "endpoint_kill",
+            AgentCall::EndpointRoute { .. } => "endpoint_route",
+            AgentCall::EndpointResume { .. } => "endpoint_resume",
+            AgentCall::EndpointBlock { .. } => "endpoint_block",
+            AgentCall::EndpointUnblock { .. } => "endpoint_unblock",
+            AgentCall::EndpointDestroy { .. } => "endpoint_destroy",
+            AgentCall::EndpointPaused { .. } => "endpoint_paused",
         }
     }
 }

@@ -124,7 +124,7 @@ pub async fn destroy(
         }),
     )?;
     if let Some(ep) = endpoint {
-        ctx.endpoints.destroy(&ep.id).await;
+        ctx.endpoints.destroy(&ep).await;
     }
     for b in &backups {
         ctx.backups.remove_file(b);

@@ -23,7 +23,7 @@ pub(super) struct Job {
     pub(super) op_id: String,
     pub(super) target: DatabaseRecord,
     pub(super) old: DatabaseRecord,
-    pub(super) ep_id: String,
+    pub(super) ep: pgfollow_types::model::EndpointRecord,
     pub(super) catch_up_limit: Duration,
     pub(super) no_kill: bool,
     pub(super) steps: Steps,
@@ -34,9 +34,8 @@ impl Job {
     pub(super) async fn execute(mut self) -> Result<ChangeoverReport, ApiErr> {
         let (ctx, app) = (self.ctx.clone(), self.app.clone());
         let (target, old) = (self.target.clone(), self.old.clone());
-        let agent = ctx.endpoints.agent().clone();
-        let endpoint = agent.endpoint(&self.ep_id)?;
-        let admin = match endpoint.admin().await {
+        let ep_id = self.ep.id.clone();
+        let admin = match ctx.endpoints.agent_of(&self.ep) {
             Ok(a) => a,
             Err(e) => {
                 return Err(self
@@ -45,7 +44,10 @@ impl Job {
             }
         };
         let mut t = self.started;
-        let paused = match admin.pause_within(&old.database, PAUSE_DEADLINE).await {
+        let paused = match admin
+            .endpoint_pause_within(&ep_id, &old.database, PAUSE_DEADLINE)
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 return Err(self
@@ -137,17 +139,10 @@ impl Job {
             .ok_or_else(|| ApiErr::internal("the database vanished during the changeover"))?;
         let spec = endpoint_spec(&new_state, rec, promoted)
             .ok_or_else(|| ApiErr::internal("the app lost its endpoint during the changeover"))?;
-        endpoint
-            .write_config(&spec)
-            .map_err(|e| stuck("rewriting the endpoint", &e))?;
         admin
-            .reload()
+            .endpoint_route(&spec, true)
             .await
-            .map_err(|e| stuck("reloading the endpoint", &e))?;
-        admin
-            .resume(&spec.dbname)
-            .await
-            .map_err(|e| stuck("resuming the endpoint", &e))?;
+            .map_err(|e| stuck("routing the endpoint", &e))?;
         let pause = frozen.elapsed();
         finish(&ctx.store, &self.op_id, &app, OperationState::Done, None)?;
         self.steps.done(
@@ -183,7 +178,7 @@ impl Job {
     /// connection still hangs, end every connection of the endpoint.
     async fn end_open_transactions(
         &self,
-        admin: &pgfollow_pgbouncer::AdminSession<'_>,
+        admin: &crate::hosts::AgentHandle,
     ) -> Result<String, String> {
         let old = &self.old;
         let ended = match self.ctx.hosts.agent(&old.host) {
@@ -196,7 +191,10 @@ impl Job {
         };
         let started = Instant::now();
         while started.elapsed() < PAUSE_DEADLINE {
-            match admin.active_servers(&old.database).await {
+            match admin
+                .endpoint_active_servers(&self.ep.id, &old.database)
+                .await
+            {
                 Ok(0) => {
                     return Ok(format!(
                         "new transactions wait at the endpoint; {} backend(s) of {} whose transactions stayed open past {} ms were ended",
@@ -210,7 +208,7 @@ impl Job {
             }
         }
         admin
-            .kill_clients(&old.database)
+            .endpoint_kill(&self.ep.id, &old.database)
             .await
             .map_err(|e| format!("could not end the endpoint's connections: {e}"))?;
         Ok(format!(

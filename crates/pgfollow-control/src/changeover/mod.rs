@@ -65,7 +65,7 @@ pub async fn run(
     let old = main_database(&state, &a)
         .ok_or_else(|| ApiErr::conflict(format!("app {app} has no DATABASE_URL to move")))?
         .clone();
-    check(&ctx, &state, &a, &target, &old)?;
+    check(&ctx, &state, &a, &target, &old).await?;
     let ep = a.endpoint.clone().ok_or_else(|| {
         ApiErr::conflict(format!(
             "app {app} has no endpoint yet; try again in a moment"
@@ -137,7 +137,7 @@ pub async fn run(
         op_id,
         target,
         old,
-        ep_id: ep.id,
+        ep,
         catch_up_limit,
         no_kill,
         steps,
@@ -153,7 +153,7 @@ pub async fn run(
 }
 
 /// The rules a changeover must meet before anything is touched.
-fn check(
+async fn check(
     ctx: &Ctx,
     state: &pgfollow_types::model::State,
     app: &pgfollow_types::model::AppRecord,
@@ -187,7 +187,7 @@ fn check(
             app.name, app.name
         )));
     }
-    if !ctx.endpoints.is_running(app) {
+    if !ctx.endpoints.is_running(app).await {
         return Err(ApiErr::unavailable(format!(
             "the endpoint of {} is not running; try again in a moment",
             app.name

@@ -88,8 +88,7 @@ impl AgentError {
     }
 }
 
-const CODE_PORT_IN_USE: &str = "port_in_use";
-const CODE_NO_SUCH_BACKEND: &str = "no_such_backend";
+use pgfollow_types::agent::{CODE_NO_SUCH_BACKEND, CODE_PORT_IN_USE};
 
 /// How an agent is set up.
 #[derive(Debug, Clone)]
@@ -365,7 +364,7 @@ impl Agent {
         self.progress_map().get(id).copied()
     }
 
-    fn progress_map(
+    pub(crate) fn progress_map(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, u64)>> {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())

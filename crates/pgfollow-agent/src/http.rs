@@ -152,6 +152,39 @@ pub async fn dispatch(agent: &Agent, call: AgentCall) -> Result<serde_json::Valu
         AgentCall::EndpointPaused { id, dbname } => {
             json(agent.endpoint_paused(&id, &dbname).await?)
         }
+        // backups branch
+        AgentCall::Dump {
+            major,
+            target,
+            file,
+        } => json(agent.dump(major, &target, &file).await?),
+        AgentCall::Restore {
+            major,
+            target,
+            file,
+        } => json(agent.restore(major, &target, &file).await?),
+        AgentCall::RestoreProgress { file } => json(agent.restore_progress(&file)),
         AgentCall::Probe { id } => json(agent.probe(&id).await?),
+    }
+}
+
+impl pgfollow_client::agent::EmbeddedAgent for Agent {
+    fn name(&self) -> &str {
+        Agent::name(self)
+    }
+
+    fn host_record(&self) -> pgfollow_types::model::HostRecord {
+        Agent::host_record(self)
+    }
+
+    fn call(
+        &self,
+        call: AgentCall,
+    ) -> pgfollow_client::agent::AgentFuture<'_, Result<serde_json::Value, AgentFailure>> {
+        Box::pin(async move { dispatch(self, call).await.map_err(|e| e.to_failure()) })
+    }
+
+    fn stop_all(&self) -> pgfollow_client::agent::AgentFuture<'_, ()> {
+        Box::pin(Agent::stop_all(self))
     }
 }

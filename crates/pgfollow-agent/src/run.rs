@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use pgfollow_client::Client;
@@ -14,18 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, AgentConfig};
 
-/// How often an agent tells the control plane it is alive.
-pub const HEARTBEAT: Duration = Duration::from_millis(250);
-
-/// An agent whose last successful heartbeat was *sent* this long ago
-/// fences (kills) its primaries. The control plane fails a host over only
-/// after hearing nothing from it for its lease (2 s, `HOST_LEASE`), and
-/// the last heartbeat it heard was sent no earlier than the agent's last
-/// successful one: so the agent's deadline passes at least 1 s before the
-/// control plane may promote, which covers the fence itself (SIGKILL, a
-/// few ms) and the check interval (the deadline is a timer of its own, not
-/// a heartbeat tick).
-pub const FENCE_AFTER: Duration = Duration::from_millis(1000);
+pub use pgfollow_types::timing::{FENCE_AFTER, HEARTBEAT};
 
 /// Everything `pgfollow agent` takes from its command line.
 #[derive(Debug, Clone)]

@@ -118,8 +118,28 @@ pub async fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         pg_ports: (args.pg_ports.0, args.pg_ports.1),
         ha_max_lag_mb: args.ha_max_lag_mb,
     };
+    let agent_config = (
+        config.pg_listen.clone(),
+        config.pg_bin.clone(),
+        config.os_user.clone(),
+    );
+    let make_agent: pgfollow_control::MakeAgent = Box::new(move |clusters_dir| {
+        let (address, pg_bin, os_user) = agent_config;
+        let agent = pgfollow_agent::Agent::new(pgfollow_agent::AgentConfig {
+            name: pgfollow_control::LOCAL_HOST.to_string(),
+            zone: None,
+            address,
+            clusters_dir: clusters_dir.to_path_buf(),
+            pg_bin,
+            os_user,
+        })?;
+        Ok(std::sync::Arc::new(agent)
+            as std::sync::Arc<
+                dyn pgfollow_client::agent::EmbeddedAgent,
+            >)
+    });
     let shutdown = shutdown_on_signals()?;
-    let result = pgfollow_control::serve(config, shutdown.clone()).await;
+    let result = pgfollow_control::serve(config, make_agent, shutdown.clone()).await;
     shutdown.cancel();
     result
 }

@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use pgfollow_types::agent::{AgentCall, AgentFailure};
+use std::future::Future;
+use std::pin::Pin;
+
+use pgfollow_types::agent::{AgentCall, AgentFailure, CODE_NO_SUCH_BACKEND, CODE_PORT_IN_USE};
+use pgfollow_types::model::HostRecord;
 use serde::de::DeserializeOwned;
 
 use crate::error::root_cause;
@@ -17,6 +21,44 @@ pub enum AgentCallError {
     /// Nothing answered in time.
     #[error("agent at {url} does not answer: {cause}")]
     Unreachable { url: String, cause: String },
+}
+
+impl AgentCallError {
+    /// A port conflict, which the control plane answers by moving the database.
+    pub fn port_in_use(&self) -> Option<u16> {
+        match self {
+            AgentCallError::Failed(f) if f.code.as_deref() == Some(CODE_PORT_IN_USE) => f.port,
+            _ => None,
+        }
+    }
+
+    /// No such backend, for `pg:kill`.
+    pub fn is_no_such_backend(&self) -> bool {
+        matches!(self, AgentCallError::Failed(f) if f.code.as_deref() == Some(CODE_NO_SUCH_BACKEND))
+    }
+
+    /// Whether the agent could not be reached at all.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, AgentCallError::Unreachable { .. })
+    }
+}
+
+/// The future an [`EmbeddedAgent`] call answers with.
+pub type AgentFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The agent that runs inside `pgfollow serve` on the control plane's own
+/// host. The control plane reaches it through the very calls a remote
+/// agent's HTTP API takes ([`AgentCall`]), so it never links the agent's
+/// code; `pgfollow serve` hands it in.
+pub trait EmbeddedAgent: Send + Sync {
+    /// Its host's name.
+    fn name(&self) -> &str;
+    /// Its host, as the catalog keeps it.
+    fn host_record(&self) -> HostRecord;
+    /// Answers `call` as the agent API would (its JSON answer, or failure).
+    fn call(&self, call: AgentCall) -> AgentFuture<'_, Result<serde_json::Value, AgentFailure>>;
+    /// Stops every database and endpoint of the host, in order.
+    fn stop_all(&self) -> AgentFuture<'_, ()>;
 }
 
 /// A client of one agent.

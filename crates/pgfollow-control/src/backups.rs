@@ -11,10 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use pgfollow_agent::Agent;
 use pgfollow_planner::{decide_backup, decide_restore, schedule_due, to_prune, BackupAction};
-use pgfollow_postgres::dump::Target;
-use pgfollow_types::backup::{backup_key, backup_name, BackupInfo, BackupRecord};
+use pgfollow_types::backup::{backup_key, backup_name, BackupInfo, BackupRecord, DumpTarget};
 use pgfollow_types::model::{
     DatabaseRecord, OperationKind, OperationRecord, OperationState, State,
 };
@@ -23,6 +21,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiErr;
+use crate::hosts::Hosts;
 use crate::provision::{host_address, new_operation};
 use crate::store::Store;
 
@@ -31,7 +30,8 @@ const TICK: Duration = Duration::from_millis(500);
 
 pub struct Backups {
     store: Store,
-    agent: Arc<Agent>,
+    /// The embedded agent (on the control plane's host) runs every dump.
+    hosts: Hosts,
     dir: PathBuf,
     pub wake: Arc<Notify>,
     /// Steps in flight, by operation id.
@@ -193,8 +193,8 @@ pub fn active_of_app<'a>(state: &'a State, app: &str) -> Vec<&'a OperationRecord
         .collect()
 }
 
-fn owner_target(state: &State, db: &DatabaseRecord) -> Target {
-    Target {
+fn owner_target(state: &State, db: &DatabaseRecord) -> DumpTarget {
+    DumpTarget {
         host: host_address(state, &db.host),
         port: db.port,
         database: db.database.clone(),
@@ -204,10 +204,12 @@ fn owner_target(state: &State, db: &DatabaseRecord) -> Target {
 }
 
 impl Backups {
-    pub fn new(store: Store, agent: Arc<Agent>, data_dir: &std::path::Path) -> Self {
+    /// `data_dir` is serve's: the embedded agent keeps the archives in its
+    /// `backups/`.
+    pub fn new(store: Store, hosts: Hosts, data_dir: &std::path::Path) -> Self {
         Self {
             store,
-            agent,
+            hosts,
             dir: data_dir.join("backups"),
             wake: Arc::new(Notify::new()),
             running: Mutex::default(),
@@ -426,12 +428,9 @@ impl Backups {
                     .get(&op.database)
                     .ok_or("the database is gone")?;
                 let b = state.backups.get(&key).ok_or("the backup was deleted")?;
-                let path = self.path(b);
-                make_private_dir(&self.dir)?;
-                make_private_dir(path.parent().unwrap_or(&self.dir))?;
                 let size = self
-                    .agent
-                    .dump(db.pg_major, &owner_target(state, db), &path)
+                    .local_agent()?
+                    .dump(db.pg_major, &owner_target(state, db), &b.file)
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(Some(size))
@@ -463,19 +462,21 @@ impl Backups {
                         Ok(())
                     });
                 };
-                self.agent
-                    .restore(
-                        db.pg_major,
-                        &owner_target(state, db),
-                        &self.path(b),
-                        progress,
-                    )
+                self.local_agent()?
+                    .restore(db.pg_major, &owner_target(state, db), &b.file, progress)
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(None)
             }
             BackupAction::Finish | BackupAction::Fail(_) | BackupAction::Wait => Ok(None),
         }
+    }
+
+    /// The control plane's own agent, which keeps the archives.
+    fn local_agent(&self) -> Result<crate::hosts::AgentHandle, String> {
+        self.hosts
+            .agent(crate::server::LOCAL_HOST)
+            .map_err(|e| e.to_string())
     }
 
     /// Deletes the source database's oldest completed backups of the same
@@ -523,14 +524,6 @@ impl Backups {
     }
 }
 
-/// Creates `dir` (and parents) mode 0700, for root alone.
-fn make_private_dir(dir: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,23 +546,11 @@ mod tests {
         .unwrap()
     }
 
-    /// A backups loop over an in-memory catalog and a temp data dir (the
-    /// agent finds the installed PostgreSQL; nothing is started).
+    /// A backups loop over an in-memory catalog and a temp data dir (no
+    /// agent: these tests run no pg_dump).
     fn backups(dir: &std::path::Path) -> Backups {
-        let agent = Agent::new(pgfollow_agent::AgentConfig {
-            name: "local".into(),
-            zone: None,
-            address: "127.0.0.1".into(),
-            clusters_dir: dir.join("clusters"),
-            pg_bin: Vec::new(),
-            os_user: "postgres".into(),
-        })
-        .unwrap();
-        Backups::new(
-            Store::new(Arc::new(MemoryCatalog::new())),
-            Arc::new(agent),
-            dir,
-        )
+        let store = Store::new(Arc::new(MemoryCatalog::new()));
+        Backups::new(store, Hosts::new(None, "token".into()), dir)
     }
 
     #[test]

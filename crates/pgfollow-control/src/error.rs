@@ -60,8 +60,8 @@ impl From<pgfollow_catalog::CatalogError> for ApiErr {
     }
 }
 
-impl From<pgfollow_agent::AgentError> for ApiErr {
-    fn from(e: pgfollow_agent::AgentError) -> Self {
+impl From<pgfollow_client::agent::AgentCallError> for ApiErr {
+    fn from(e: pgfollow_client::agent::AgentCallError) -> Self {
         ApiErr::unavailable(e.to_string())
     }
 }

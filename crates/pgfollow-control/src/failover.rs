@@ -9,11 +9,11 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use pgfollow_agent::FENCE_AFTER;
 use pgfollow_planner::{
     decide_failover, is_promoted, self_fence_is_certain, switch_roles, FailoverAction, FailoverStep,
 };
 use pgfollow_types::model::{DatabaseRecord, OperationRecord, OperationState, State};
+use pgfollow_types::timing::FENCE_AFTER;
 
 use crate::endpoints::Endpoints;
 use crate::error::ApiErr;

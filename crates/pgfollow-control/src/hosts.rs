@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use pgfollow_agent::{Agent, AgentError};
-use pgfollow_client::agent::{AgentCallError, AgentClient};
+use pgfollow_client::agent::{AgentCallError, AgentClient, EmbeddedAgent};
 use pgfollow_types::agent::{
     AgentCall, AgentRegistration, ClusterSpec, ClusterStats, ClusterStatus, CommitCount,
     EndpointSpec, EndpointStatus, Probe, ReplayStatus, RoleSecret, SlotStatus,
@@ -18,10 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiErr;
 
-/// A remote agent whose last heartbeat is older than this is taken as down
-/// (it heartbeats every 250 ms). It is also the HA grace: a primary whose
-/// host is silent this long is failed over, so a shorter stall never is.
-pub const HOST_LEASE: Duration = Duration::from_millis(2000);
+pub use pgfollow_types::timing::HOST_LEASE;
 /// How long a look at a remote cluster may take: the executor waits for it.
 const GLANCE: Duration = Duration::from_secs(1);
 /// How long a quick call to a remote agent may take.
@@ -38,7 +34,7 @@ const COPY: Duration = Duration::from_secs(6 * 3600);
 
 #[derive(Clone)]
 pub struct Hosts {
-    local: Option<Arc<Agent>>,
+    local: Option<Arc<dyn EmbeddedAgent>>,
     remote: Arc<RwLock<BTreeMap<String, Remote>>>,
     token: String,
     /// When this control plane started: a host not heard from since has
@@ -54,7 +50,7 @@ struct Remote {
 
 impl Hosts {
     /// The embedded agent (if any); remote agents join with [`Hosts::register`].
-    pub fn new(local: Option<Arc<Agent>>, token: String) -> Self {
+    pub fn new(local: Option<Arc<dyn EmbeddedAgent>>, token: String) -> Self {
         Self {
             local,
             remote: Arc::default(),
@@ -151,16 +147,12 @@ impl Hosts {
 /// API, a remote one over HTTP, so the two cannot drift apart.
 #[derive(Clone)]
 pub enum AgentHandle {
-    Local(Arc<Agent>),
+    Local(Arc<dyn EmbeddedAgent>),
     Remote(AgentClient),
 }
 
-fn remote_error(e: AgentCallError) -> AgentError {
-    match e {
-        AgentCallError::Failed(f) => AgentError::Remote(f),
-        AgentCallError::Unreachable { .. } => AgentError::HostDown(e.to_string()),
-    }
-}
+/// What an agent call can come to.
+pub type AgentError = AgentCallError;
 
 /// How long a remote agent may take to answer `call`.
 fn timeout_of(call: &AgentCall) -> Duration {
@@ -168,7 +160,7 @@ fn timeout_of(call: &AgentCall) -> Duration {
         AgentCall::Status { .. } => GLANCE,
         AgentCall::Probe { .. } => PROBE,
         AgentCall::Fence { .. } => FENCE,
-        AgentCall::BaseBackup { .. } => COPY,
+        AgentCall::BaseBackup { .. } | AgentCall::Dump { .. } | AgentCall::Restore { .. } => COPY,
         AgentCall::EndpointHold { limit_ms, .. }
         | AgentCall::EndpointPauseWithin { limit_ms, .. } => {
             QUICK + Duration::from_millis(*limit_ms)
@@ -190,14 +182,16 @@ impl AgentHandle {
     pub async fn call<T: DeserializeOwned>(&self, call: AgentCall) -> Result<T, AgentError> {
         match self {
             Self::Local(a) => {
-                let value = pgfollow_agent::http::dispatch(a, call).await?;
-                serde_json::from_value(value).map_err(|e| {
-                    AgentError::HostDown(format!("the agent's answer could not be read: {e}"))
+                let name = call.name();
+                let value = a.call(call).await.map_err(AgentCallError::Failed)?;
+                serde_json::from_value(value).map_err(|e| AgentCallError::Unreachable {
+                    url: format!("the embedded agent ({name})"),
+                    cause: format!("its answer could not be read: {e}"),
                 })
             }
             Self::Remote(c) => {
                 let timeout = timeout_of(&call);
-                c.call(&call, timeout).await.map_err(remote_error)
+                c.call(&call, timeout).await
             }
         }
     }
@@ -439,5 +433,51 @@ impl AgentHandle {
     ) -> Result<Option<bool>, AgentError> {
         let (id, dbname) = (id.into(), dbname.into());
         self.call(AgentCall::EndpointPaused { id, dbname }).await
+    }
+
+    // backups branch: logical backups through the (embedded) agent.
+
+    /// `pg_dump -Fc` of `target` into the agent's backups directory's
+    /// `file`; answers its size.
+    pub async fn dump(
+        &self,
+        major: u32,
+        target: &pgfollow_types::backup::DumpTarget,
+        file: &str,
+    ) -> Result<u64, AgentError> {
+        let call = AgentCall::Dump {
+            major,
+            target: target.clone(),
+            file: file.into(),
+        };
+        self.call(call).await
+    }
+
+    /// `pg_restore` of the backups directory's `file` into `target`; its
+    /// progress is polled twice a second.
+    pub async fn restore(
+        &self,
+        major: u32,
+        target: &pgfollow_types::backup::DumpTarget,
+        file: &str,
+        progress: impl Fn(u64, u64) + Send + Sync,
+    ) -> Result<(), AgentError> {
+        let run = self.call::<()>(AgentCall::Restore {
+            major,
+            target: target.clone(),
+            file: file.into(),
+        });
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                result = &mut run => return result,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    let call = AgentCall::RestoreProgress { file: file.into() };
+                    if let Ok(Some((done, total))) = self.call::<Option<(u64, u64)>>(call).await {
+                        progress(done, total);
+                    }
+                }
+            }
+        }
     }
 }

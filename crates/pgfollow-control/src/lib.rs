@@ -23,4 +23,4 @@ mod views;
 
 pub use api::openapi_json;
 pub use config::ServeConfig;
-pub use server::{load_plans, serve, LOCAL_HOST};
+pub use server::{load_plans, serve, MakeAgent, LOCAL_HOST};

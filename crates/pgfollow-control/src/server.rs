@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use nix::fcntl::{Flock, FlockArg};
-use pgfollow_agent::{Agent, AgentConfig};
 use pgfollow_catalog::SqliteCatalog;
+use pgfollow_client::agent::EmbeddedAgent;
 use pgfollow_client::ApiFile;
 use pgfollow_types::plan::PlanFile;
 use pgfollow_types::PlanCatalog;
@@ -28,8 +28,17 @@ use crate::store::Store;
 /// Name of the embedded agent's host.
 pub const LOCAL_HOST: &str = "local";
 
+/// Makes the embedded agent, given the directory its clusters live in:
+/// `pgfollow serve` passes one that builds `pgfollow-agent`'s agent (the
+/// control plane itself only speaks to it through [`EmbeddedAgent`]).
+pub type MakeAgent = Box<dyn FnOnce(&Path) -> anyhow::Result<Arc<dyn EmbeddedAgent>> + Send>;
+
 /// Runs the control plane until `shutdown` is cancelled.
-pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    config: ServeConfig,
+    make_agent: MakeAgent,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let data_dir = &config.data_dir;
     prepare_data_dir(data_dir)?;
     let _lock = lock_data_dir(data_dir)?;
@@ -52,20 +61,12 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
         .with_context(|| format!("cannot open the catalog in {}", data_dir.display()))?;
     let store = Store::new(Arc::new(catalog));
 
-    let agent = Agent::new(AgentConfig {
-        name: LOCAL_HOST.to_string(),
-        zone: None,
-        address: config.pg_listen.clone(),
-        clusters_dir: data_dir.join("clusters"),
-        pg_bin: config.pg_bin.clone(),
-        os_user: config.os_user.clone(),
-    })?;
+    let agent = make_agent(&data_dir.join("clusters"))?;
     let host = agent.host_record();
     store.update(|state| {
         state.hosts.insert(host.name.clone(), host.clone());
         Ok(())
     })?;
-    let agent = Arc::new(agent);
     let hosts = Hosts::new(Some(agent.clone()), token.clone());
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -88,7 +89,7 @@ pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::
     let endpoints = Arc::new(Endpoints::new(store.clone(), hosts.clone()));
     let backups = Arc::new(crate::backups::Backups::new(
         store.clone(),
-        agent.clone(),
+        hosts.clone(),
         data_dir,
     ));
     let backups_cancel = shutdown.child_token();

@@ -17,25 +17,7 @@ use crate::process;
 use crate::user::OsUser;
 
 /// Where to connect and as whom.
-#[derive(Clone)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-    pub database: String,
-    pub user: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Target")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("database", &self.database)
-            .field("user", &self.user)
-            .finish_non_exhaustive()
-    }
-}
+pub use pgfollow_types::backup::DumpTarget as Target;
 
 /// How long one dump or restore may take.
 pub const DUMP_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
@@ -302,17 +284,5 @@ mod tests {
             first_lines("pg_restore: error: a\n\n  b  \nc\nd\n", 3),
             "pg_restore: error: a; b; c"
         );
-    }
-
-    #[test]
-    fn the_password_is_not_in_debug_output() {
-        let t = Target {
-            host: "h".into(),
-            port: 1,
-            database: "d".into(),
-            user: "u".into(),
-            password: "sekrit".into(),
-        };
-        assert!(!format!("{t:?}").contains("sekrit"));
     }
 }

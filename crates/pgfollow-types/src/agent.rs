@@ -399,6 +399,26 @@ pub enum AgentCall {
         id: String,
         dbname: String,
     },
+    // backups branch: logical backups, run by the control plane's embedded
+    // agent; `file` is relative to the agent's backups directory.
+    /// Long: `pg_dump -Fc` of `target` (PostgreSQL `major`) into `file`,
+    /// mode 0600. Answers its size in bytes.
+    Dump {
+        major: u32,
+        target: crate::backup::DumpTarget,
+        file: String,
+    },
+    /// Long: `pg_restore` of `file` into `target` (PostgreSQL `major`);
+    /// poll `RestoreProgress` meanwhile.
+    Restore {
+        major: u32,
+        target: crate::backup::DumpTarget,
+        file: String,
+    },
+    /// `(done, total)` bytes of `file` read by its running restore, if any.
+    RestoreProgress {
+        file: String,
+    },
 }
 
 impl AgentCall {
@@ -440,9 +460,17 @@ impl AgentCall {
             AgentCall::EndpointUnblock { .. } => "endpoint_unblock",
             AgentCall::EndpointDestroy { .. } => "endpoint_destroy",
             AgentCall::EndpointPaused { .. } => "endpoint_paused",
+            AgentCall::Dump { .. } => "dump",
+            AgentCall::Restore { .. } => "restore",
+            AgentCall::RestoreProgress { .. } => "restore_progress",
         }
     }
 }
+
+/// [`AgentFailure::code`] of a port taken by another program.
+pub const CODE_PORT_IN_USE: &str = "port_in_use";
+/// [`AgentFailure::code`] of a backend that does not exist (`pg:kill`).
+pub const CODE_NO_SUCH_BACKEND: &str = "no_such_backend";
 
 /// An agent's error answer: the message, and a code for the errors the
 /// control plane acts on.

@@ -88,6 +88,41 @@ pub fn parse_schedule_time(s: &str) -> Result<(u8, u8), String> {
     Ok((hour, minute))
 }
 
+/// Where `pg_dump`/`pg_restore` connect and as whom. `Debug` leaves the
+/// password out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpTarget {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for DumpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DumpTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `file` is a plain relative path under a backups directory
+/// (`sushi/b001.dump`): no `..`, not absolute, plain characters.
+pub fn is_backup_file(file: &str) -> bool {
+    !file.is_empty()
+        && !file.starts_with('/')
+        && file
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && file
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+}
+
 /// One backup as `pg:backups` and `pg:backups:info` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -163,6 +198,34 @@ pub struct ScheduleInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_files_stay_under_the_backups_directory() {
+        assert!(is_backup_file("sushi/b001.dump"));
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "sushi/../../x",
+            "a//b",
+            "a b",
+            "./x",
+        ] {
+            assert!(!is_backup_file(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_password_is_not_in_debug_output() {
+        let t = DumpTarget {
+            host: "h".into(),
+            port: 1,
+            database: "d".into(),
+            user: "u".into(),
+            password: "sekrit".into(),
+        };
+        assert!(!format!("{t:?}").contains("sekrit"));
+    }
 
     #[test]
     fn heroku_backup_names() {

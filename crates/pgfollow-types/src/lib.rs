@@ -12,6 +12,7 @@ pub mod lsn;
 pub mod model;
 pub mod names;
 pub mod plan;
+pub mod timing;
 
 pub use dbref::DatabaseRef;
 pub use lsn::Lsn;

@@ -36,6 +36,12 @@ pub enum AgentError {
     /// An agent on another host did not answer.
     #[error("{0}")]
     HostDown(String),
+    #[error("PostgreSQL {major} is not installed on host {host} (it has {have}): install it there and restart its agent with --pg-bin for it, or use another version")]
+    NoSuchMajor {
+        host: String,
+        major: u32,
+        have: String,
+    },
     #[error("OS user {user} cannot reach {path}: make it and every parent directory traversable (chmod o+x), or choose a --data-dir under /var/lib")]
     Unreachable { user: String, path: PathBuf },
 }
@@ -93,7 +99,8 @@ pub struct AgentConfig {
     pub address: String,
     /// Every cluster lives in a directory below this one.
     pub clusters_dir: PathBuf,
-    pub pg_bin: Option<PathBuf>,
+    /// `--pg-bin`, once per major version; empty: find every installed one.
+    pub pg_bin: Vec<PathBuf>,
     pub os_user: String,
 }
 
@@ -106,7 +113,8 @@ pub struct Agent {
     zone: Option<String>,
     address: String,
     clusters_dir: PathBuf,
-    bin: Arc<PgBinaries>,
+    /// Every installed major, newest first (never empty).
+    bins: Vec<Arc<PgBinaries>>,
     user: Arc<OsUser>,
     /// PgBouncer, for app endpoints; else why there is none to use.
     bouncer: Result<Arc<pgfollow_pgbouncer::BouncerBinary>, String>,
@@ -143,7 +151,7 @@ impl Agent {
     /// Finds PostgreSQL and the OS user, and makes the clusters directory
     /// (reachable, not listable, by that user).
     pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
-        let bin = PgBinaries::discover(config.pg_bin.as_deref())?;
+        let bins = PgBinaries::discover_all(&config.pg_bin)?;
         let user = OsUser::resolve(&config.os_user)?;
         make_traversable_dir(&config.clusters_dir)?;
         if !user.can_reach(&config.clusters_dir) {
@@ -159,7 +167,7 @@ impl Agent {
             zone: config.zone,
             address: config.address,
             clusters_dir: config.clusters_dir,
-            bin: Arc::new(bin),
+            bins: bins.into_iter().map(Arc::new).collect(),
             user: Arc::new(user),
             bouncer: discover_bouncer(),
         })
@@ -185,32 +193,86 @@ impl Agent {
             .unwrap_or_else(|| self.clusters_dir.join("endpoints"))
     }
 
+    /// The newest installed major version.
     pub fn pg_major(&self) -> u32 {
-        self.bin.major
+        self.newest().major
+    }
+
+    fn newest(&self) -> &Arc<PgBinaries> {
+        &self.bins[0]
+    }
+
+    /// Every installed major, newest first.
+    pub fn binaries(&self) -> &[Arc<PgBinaries>] {
+        &self.bins
+    }
+
+    /// The installation of `major`, or an error naming what there is.
+    pub fn binaries_of(&self, major: u32) -> Result<Arc<PgBinaries>, AgentError> {
+        self.bins
+            .iter()
+            .find(|b| b.major == major)
+            .cloned()
+            .ok_or_else(|| AgentError::NoSuchMajor {
+                host: self.name.clone(),
+                major,
+                have: self
+                    .bins
+                    .iter()
+                    .map(|b| b.major.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// This host as the catalog records it.
     pub fn host_record(&self) -> HostRecord {
+        let newest = self.newest();
         HostRecord {
             name: self.name.clone(),
             zone: self.zone.clone(),
             address: self.address.clone(),
-            pg_bin: self.bin.bindir.display().to_string(),
-            pg_major: self.bin.major,
-            pg_version: self.bin.version.clone(),
+            pg_bin: newest.bindir.display().to_string(),
+            pg_major: newest.major,
+            pg_version: newest.version.clone(),
             agent_url: None,
+            majors: self
+                .bins
+                .iter()
+                .map(|b| pgfollow_types::model::PgInstall {
+                    major: b.major,
+                    version: b.version.clone(),
+                    bin: b.bindir.display().to_string(),
+                })
+                .collect(),
         }
     }
 
-    fn cluster(&self, id: &str) -> Result<Cluster, AgentError> {
+    /// The cluster `id` with the binaries of the major its data directory
+    /// was made with (`PG_VERSION`), so a re-attached cluster keeps its
+    /// version; the newest for a cluster with no data directory yet.
+    pub(crate) fn cluster(&self, id: &str) -> Result<Cluster, AgentError> {
+        self.cluster_of(id, None)
+    }
+
+    /// The cluster of `spec`, with the binaries of its `pg_major`.
+    fn cluster_for(&self, spec: &ClusterSpec) -> Result<Cluster, AgentError> {
+        self.cluster_of(&spec.id, spec.pg_major)
+    }
+
+    fn cluster_of(&self, id: &str, major: Option<u32>) -> Result<Cluster, AgentError> {
         if !valid_id(id) {
             return Err(AgentError::InvalidId(id.to_string()));
         }
-        Ok(Cluster::new(
-            self.clusters_dir.join(id),
-            self.bin.clone(),
-            self.user.clone(),
-        ))
+        let root = self.clusters_dir.join(id);
+        let on_disk = std::fs::read_to_string(root.join("pgdata").join("PG_VERSION"))
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        let bin = match major.or(on_disk) {
+            Some(m) => self.binaries_of(m)?,
+            None => self.newest().clone(),
+        };
+        Ok(Cluster::new(root, bin, self.user.clone()))
     }
 
     /// What the cluster's files say, without connecting.
@@ -219,19 +281,19 @@ impl Agent {
     }
 
     pub async fn initialize(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
-        Ok(self.cluster(&spec.id)?.initialize(spec).await?)
+        Ok(self.cluster_for(spec)?.initialize(spec).await?)
     }
 
     /// Renders the configuration from `spec` (port and plan may have
     /// changed) and starts postgres.
     pub async fn start(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
-        let cluster = self.cluster(&spec.id)?;
+        let cluster = self.cluster_for(spec)?;
         cluster.write_config(spec)?;
         Ok(cluster.start().await?)
     }
 
     pub async fn bootstrap(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
-        Ok(self.cluster(&spec.id)?.bootstrap(spec).await?)
+        Ok(self.cluster_for(spec)?.bootstrap(spec).await?)
     }
 
     pub async fn stats(&self, id: &str, database: &str) -> Result<ClusterStats, AgentError> {
@@ -287,7 +349,7 @@ impl Agent {
     ) -> Result<(), AgentError> {
         let id = spec.id.clone();
         let result = self
-            .cluster(&spec.id)?
+            .cluster_for(spec)?
             .basebackup(spec, |done, total| {
                 self.progress_map().insert(id.clone(), (done, total));
                 progress(done, total)
@@ -302,7 +364,7 @@ impl Agent {
         self.progress_map().get(id).copied()
     }
 
-    fn progress_map(
+    pub(crate) fn progress_map(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, u64)>> {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
@@ -329,7 +391,7 @@ impl Agent {
 
     /// Winds an old primary back and makes it a standby of `spec.upstream`.
     pub async fn rewind(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
-        Ok(self.cluster(&spec.id)?.rewind(spec).await?)
+        Ok(self.cluster_for(spec)?.rewind(spec).await?)
     }
 
     /// `CHECKPOINT`.
@@ -344,7 +406,7 @@ impl Agent {
 
     /// Re-renders the configuration (e.g. a new or no upstream) and reloads.
     pub async fn set_upstream(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
-        Ok(self.cluster(&spec.id)?.set_upstream(spec).await?)
+        Ok(self.cluster_for(spec)?.set_upstream(spec).await?)
     }
 
     /// Kills the cluster at once (fencing): it can take no write after

@@ -152,6 +152,18 @@ pub async fn dispatch(agent: &Agent, call: AgentCall) -> Result<serde_json::Valu
         AgentCall::EndpointPaused { id, dbname } => {
             json(agent.endpoint_paused(&id, &dbname).await?)
         }
+        // backups branch
+        AgentCall::Dump {
+            major,
+            target,
+            file,
+        } => json(agent.dump(major, &target, &file).await?),
+        AgentCall::Restore {
+            major,
+            target,
+            file,
+        } => json(agent.restore(major, &target, &file).await?),
+        AgentCall::RestoreProgress { file } => json(agent.restore_progress(&file)),
         AgentCall::Probe { id } => json(agent.probe(&id).await?),
     }
 }

@@ -5,10 +5,11 @@
 //! finds its running clusters again through their `postmaster.pid`.
 
 mod agent;
+mod backups;
 mod endpoints;
 pub mod http;
 mod run;
 
 pub use agent::{Agent, AgentConfig, AgentError};
 pub use pgfollow_pgbouncer::{EndpointSpec, EndpointStatus, Target as EndpointTarget};
-pub use run::{run, RunConfig, FENCE_AFTER, HEARTBEAT};
+pub use run::{run, versions_line, RunConfig, FENCE_AFTER, HEARTBEAT};

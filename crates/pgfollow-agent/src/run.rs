@@ -27,7 +27,8 @@ pub struct RunConfig {
     pub data_dir: PathBuf,
     /// Where this agent's API listens.
     pub listen: SocketAddr,
-    pub pg_bin: Option<PathBuf>,
+    /// `--pg-bin`, once per major version; empty: find every installed one.
+    pub pg_bin: Vec<PathBuf>,
     pub os_user: String,
     /// The address apps use to reach this host's databases.
     pub pg_listen: String,
@@ -81,6 +82,7 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> anyhow::Resu
         pg_bin: host.pg_bin.clone(),
         pg_major: host.pg_major,
         pg_version: host.pg_version.clone(),
+        majors: host.majors.clone(), // backups branch: every installed major
     };
     let control = Client::new(config.control.clone(), config.token.clone());
     control
@@ -94,7 +96,9 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> anyhow::Resu
         })?;
     println!(
         "pgfollow agent {}: API listening on {url}, registered with {} (PostgreSQL {})",
-        host.name, config.control, host.pg_version
+        host.name,
+        config.control,
+        versions_line(&host)
     );
     tracing::info!("agent {} listening on {url}", host.name);
 
@@ -172,4 +176,13 @@ async fn heartbeat(
             _ = tokio::time::sleep(HEARTBEAT) => {}
         }
     }
+}
+
+/// `18.6, 15.18`: the versions a host has, newest first.
+pub fn versions_line(host: &pgfollow_types::model::HostRecord) -> String {
+    host.installs()
+        .iter()
+        .map(|i| i.version.clone())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

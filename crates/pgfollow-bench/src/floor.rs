@@ -140,6 +140,7 @@ impl Floor {
             },
             upstream,
             synchronous_standby: None,
+            pg_major: None,
         })
     }
 

@@ -48,6 +48,10 @@ pub struct CreateArgs {
     /// advisory locks, temporary tables, WITH HOLD cursors)
     #[arg(long, value_name = "MODE")]
     pub pool_mode: Option<pgfollow_types::api::PoolMode>,
+    /// PostgreSQL major version (`18`); default: the newest every host has
+    /// (a follower always runs its leader's)
+    #[arg(long = "version", id = "pg_major", value_name = "MAJOR")]
+    pub version: Option<u32>,
     /// Then wait until the new database is available, as pg:wait does
     #[arg(long)]
     pub wait: bool,
@@ -84,6 +88,7 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<()> {
         sync: args.sync.is_some(),
         sync_strict: args.sync.as_deref() == Some("strict"),
         pool_mode: args.pool_mode,
+        version: args.version,
     };
     let resp = client.create_addon(app, &req).await?;
     if !args.json.json {

@@ -33,9 +33,10 @@ pub struct AgentArgs {
     /// Address of this agent's own API
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
-    /// PostgreSQL's bin directory (found by itself when not given)
+    /// A PostgreSQL bin directory, once per major version (every installed
+    /// major is found by itself when none is given)
     #[arg(long, value_name = "DIR")]
-    pub pg_bin: Option<PathBuf>,
+    pub pg_bin: Vec<PathBuf>,
     /// OS user that runs PostgreSQL when pgfollow runs as root
     #[arg(long, value_name = "NAME", default_value = "postgres")]
     pub os_user: String,

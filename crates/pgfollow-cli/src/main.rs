@@ -9,6 +9,7 @@ mod addons;
 mod agent;
 mod apps;
 mod args;
+mod backups;
 mod billing;
 mod child;
 mod config;
@@ -81,7 +82,11 @@ pub enum Command {
     /// List an app's databases
     Addons(addons::ListArgs),
     /// Create a database, or a follower with --follow (also addons:add)
-    #[command(name = "addons:create", alias = "addons:add")]
+    #[command(
+        name = "addons:create",
+        alias = "addons:add",
+        disable_version_flag = true
+    )]
     AddonsCreate(addons::CreateArgs),
     /// Destroy a database (also addons:remove)
     #[command(name = "addons:destroy", alias = "addons:remove")]
@@ -130,6 +135,39 @@ pub enum Command {
     /// Give a database a new password
     #[command(name = "pg:credentials:rotate")]
     PgCredentialsRotate(credentials::RotateArgs),
+    /// List an app's backups
+    #[command(name = "pg:backups")]
+    PgBackups(backups::ListArgs),
+    /// Back a database up (pg_dump's custom format)
+    #[command(name = "pg:backups:capture")]
+    PgBackupsCapture(backups::CaptureArgs),
+    /// Restore a backup into a database, replacing its contents
+    #[command(name = "pg:backups:restore")]
+    PgBackupsRestore(backups::RestoreArgs),
+    /// Show one backup
+    #[command(name = "pg:backups:info")]
+    PgBackupsInfo(backups::BackupArgs),
+    /// Print where a backup can be downloaded
+    #[command(name = "pg:backups:url")]
+    PgBackupsUrl(backups::BackupArgs),
+    /// Download a backup into a file
+    #[command(name = "pg:backups:download")]
+    PgBackupsDownload(backups::DownloadArgs),
+    /// Delete a backup
+    #[command(name = "pg:backups:delete")]
+    PgBackupsDelete(backups::DeleteArgs),
+    /// Cancel the app's running backups and restores
+    #[command(name = "pg:backups:cancel")]
+    PgBackupsCancel(backups::AppOnlyArgs),
+    /// Back a database up every day at a UTC time
+    #[command(name = "pg:backups:schedule")]
+    PgBackupsSchedule(backups::ScheduleArgs),
+    /// List the app's backup schedules
+    #[command(name = "pg:backups:schedules")]
+    PgBackupsSchedules(backups::AppOnlyArgs),
+    /// Stop a database's daily backups
+    #[command(name = "pg:backups:unschedule")]
+    PgBackupsUnschedule(backups::UnscheduleArgs),
 }
 
 #[tokio::main]
@@ -204,6 +242,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::PgKillall(a) => pg::killall(c, a).await?,
         Command::PgCredentialsUrl(a) => credentials::url(c, a).await?,
         Command::PgCredentialsRotate(a) => credentials::rotate(c, a).await?,
+        Command::PgBackups(a) => backups::list(c, a).await?,
+        Command::PgBackupsCapture(a) => backups::capture(c, a).await?,
+        Command::PgBackupsRestore(a) => backups::restore(c, a).await?,
+        Command::PgBackupsInfo(a) => backups::info(c, a).await?,
+        Command::PgBackupsUrl(a) => backups::url(c, a).await?,
+        Command::PgBackupsDownload(a) => backups::download(c, a).await?,
+        Command::PgBackupsDelete(a) => backups::delete(c, a).await?,
+        Command::PgBackupsCancel(a) => backups::cancel(c, a).await?,
+        Command::PgBackupsSchedule(a) => backups::schedule(c, a).await?,
+        Command::PgBackupsSchedules(a) => backups::schedules(c, a).await?,
+        Command::PgBackupsUnschedule(a) => backups::unschedule(c, a).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -242,6 +291,19 @@ mod tests {
             "run -a sushi -- env -0",
             "addons -a sushi --json",
             "addons:create standard-0 -a sushi --follow DATABASE_URL --wait --timeout 60 --json",
+            "addons:create standard-0 -a sushi --version 18",
+            "pg:backups -a sushi --json",
+            "pg:backups:capture WHITE -a sushi",
+            "pg:backups:restore b001 CHARCOAL -a sushi --confirm sushi",
+            "pg:backups:restore sushi::b001 -a ramen --confirm ramen",
+            "pg:backups:info b001 -a sushi",
+            "pg:backups:url -a sushi",
+            "pg:backups:download b001 -a sushi -o /tmp/x.dump",
+            "pg:backups:delete b001 -a sushi --confirm sushi",
+            "pg:backups:cancel -a sushi",
+            "pg:backups:schedule DATABASE_URL -a sushi --at 02:00",
+            "pg:backups:schedules -a sushi",
+            "pg:backups:unschedule -a sushi",
             "addons:destroy WHITE -a sushi --confirm sushi",
             "addons:add heroku-postgresql:standard-0 -a sushi --follow HEROKU_POSTGRESQL_WHITE_URL",
             "addons:remove HEROKU_POSTGRESQL_WHITE -a sushi --confirm sushi",

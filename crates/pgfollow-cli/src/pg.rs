@@ -173,6 +173,17 @@ pub fn info_block(db: &DatabaseInfo) -> String {
         let names: Vec<String> = db.followers.iter().map(|f| color_name(f)).collect();
         rows.push(("Followers", names.join(", ")));
     }
+    if let Some(b) = &db.last_backup {
+        rows.push((
+            "Last Backup",
+            format!(
+                "{} ({}, {})",
+                b.name,
+                utc_minute(b.finished_at),
+                human_bytes(b.size_bytes)
+            ),
+        ));
+    }
     rows.push(("Host", db.host.clone()));
     rows.push(("Add-on", db.name.clone()));
     format!("=== {heading}\n{}", aligned(&rows, INFO_LABEL_WIDTH))

@@ -20,9 +20,10 @@ pub struct ServeArgs {
     /// Address of the HTTP API
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// PostgreSQL's bin directory (found by itself when not given)
+    /// A PostgreSQL bin directory, once per major version (every installed
+    /// major is found by itself when none is given)
     #[arg(long, value_name = "DIR")]
-    pub pg_bin: Option<PathBuf>,
+    pub pg_bin: Vec<PathBuf>,
     /// OS user that runs PostgreSQL when pgfollow runs as root
     #[arg(long, value_name = "NAME", default_value = "postgres")]
     pub os_user: String,

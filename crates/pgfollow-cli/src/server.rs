@@ -64,7 +64,11 @@ pub fn hosts_table(hosts: &[HostSummary]) -> String {
                 h.name.clone(),
                 h.zone.clone().unwrap_or_else(|| "-".into()),
                 if h.reachable { "up" } else { "down" }.to_string(),
-                h.pg_version.clone(),
+                if h.pg_versions.is_empty() {
+                    h.pg_version.clone()
+                } else {
+                    h.pg_versions.join(", ")
+                },
                 list_or_dash(&h.databases),
             ]
         })
@@ -110,6 +114,24 @@ mod tests {
     }
 
     #[test]
+    fn hosts_lists_every_major() {
+        let h = HostSummary {
+            name: "local".into(),
+            zone: None,
+            pg_bin: "/opt/pgfollow/postgresql/18/bin".into(),
+            pg_version: "18.6".into(),
+            pg_versions: vec!["18.6".into(), "15.18".into()],
+            databases: vec![],
+            reachable: true,
+        };
+        assert_eq!(
+            hosts_table(&[h]),
+            "NAME   ZONE  AGENT  PG           DATABASES\n\
+             local  -     up     18.6, 15.18  -\n"
+        );
+    }
+
+    #[test]
     fn status_lists_hosts() {
         let s = ServerStatus {
             version: "0.1.0".into(),
@@ -118,6 +140,7 @@ mod tests {
                 zone: None,
                 pg_bin: "/usr/lib/postgresql/15/bin".into(),
                 pg_version: "15".into(),
+                pg_versions: vec![],
                 databases: vec![],
                 reachable: true,
             }],

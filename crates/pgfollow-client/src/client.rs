@@ -12,6 +12,9 @@ use pgfollow_types::api::{
     CreateAddonResponse, CreateApp, Credentials, DatabaseInfo, DestroyAddonResponse,
     KillAllResponse, KillRequest, KillResponse, Operation, ServerStatus,
 };
+use pgfollow_types::backup::{
+    BackupInfo, BackupStarted, CaptureBackup, RestoreBackup, ScheduleBackups, ScheduleInfo,
+};
 use pgfollow_types::Plan;
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
@@ -315,6 +318,132 @@ impl Client {
     }
 
     /// `GET /openapi.json`.
+    /// `GET /v1/apps/{app}/backups`.
+    pub async fn backups(&self, app: &str) -> Result<Vec<BackupInfo>, ClientError> {
+        self.get(&["v1", "apps", app, "backups"]).await
+    }
+
+    /// `POST /v1/apps/{app}/backups`.
+    pub async fn capture_backup(
+        &self,
+        app: &str,
+        database: Option<&str>,
+    ) -> Result<BackupStarted, ClientError> {
+        let body = CaptureBackup {
+            database: database.map(str::to_string),
+        };
+        self.send_json(Method::POST, &["v1", "apps", app, "backups"], &body)
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/backups/{name}` (`latest` for the newest).
+    pub async fn backup(&self, app: &str, name: &str) -> Result<BackupInfo, ClientError> {
+        self.get(&["v1", "apps", app, "backups", name]).await
+    }
+
+    /// `DELETE /v1/apps/{app}/backups/{name}?confirm=APP`.
+    pub async fn delete_backup(
+        &self,
+        app: &str,
+        name: &str,
+        confirm: &str,
+    ) -> Result<BackupInfo, ClientError> {
+        let req = self
+            .request(Method::DELETE, &["v1", "apps", app, "backups", name])
+            .query(&[("confirm", confirm)]);
+        self.send(req).await
+    }
+
+    /// `POST /v1/apps/{app}/backups/cancel`.
+    pub async fn cancel_backups(&self, app: &str) -> Result<Vec<String>, ClientError> {
+        self.send(self.request(Method::POST, &["v1", "apps", app, "backups", "cancel"]))
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/restores?confirm=APP`.
+    pub async fn restore_backup(
+        &self,
+        app: &str,
+        req: &RestoreBackup,
+        confirm: &str,
+    ) -> Result<BackupStarted, ClientError> {
+        let r = self
+            .request(Method::POST, &["v1", "apps", app, "restores"])
+            .query(&[("confirm", confirm)])
+            .json(req);
+        self.send(r).await
+    }
+
+    /// `GET /v1/apps/{app}/backup-schedules`.
+    pub async fn backup_schedules(&self, app: &str) -> Result<Vec<ScheduleInfo>, ClientError> {
+        self.get(&["v1", "apps", app, "backup-schedules"]).await
+    }
+
+    /// `POST /v1/apps/{app}/backup-schedules`.
+    pub async fn schedule_backups(
+        &self,
+        app: &str,
+        req: &ScheduleBackups,
+    ) -> Result<ScheduleInfo, ClientError> {
+        self.send_json(Method::POST, &["v1", "apps", app, "backup-schedules"], req)
+            .await
+    }
+
+    /// `DELETE /v1/apps/{app}/backup-schedules/{db}`.
+    pub async fn unschedule_backups(
+        &self,
+        app: &str,
+        db: &str,
+    ) -> Result<ScheduleInfo, ClientError> {
+        self.send(self.request(Method::DELETE, &["v1", "apps", app, "backup-schedules", db]))
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/backups/{name}/download` into `out` (written as
+    /// `out.partial`, renamed when complete). Returns the bytes written.
+    pub async fn download_backup(
+        &self,
+        app: &str,
+        name: &str,
+        out: &std::path::Path,
+    ) -> Result<u64, ClientError> {
+        use std::io::Write;
+        let segments = ["v1", "apps", app, "backups", name, "download"];
+        let mut resp = self
+            .http
+            .request(Method::GET, self.url(&segments))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(6 * 3600))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+            return Err(api_error(status.as_u16(), &body));
+        }
+        let tmp = std::path::PathBuf::from(format!("{}.partial", out.display()));
+        let local = |e: std::io::Error| ClientError::Http {
+            url: out.display().to_string(),
+            cause: e.to_string(),
+        };
+        let mut file = std::fs::File::create(&tmp).map_err(local)?;
+        let mut total = 0u64;
+        let copied: Result<(), ClientError> = async {
+            while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(e))? {
+                file.write_all(&chunk).map_err(local)?;
+                total += chunk.len() as u64;
+            }
+            file.sync_all().map_err(local)?;
+            std::fs::rename(&tmp, out).map_err(local)
+        }
+        .await;
+        if copied.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        copied.map(|()| total)
+    }
+
     pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
         self.get(&["openapi.json"]).await
     }

@@ -10,8 +10,9 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Where the HTTP API listens; loopback by default.
     pub listen: SocketAddr,
-    /// PostgreSQL's bin directory; found by itself when none.
-    pub pg_bin: Option<PathBuf>,
+    /// PostgreSQL bin directories, one per major; every installed major is
+    /// found when empty.
+    pub pg_bin: Vec<PathBuf>,
     /// The OS user postgres runs as when pgfollow runs as root.
     pub os_user: String,
     /// An operator's plan file (TOML).

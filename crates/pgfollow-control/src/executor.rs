@@ -674,6 +674,7 @@ pub fn active_operation<'a>(state: &'a State, id: &str) -> Option<&'a OperationR
         .operations
         .values()
         .filter(|o| o.database == id && o.state.is_active())
+        .filter(|o| !o.kind.is_backup()) // backups branch: they run in the backups loop
         .min_by_key(|o| (o.created_at, o.id.clone()))
 }
 

@@ -160,7 +160,7 @@ fn timeout_of(call: &AgentCall) -> Duration {
         AgentCall::Status { .. } => GLANCE,
         AgentCall::Probe { .. } => PROBE,
         AgentCall::Fence { .. } => FENCE,
-        AgentCall::BaseBackup { .. } => COPY,
+        AgentCall::BaseBackup { .. } | AgentCall::Dump { .. } | AgentCall::Restore { .. } => COPY,
         AgentCall::EndpointHold { limit_ms, .. }
         | AgentCall::EndpointPauseWithin { limit_ms, .. } => {
             QUICK + Duration::from_millis(*limit_ms)
@@ -433,5 +433,51 @@ impl AgentHandle {
     ) -> Result<Option<bool>, AgentError> {
         let (id, dbname) = (id.into(), dbname.into());
         self.call(AgentCall::EndpointPaused { id, dbname }).await
+    }
+
+    // backups branch: logical backups through the (embedded) agent.
+
+    /// `pg_dump -Fc` of `target` into the agent's backups directory's
+    /// `file`; answers its size.
+    pub async fn dump(
+        &self,
+        major: u32,
+        target: &pgfollow_types::backup::DumpTarget,
+        file: &str,
+    ) -> Result<u64, AgentError> {
+        let call = AgentCall::Dump {
+            major,
+            target: target.clone(),
+            file: file.into(),
+        };
+        self.call(call).await
+    }
+
+    /// `pg_restore` of the backups directory's `file` into `target`; its
+    /// progress is polled twice a second.
+    pub async fn restore(
+        &self,
+        major: u32,
+        target: &pgfollow_types::backup::DumpTarget,
+        file: &str,
+        progress: impl Fn(u64, u64) + Send + Sync,
+    ) -> Result<(), AgentError> {
+        let run = self.call::<()>(AgentCall::Restore {
+            major,
+            target: target.clone(),
+            file: file.into(),
+        });
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                result = &mut run => return result,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    let call = AgentCall::RestoreProgress { file: file.into() };
+                    if let Ok(Some((done, total))) = self.call::<Option<(u64, u64)>>(call).await {
+                        progress(done, total);
+                    }
+                }
+            }
+        }
     }
 }

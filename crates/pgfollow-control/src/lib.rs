@@ -3,6 +3,7 @@
 //! operation through the agents. `serve` runs it all with an embedded agent.
 
 pub mod api;
+mod backups;
 mod changeover;
 pub mod config;
 mod endpoints;

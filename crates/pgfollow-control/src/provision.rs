@@ -63,19 +63,103 @@ pub fn pick_port(state: &State, range: (u16, u16), address: &str) -> Result<u16,
     )))
 }
 
+/// The major version of a new leader when none is asked for: the newest
+/// that every host whose agent is up has; when they share none, the newest
+/// any of them has.
+pub fn default_major(state: &State, is_up: &dyn Fn(&str) -> bool) -> Option<u32> {
+    let up: Vec<&HostRecord> = state.hosts.values().filter(|h| is_up(&h.name)).collect();
+    pgfollow_types::model::newest_common_major(up.iter().copied())
+        .or_else(|| up.iter().flat_map(|h| h.installs()).map(|i| i.major).max())
+}
+
+/// The major version a new database runs: a follower's is its leader's
+/// (another one is refused); a leader's is `asked` or [`default_major`].
+pub fn choose_major(
+    state: &State,
+    leader: Option<&DatabaseRecord>,
+    asked: Option<u32>,
+    is_up: &dyn Fn(&str) -> bool,
+) -> Result<u32, ApiErr> {
+    if let Some(l) = leader {
+        return match asked {
+            Some(m) if m != l.pg_major => Err(ApiErr::bad_request(format!(
+                "{} runs PostgreSQL {} and a follower has its leader's major version; drop --version {m}, or to move to {m} restore a backup into a new database (`pgfollow pg:backups:restore`)",
+                l.color, l.pg_major
+            ))),
+            _ => Ok(l.pg_major),
+        };
+    }
+    let installed = |m: u32| state.hosts.values().any(|h| h.has_major(m));
+    match asked {
+        Some(m) if !installed(m) => Err(ApiErr::bad_request(format!(
+            "no host has PostgreSQL {m} (installed: {}); install it and restart the agent, or pick another --version",
+            installed_majors(state)
+        ))),
+        Some(m) => Ok(m),
+        None => default_major(state, is_up).ok_or_else(|| {
+            ApiErr::unavailable(
+                "no host with a running agent can take the database; start `pgfollow agent` on one",
+            )
+        }),
+    }
+}
+
+/// `18, 15`: every major some host has, newest first.
+fn installed_majors(state: &State) -> String {
+    let mut majors: Vec<u32> = state
+        .hosts
+        .values()
+        .flat_map(|h| h.installs())
+        .map(|i| i.major)
+        .collect();
+    majors.sort_unstable_by_key(|m| std::cmp::Reverse(*m));
+    majors.dedup();
+    majors
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Where a new database goes: for a follower, a host other than its
 /// leader's (in another zone when zones are set) whenever one exists; else
-/// the host with the fewest databases.
+/// the host with the fewest databases. A follower needs a host with its
+/// leader's major version.
 pub fn choose_host(
     state: &State,
     leader: Option<&DatabaseRecord>,
     is_up: &dyn Fn(&str) -> bool,
 ) -> Result<HostRecord, ApiErr> {
-    if let Some(l) = leader {
-        if !state.hosts.values().any(|h| h.pg_major == l.pg_major) {
+    choose_host_for(state, leader, leader.map(|l| l.pg_major), is_up)
+}
+
+/// [`choose_host`] among the hosts that have PostgreSQL `major` (any host
+/// when none).
+pub fn choose_host_for(
+    state: &State,
+    leader: Option<&DatabaseRecord>,
+    major: Option<u32>,
+    is_up: &dyn Fn(&str) -> bool,
+) -> Result<HostRecord, ApiErr> {
+    if let (Some(l), Some(m)) = (leader, major) {
+        if !state.hosts.values().any(|h| h.has_major(m)) {
             return Err(ApiErr::bad_request(format!(
-                "{} runs PostgreSQL {} and no host has that major version; a follower must run its leader's major version",
-                l.color, l.pg_major
+                "{} runs PostgreSQL {m} and no host has that major version; a follower must run its leader's major version",
+                l.color
+            )));
+        }
+    }
+    if let Some(m) = major {
+        let with_major: Vec<&str> = state
+            .hosts
+            .values()
+            .filter(|h| h.has_major(m))
+            .map(|h| h.name.as_str())
+            .collect();
+        if !with_major.is_empty() && !with_major.iter().any(|h| is_up(h)) {
+            return Err(ApiErr::unavailable(format!(
+                "no host with PostgreSQL {m} is up ({} has it but its agent does not answer); start its agent, or install PostgreSQL {m} on a running host",
+                with_major.join(", ")
             )));
         }
     }
@@ -96,7 +180,7 @@ pub fn choose_host(
         .hosts
         .values()
         .filter(|h| is_up(&h.name))
-        .filter(|h| leader.is_none_or(|l| l.pg_major == h.pg_major))
+        .filter(|h| major.is_none_or(|m| h.has_major(m)))
         .min_by_key(|h| rank(h))
         .cloned()
         .ok_or_else(|| {
@@ -122,8 +206,19 @@ pub struct NewDatabase<'a> {
 }
 
 /// Adds a database, its attachments, its billing record and its provision
-/// operation. Returns (database id, operation id).
+/// operation. Returns (database id, operation id). It runs its leader's
+/// major version, else its host's newest.
 pub fn add_database(state: &mut State, new: &NewDatabase<'_>) -> Result<(String, String), ApiErr> {
+    add_database_of_major(state, new, None)
+}
+
+/// [`add_database`] running PostgreSQL `major` (a follower's is always its
+/// leader's).
+pub fn add_database_of_major(
+    state: &mut State,
+    new: &NewDatabase<'_>,
+    major: Option<u32>,
+) -> Result<(String, String), ApiErr> {
     let app = crate::resolve::find_app(state, new.app)?.clone();
     let taken: Vec<Color> = state
         .databases
@@ -173,7 +268,11 @@ pub fn add_database(state: &mut State, new: &NewDatabase<'_>) -> Result<(String,
             },
             |l| l.replication.clone(),
         ),
-        pg_major: new.host.pg_major,
+        pg_major: new
+            .leader
+            .map(|l| l.pg_major)
+            .or(major)
+            .unwrap_or(new.host.pg_major),
         created_at: new.now,
         desired: Desired::Running,
         state: DatabaseState::Preparing,
@@ -366,6 +465,7 @@ pub fn cluster_spec(state: &State, db: &DatabaseRecord) -> ClusterSpec {
         replication: db.replication.clone(),
         upstream,
         synchronous_standby: synchronous_standby(state, db),
+        pg_major: Some(db.pg_major),
     }
 }
 
@@ -411,6 +511,7 @@ mod tests {
             pg_major: major,
             pg_version: format!("{major}.1"),
             agent_url: None,
+            majors: Vec::new(),
         }
     }
 
@@ -498,6 +599,97 @@ mod tests {
         other.databases.insert(l.id.clone(), l.clone());
         let e = choose_host(&other, Some(&l), &|_| true).unwrap_err();
         assert!(e.message.contains("major version"), "{e}");
+    }
+
+    fn host_with(name: &str, majors: &[u32]) -> HostRecord {
+        let mut h = host(name, None, majors[0]);
+        h.majors = majors
+            .iter()
+            .map(|m| pgfollow_types::model::PgInstall {
+                major: *m,
+                version: format!("{m}.1"),
+                bin: format!("/pg/{m}/bin"),
+            })
+            .collect();
+        h
+    }
+
+    #[test]
+    fn the_default_major_is_the_newest_every_up_host_has() {
+        let state = state_with(&[host_with("a", &[18, 15]), host_with("b", &[15])]);
+        assert_eq!(default_major(&state, &|_| true), Some(15));
+        assert_eq!(default_major(&state, &|h| h == "a"), Some(18));
+        let disjoint = state_with(&[host_with("a", &[18]), host_with("b", &[15])]);
+        assert_eq!(default_major(&disjoint, &|_| true), Some(18));
+        assert_eq!(default_major(&disjoint, &|_| false), None);
+    }
+
+    #[test]
+    fn a_leader_of_a_major_goes_to_a_host_that_has_it() {
+        let mut state = state_with(&[host_with("a", &[18, 15]), host_with("b", &[15])]);
+        // b is emptier, but only a has 18.
+        let a = state.hosts["a"].clone();
+        leader_on(&mut state, &a);
+        assert_eq!(
+            choose_host_for(&state, None, Some(18), &|_| true)
+                .unwrap()
+                .name,
+            "a"
+        );
+        assert_eq!(
+            choose_host_for(&state, None, Some(15), &|_| true)
+                .unwrap()
+                .name,
+            "b"
+        );
+        assert_eq!(choose_major(&state, None, Some(18), &|_| true).unwrap(), 18);
+        let e = choose_major(&state, None, Some(17), &|_| true).unwrap_err();
+        assert!(
+            e.message
+                .contains("no host has PostgreSQL 17 (installed: 18, 15)"),
+            "{e}"
+        );
+        let e = choose_host_for(&state, None, Some(18), &|h| h == "b").unwrap_err();
+        assert!(
+            e.message
+                .contains("no host with PostgreSQL 18 is up (a has it"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_follower_has_its_leaders_major() {
+        let mut state = state_with(&[host_with("a", &[18, 15]), host_with("b", &[15])]);
+        let a = state.hosts["a"].clone();
+        let (id, _) = add_database_of_major(
+            &mut state,
+            &NewDatabase {
+                app: "sushi",
+                plan: &pgfollow_types::plan::builtin_plans()[2].clone(),
+                host: &a,
+                port_range: (40000, 40999),
+                now: Utc::now(),
+                leader: None,
+                sync: false,
+                hidden: false,
+            },
+            Some(18),
+        )
+        .unwrap();
+        let leader = state.databases[&id].clone();
+        assert_eq!(leader.pg_major, 18);
+        assert_eq!(
+            choose_major(&state, Some(&leader), None, &|_| true).unwrap(),
+            18
+        );
+        let e = choose_major(&state, Some(&leader), Some(15), &|_| true).unwrap_err();
+        assert!(e.message.contains("runs PostgreSQL 18"), "{e}");
+        // b (another host, usually preferred) has no 18: the follower stays on a.
+        assert_eq!(
+            choose_host(&state, Some(&leader), &|_| true).unwrap().name,
+            "a"
+        );
+        assert_eq!(cluster_spec(&state, &leader).pg_major, Some(18));
     }
 
     #[test]

@@ -89,6 +89,13 @@ pub async fn serve(
 
     let wake = Arc::new(Notify::new());
     let endpoints = Arc::new(Endpoints::new(store.clone(), hosts.clone()));
+    let backups = Arc::new(crate::backups::Backups::new(
+        store.clone(),
+        hosts.clone(),
+        data_dir,
+    ));
+    let backups_cancel = shutdown.child_token();
+    let backups_task = tokio::spawn(backups.clone().run(backups_cancel.clone()));
     let ctx = Arc::new(Ctx {
         store: store.clone(),
         hosts: hosts.clone(),
@@ -99,6 +106,7 @@ pub async fn serve(
         wake: wake.clone(),
         endpoints: endpoints.clone(),
         ha_max_lag_bytes: config.ha_max_lag_mb * 1024 * 1024,
+        backups,
     });
     let executor = Arc::new(
         Executor::new(store, hosts, endpoints, config.pg_ports, wake)
@@ -108,10 +116,13 @@ pub async fn serve(
     let exec_task = tokio::spawn(executor.run(exec_cancel.clone()));
 
     println!(
-        "pgfollow serve: API listening on {url} (data dir {}, PostgreSQL {} in {})",
+        "pgfollow serve: API listening on {url} (data dir {}, PostgreSQL {})",
         data_dir.display(),
-        host.pg_version,
-        host.pg_bin
+        host.installs()
+            .iter()
+            .map(|i| format!("{} in {}", i.version, i.bin))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     tracing::info!("listening on {url}");
 
@@ -122,6 +133,10 @@ pub async fn serve(
 
     tracing::info!("shutting down: stopping the executor");
     exec_cancel.cancel();
+    backups_cancel.cancel();
+    if let Err(e) = backups_task.await {
+        tracing::warn!("backups loop ended badly: {e}");
+    }
     if let Err(e) = exec_task.await {
         tracing::warn!("executor ended badly: {e}");
     }

@@ -152,6 +152,12 @@ pub fn decide(
         ),
         OperationKind::Rotate => decide_rotate(db, op, observed),
         OperationKind::Changeover => decision(db, Action::Wait, "a changeover to it is under way"),
+        // backups branch: carried out by the control plane's backups loop.
+        OperationKind::Backup | OperationKind::Restore => decision(
+            db,
+            Action::Wait,
+            "a backup or restore runs in the backups loop",
+        ),
     }
 }
 

@@ -4,12 +4,17 @@
 //! so every decision is tested as a table of plain values; the control plane's
 //! executor carries the step out and records the result.
 
+mod backup;
 mod changeover;
 mod decide;
 mod failover;
 mod ha;
 mod transition;
 
+pub use backup::{
+    decide_backup, decide_restore, latest_slot, schedule_due, to_prune, BackupAction,
+    BackupDecision, MAX_BACKUP_FAILURES,
+};
 pub use changeover::{
     hand_over_standby, recover_changeover, ChangeoverRecovery, CHANGEOVER_SWITCH,
 };

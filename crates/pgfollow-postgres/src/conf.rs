@@ -359,6 +359,7 @@ mod tests {
             },
             upstream: None,
             synchronous_standby: None,
+            pg_major: None,
         }
     }
 

@@ -15,6 +15,13 @@ pub enum PgError {
     )]
     BinariesNotFound { looked: String },
 
+    #[error("--pg-bin names two installations of PostgreSQL {major} ({} and {}): give one --pg-bin per major version", first.display(), second.display())]
+    DuplicateMajor {
+        major: u32,
+        first: PathBuf,
+        second: PathBuf,
+    },
+
     #[error("could not read the PostgreSQL version from `{program}` (got {output:?}): pass --pg-bin with a working installation")]
     Version { program: PathBuf, output: String },
 

@@ -21,12 +21,14 @@
 //! - [`replication`]: slots, replay status, repointing, promotion.
 //! - [`walcount`]: exact commits behind at any distance, with a per-segment cache, and the age of the oldest.
 //! - [`basebackup`]: a follower's data directory from `pg_basebackup`.
+//! - [`dump`]: logical backups, `pg_dump -Fc` into a file and `pg_restore` from one.
 //! - [`error`]: [`PgError`], the one error type.
 
 pub mod basebackup;
 pub mod binaries;
 pub mod cluster;
 pub mod conf;
+pub mod dump;
 pub mod error;
 pub mod fence;
 pub mod files;

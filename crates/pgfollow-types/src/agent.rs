@@ -76,6 +76,11 @@ pub struct ClusterSpec {
     /// `application_name` (`synchronous_standby_names`).
     #[serde(default)]
     pub synchronous_standby: Option<String>,
+    /// The PostgreSQL major version whose binaries run the cluster. None:
+    /// the major its data directory was made with (`PG_VERSION`), else the
+    /// agent's newest.
+    #[serde(default)]
+    pub pg_major: Option<u32>,
 }
 
 /// The leader a follower streams from.
@@ -395,6 +400,26 @@ pub enum AgentCall {
         id: String,
         dbname: String,
     },
+    // backups branch: logical backups, run by the control plane's embedded
+    // agent; `file` is relative to the agent's backups directory.
+    /// Long: `pg_dump -Fc` of `target` (PostgreSQL `major`) into `file`,
+    /// mode 0600. Answers its size in bytes.
+    Dump {
+        major: u32,
+        target: crate::backup::DumpTarget,
+        file: String,
+    },
+    /// Long: `pg_restore` of `file` into `target` (PostgreSQL `major`);
+    /// poll `RestoreProgress` meanwhile.
+    Restore {
+        major: u32,
+        target: crate::backup::DumpTarget,
+        file: String,
+    },
+    /// `(done, total)` bytes of `file` read by its running restore, if any.
+    RestoreProgress {
+        file: String,
+    },
 }
 
 impl AgentCall {
@@ -436,6 +461,9 @@ impl AgentCall {
             AgentCall::EndpointUnblock { .. } => "endpoint_unblock",
             AgentCall::EndpointDestroy { .. } => "endpoint_destroy",
             AgentCall::EndpointPaused { .. } => "endpoint_paused",
+            AgentCall::Dump { .. } => "dump",
+            AgentCall::Restore { .. } => "restore",
+            AgentCall::RestoreProgress { .. } => "restore_progress",
         }
     }
 }
@@ -471,4 +499,8 @@ pub struct AgentRegistration {
     pub pg_bin: String,
     pub pg_major: u32,
     pub pg_version: String,
+    /// Every major version installed on the host, newest first (the fields
+    /// above are the newest one's; older agents send only those).
+    #[serde(default)]
+    pub majors: Vec<crate::model::PgInstall>,
 }

@@ -34,6 +34,9 @@ pub struct HostSummary {
     pub pg_bin: String,
     /// Their major version, `15`.
     pub pg_version: String,
+    /// Every installed version, newest first: `["18.6", "15.18"]`.
+    #[serde(default)]
+    pub pg_versions: Vec<String>,
     /// Add-on names of the databases on this host.
     pub databases: Vec<String>,
     /// Whether its agent answers (the embedded one always does).
@@ -94,6 +97,10 @@ pub struct CreateAddon {
     /// Sets the app's endpoint pool mode (kept when not given).
     #[serde(default)]
     pub pool_mode: Option<PoolMode>,
+    /// The PostgreSQL major version (`18`); default: the newest every host
+    /// has, or a follower's leader's.
+    #[serde(default)]
+    pub version: Option<u32>,
 }
 
 /// What a database is doing, as users see it.
@@ -219,6 +226,19 @@ pub struct DatabaseInfo {
     /// Unavailable` while the standby is built or too far behind.
     #[serde(default)]
     pub ha_status: Option<String>,
+    /// The newest completed backup of this database:
+    /// `b003 (2026-12-01 22:10 UTC, 1.2 MB)`.
+    #[serde(default)]
+    pub last_backup: Option<LastBackup>,
+}
+
+/// The newest completed backup of a database, for `pg:info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LastBackup {
+    pub name: String,
+    pub finished_at: DateTime<Utc>,
+    pub size_bytes: u64,
 }
 
 /// How far a follower is behind its leader.

@@ -26,6 +26,15 @@ pub struct State {
     pub billing: Vec<BillingRecord>,
     /// Counter for ids, so they never repeat.
     pub next_serial: u64,
+    /// Logical backups, by `APP/NAME` (`sushi/b001`).
+    #[serde(default)]
+    pub backups: BTreeMap<String, crate::backup::BackupRecord>,
+    /// Daily backup schedules, by database id.
+    #[serde(default)]
+    pub backup_schedules: BTreeMap<String, crate::backup::BackupSchedule>,
+    /// The last backup number given per app and kind (`sushi/b` → 3).
+    #[serde(default)]
+    pub backup_numbers: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +195,11 @@ pub enum OperationKind {
     Changeover,
     /// `pg:credentials:rotate`: the owner role gets a new password.
     Rotate,
+    /// A logical backup (`pg:backups:capture`, or a schedule) of the
+    /// database; `subject` is the backup's key.
+    Backup,
+    /// A backup (`subject`) restored into the database.
+    Restore,
 }
 
 impl OperationKind {
@@ -199,7 +213,15 @@ impl OperationKind {
             OperationKind::Repoint => "repoint",
             OperationKind::Changeover => "changeover",
             OperationKind::Rotate => "rotate",
+            OperationKind::Backup => "backup",
+            OperationKind::Restore => "restore",
         }
+    }
+
+    /// Backup and restore run beside a database's own operations, in the
+    /// backups loop, not the executor's.
+    pub fn is_backup(self) -> bool {
+        matches!(self, OperationKind::Backup | OperationKind::Restore)
     }
 }
 
@@ -283,12 +305,60 @@ pub struct HostRecord {
     pub zone: Option<String>,
     /// The address apps use to reach this host's databases.
     pub address: String,
+    /// The newest installation's bin directory, major and version.
     pub pg_bin: String,
     pub pg_major: u32,
     pub pg_version: String,
     /// Where a remote agent's API listens; none for the embedded agent.
     #[serde(default)]
     pub agent_url: Option<String>,
+    /// Every major version installed on the host, newest first. Empty in
+    /// records written before hosts had several: then only the fields above.
+    #[serde(default)]
+    pub majors: Vec<PgInstall>,
+}
+
+/// One PostgreSQL installation on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PgInstall {
+    pub major: u32,
+    /// E.g. `18.6`.
+    pub version: String,
+    pub bin: String,
+}
+
+impl HostRecord {
+    /// Every installation, newest first (the single one of an old record).
+    pub fn installs(&self) -> Vec<PgInstall> {
+        if self.majors.is_empty() {
+            vec![PgInstall {
+                major: self.pg_major,
+                version: self.pg_version.clone(),
+                bin: self.pg_bin.clone(),
+            }]
+        } else {
+            self.majors.clone()
+        }
+    }
+
+    pub fn has_major(&self, major: u32) -> bool {
+        self.installs().iter().any(|i| i.major == major)
+    }
+}
+
+/// The newest major version that every one of `hosts` has; none when they
+/// share none (or there are none).
+pub fn newest_common_major<'a>(hosts: impl IntoIterator<Item = &'a HostRecord>) -> Option<u32> {
+    let mut common: Option<Vec<u32>> = None;
+    for h in hosts {
+        let majors: Vec<u32> = h.installs().iter().map(|i| i.major).collect();
+        common = Some(match common {
+            None => majors,
+            Some(c) => c.into_iter().filter(|m| majors.contains(m)).collect(),
+        });
+    }
+    common.and_then(|c| c.into_iter().max())
 }
 
 /// One database's life, for pro-rata billing.
@@ -301,4 +371,61 @@ pub struct BillingRecord {
     pub price_per_month: u32,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, majors: &[u32]) -> HostRecord {
+        HostRecord {
+            name: name.into(),
+            zone: None,
+            address: "127.0.0.1".into(),
+            pg_bin: format!("/pg/{}/bin", majors[0]),
+            pg_major: majors[0],
+            pg_version: format!("{}.1", majors[0]),
+            agent_url: None,
+            majors: majors
+                .iter()
+                .map(|m| PgInstall {
+                    major: *m,
+                    version: format!("{m}.1"),
+                    bin: format!("/pg/{m}/bin"),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn newest_major_every_host_has() {
+        let cases: &[(&[&[u32]], Option<u32>)] = &[
+            (&[&[18, 15]], Some(18)),
+            (&[&[18, 15], &[15]], Some(15)),
+            (&[&[18, 15], &[18]], Some(18)),
+            (&[&[18], &[15]], None),
+            (&[], None),
+        ];
+        for (hosts, want) in cases {
+            let hosts: Vec<HostRecord> = hosts
+                .iter()
+                .enumerate()
+                .map(|(i, m)| host(&format!("h{i}"), m))
+                .collect();
+            assert_eq!(newest_common_major(&hosts), *want, "{hosts:?}");
+        }
+    }
+
+    #[test]
+    fn an_old_host_record_has_its_one_major() {
+        let mut h = host("old", &[15]);
+        h.majors.clear();
+        let json = serde_json::to_value(&h).unwrap();
+        let mut obj = json.as_object().unwrap().clone();
+        obj.remove("majors");
+        let back: HostRecord = serde_json::from_value(serde_json::Value::Object(obj)).unwrap();
+        assert!(back.has_major(15));
+        assert!(!back.has_major(18));
+        assert_eq!(back.installs()[0].bin, "/pg/15/bin");
+    }
 }

@@ -21,6 +21,17 @@ impl Tier {
         self != Tier::Hobby
     }
 
+    /// (manual, daily scheduled) backups kept per database, as Heroku
+    /// keeps them: hobby 2 and 7, standard 25 and 7, premium and
+    /// enterprise 50 and 30.
+    pub fn backups_kept(self) -> (u32, u32) {
+        match self {
+            Tier::Hobby => (2, 7),
+            Tier::Standard => (25, 7),
+            Tier::Premium | Tier::Enterprise => (50, 30),
+        }
+    }
+
     /// Premium and enterprise databases get an HA standby.
     pub fn has_ha(self) -> bool {
         matches!(self, Tier::Premium | Tier::Enterprise)
@@ -77,6 +88,24 @@ pub struct Plan {
     pub synchronous_strict: bool,
     /// Whole US dollars a month, charged pro rata.
     pub price_per_month: u32,
+    /// Manual backups (`pg:backups:capture`) kept per database; the oldest
+    /// beyond it is deleted. Default: the tier's ([`Tier::backups_kept`]).
+    #[serde(default)]
+    pub backups_kept: Option<u32>,
+    /// Daily scheduled backups kept per database. Default: the tier's.
+    #[serde(default)]
+    pub scheduled_backups_kept: Option<u32>,
+}
+
+impl Plan {
+    /// (manual, scheduled) backups kept per database.
+    pub fn backup_retention(&self) -> (u32, u32) {
+        let (manual, scheduled) = self.tier.backups_kept();
+        (
+            self.backups_kept.unwrap_or(manual),
+            self.scheduled_backups_kept.unwrap_or(scheduled),
+        )
+    }
 }
 
 fn default_maintenance_work_mem() -> u32 {
@@ -132,6 +161,8 @@ fn plan(
         synchronous_standby: false,
         synchronous_strict: false,
         price_per_month,
+        backups_kept: Some(tier.backups_kept().0),
+        scheduled_backups_kept: Some(tier.backups_kept().1),
     }
 }
 
@@ -267,6 +298,18 @@ mod tests {
 
     fn extra(name: &str) -> Plan {
         plan(name, Tier::Standard, 50, 64, 4, 256, 20, 30)
+    }
+
+    #[test]
+    fn backup_retention_per_plan() {
+        let c = PlanCatalog::default();
+        assert_eq!(c.get("hobby-dev").unwrap().backup_retention(), (2, 7));
+        assert_eq!(c.get("standard-0").unwrap().backup_retention(), (25, 7));
+        assert_eq!(c.get("premium-0").unwrap().backup_retention(), (50, 30));
+        let mut p = extra("standard-9");
+        p.backups_kept = None;
+        p.scheduled_backups_kept = Some(3);
+        assert_eq!(p.backup_retention(), (25, 3));
     }
 
     #[test]

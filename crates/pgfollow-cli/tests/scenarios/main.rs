@@ -7,6 +7,7 @@
 mod common;
 
 mod apps_and_config;
+mod backups;
 mod bad_input;
 mod changeover;
 mod databases;
@@ -22,3 +23,4 @@ mod pool_modes;
 mod promotion;
 mod security;
 mod spellings;
+mod versions;

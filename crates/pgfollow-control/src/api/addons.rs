@@ -11,7 +11,10 @@ use pgfollow_types::{Plan, Tier};
 use super::apps::{check_confirm, ConfirmQuery};
 use super::{changed, Shared};
 use crate::error::ApiErr;
-use crate::provision::{add_database, choose_host, remove_database, NewDatabase};
+use crate::provision::{
+    add_database, add_database_of_major, choose_host, choose_host_for, choose_major,
+    remove_database, NewDatabase,
+};
 use crate::resolve::{find_app, resolve_db};
 use crate::views;
 
@@ -72,9 +75,10 @@ pub async fn create(
                 None => None,
             };
             let is_up = |h: &str| ctx.hosts.is_up(h);
-            let host = choose_host(state, leader.as_ref(), &is_up)?;
+            let major = choose_major(state, leader.as_ref(), req.version, &is_up)?;
+            let host = choose_host_for(state, leader.as_ref(), Some(major), &is_up)?;
             let now = Utc::now();
-            let (id, op) = add_database(
+            let (id, op) = add_database_of_major(
                 state,
                 &NewDatabase {
                     app: &app,
@@ -86,6 +90,7 @@ pub async fn create(
                     sync: req.sync || req.sync_strict,
                     hidden: false,
                 },
+                Some(major),
             )?;
             if req.sync_strict {
                 if let Some(d) = state.databases.get_mut(&id) {

@@ -98,7 +98,7 @@ pub async fn destroy(
     Path(app): Path<String>,
     Query(q): Query<ConfirmQuery>,
 ) -> Result<Json<App>, ApiErr> {
-    let (view, endpoint) = changed(
+    let (view, endpoint, backups) = changed(
         &ctx,
         ctx.store.update(|state| {
             let rec = find_app(state, &app)?.clone();
@@ -117,11 +117,17 @@ pub async fn destroy(
                 remove_database(state, &id, now)?;
             }
             state.apps.remove(&app);
-            Ok((view, rec.endpoint.clone()))
+            // Its backups go with it (as Heroku's do): records, schedules,
+            // running captures and restores, and numbering.
+            let backups = crate::backups::forget_app(state, &app);
+            Ok((view, rec.endpoint.clone(), backups))
         }),
     )?;
     if let Some(ep) = endpoint {
         ctx.endpoints.destroy(&ep).await;
+    }
+    for b in &backups {
+        ctx.backups.remove_file(b);
     }
     tracing::info!(
         "destroyed app {app} and its {} databases",

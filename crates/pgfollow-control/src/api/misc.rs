@@ -25,6 +25,7 @@ pub async fn status(State(ctx): Shared) -> Result<Json<ServerStatus>, ApiErr> {
             zone: h.zone.clone(),
             pg_bin: h.pg_bin.clone(),
             pg_version: h.pg_version.clone(),
+            pg_versions: h.installs().into_iter().map(|i| i.version).collect(),
             databases: state
                 .databases
                 .values()
@@ -67,6 +68,7 @@ pub async fn register_host(
         pg_major: reg.pg_major,
         pg_version: reg.pg_version.clone(),
         agent_url: Some(reg.url.clone()),
+        majors: reg.majors.clone(),
     };
     let was_up = ctx.hosts.is_up(&reg.name);
     ctx.hosts.register(&reg)?;
@@ -92,6 +94,7 @@ pub async fn register_host(
         zone: record.zone.clone(),
         pg_bin: record.pg_bin.clone(),
         pg_version: record.pg_version.clone(),
+        pg_versions: record.installs().into_iter().map(|i| i.version).collect(),
         databases: state
             .databases
             .values()

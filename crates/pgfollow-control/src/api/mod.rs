@@ -4,6 +4,7 @@
 
 mod addons;
 mod apps;
+mod backups;
 mod databases;
 mod endpoint;
 mod maintenance;
@@ -39,6 +40,8 @@ pub struct Ctx {
     pub endpoints: Arc<crate::endpoints::Endpoints>,
     /// HA's lag limit, for `HA Status`.
     pub ha_max_lag_bytes: u64,
+    /// Logical backups: their directory and loop.
+    pub backups: Arc<crate::backups::Backups>,
 }
 
 pub type Shared = State<Arc<Ctx>>;
@@ -55,6 +58,9 @@ pub type Shared = State<Arc<Ctx>>;
         promotion::unfollow, promotion::promote,
         maintenance::show, maintenance::set, maintenance::changeover,
         endpoint::show, endpoint::set,
+        backups::list, backups::capture, backups::show, backups::download, backups::delete,
+        backups::cancel, backups::restore, backups::schedules, backups::schedule,
+        backups::unschedule,
     ),
     components(schemas(pgfollow_types::api::ApiError)),
     modifiers(&BearerAuth),
@@ -133,6 +139,28 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route(
             "/apps/{app}/endpoint/mode",
             get(endpoint::show).put(endpoint::set),
+        )
+        .route(
+            "/apps/{app}/backups",
+            get(backups::list).post(backups::capture),
+        )
+        .route("/apps/{app}/backups/cancel", post(backups::cancel))
+        .route(
+            "/apps/{app}/backups/{name}",
+            get(backups::show).delete(backups::delete),
+        )
+        .route(
+            "/apps/{app}/backups/{name}/download",
+            get(backups::download),
+        )
+        .route("/apps/{app}/restores", post(backups::restore))
+        .route(
+            "/apps/{app}/backup-schedules",
+            get(backups::schedules).post(backups::schedule),
+        )
+        .route(
+            "/apps/{app}/backup-schedules/{db}",
+            axum::routing::delete(backups::unschedule),
         );
     Router::new()
         .nest("/v1", v1)

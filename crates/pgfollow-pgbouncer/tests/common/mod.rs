@@ -70,6 +70,7 @@ fn cluster_spec(id: &str, port: u16) -> ClusterSpec {
         },
         upstream: None,
         synchronous_standby: None,
+        pg_major: None,
     }
 }
 

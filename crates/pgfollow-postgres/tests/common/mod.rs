@@ -54,6 +54,7 @@ pub fn spec(port: u16) -> ClusterSpec {
         },
         upstream: None,
         synchronous_standby: None,
+        pg_major: None,
     }
 }
 

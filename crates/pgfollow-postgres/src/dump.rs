@@ -1,0 +1,288 @@
+//! Logical backups: `pg_dump` in its custom format into a file, and
+//! `pg_restore` of such a file into a database, both run as the OS user over
+//! TCP with a role's password (in the environment, never on a command line).
+//! The file is written by the calling process (root), mode 0600, under a
+//! temporary name renamed only when the dump is complete.
+
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::binaries::PgBinaries;
+use crate::error::PgError;
+use crate::process;
+use crate::user::OsUser;
+
+/// Where to connect and as whom.
+pub use pgfollow_types::backup::DumpTarget as Target;
+
+/// How long one dump or restore may take.
+pub const DUMP_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PgError + 'a {
+    move |source| PgError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn tool(bin: &PgBinaries, user: &OsUser, name: &str, target: &Target) -> tokio::process::Command {
+    let mut cmd = process::command(bin, user, name, Path::new("/"));
+    cmd.env("PGPASSWORD", &target.password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGAPPNAME", "pgfollow-backup")
+        // A cancelled dump's process is killed; this makes its session end
+        // within a second even while it waits for a lock.
+        .env("PGOPTIONS", "-c client_connection_check_interval=1000")
+        .args(["-h", &target.host, "-p", &target.port.to_string()])
+        .args(["-U", &target.user]);
+    cmd
+}
+
+/// `pg_dump -Fc` of `target` into `out` (mode 0600). Returns its size.
+/// A failed dump leaves no file behind.
+pub async fn dump(
+    bin: &PgBinaries,
+    user: &OsUser,
+    target: &Target,
+    out: &Path,
+) -> Result<u64, PgError> {
+    let tmp = PathBuf::from(format!("{}.partial", out.display()));
+    let result = dump_into(bin, user, target, &tmp).await;
+    match result {
+        Ok(size) => {
+            tokio::fs::rename(&tmp, out)
+                .await
+                .map_err(io("moving the finished dump to", out))?;
+            Ok(size)
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(e)
+        }
+    }
+}
+
+async fn dump_into(
+    bin: &PgBinaries,
+    user: &OsUser,
+    target: &Target,
+    tmp: &Path,
+) -> Result<u64, PgError> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(io("creating", tmp))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io("setting the mode of", tmp))?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut cmd = tool(bin, user, "pg_dump", target);
+    cmd.args(["--format=custom", "--no-password", "-d", &target.database]);
+    let program = bin.tool("pg_dump");
+    let mut child = cmd.spawn().map_err(|source| PgError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let mut stdout = child.stdout.take().ok_or_else(|| PgError::Tool {
+        what: "pg_dump".into(),
+        status: "no stdout".into(),
+        stderr: String::new(),
+    })?;
+    let mut stderr = child.stderr.take();
+    let copy = async {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = stdout
+                .read(&mut buf)
+                .await
+                .map_err(io("reading pg_dump's output for", tmp))?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(&buf[..n])
+                .await
+                .map_err(io("writing", tmp))?;
+            total += n as u64;
+        }
+        file.sync_all().await.map_err(io("syncing", tmp))?;
+        let mut err = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut err).await;
+        }
+        let status = child.wait().await.map_err(|source| PgError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        if !status.success() {
+            return Err(PgError::Tool {
+                what: format!("pg_dump of {}", target.database),
+                status: status.to_string(),
+                stderr: err.trim().to_string(),
+            });
+        }
+        Ok(total)
+    };
+    match tokio::time::timeout(DUMP_TIMEOUT, copy).await {
+        Ok(r) => r,
+        Err(_) => Err(PgError::Timeout {
+            program,
+            secs: DUMP_TIMEOUT.as_secs(),
+        }),
+    }
+}
+
+/// `pg_restore` of the archive `file` into `target`, in one transaction
+/// (a failed restore changes nothing), objects owned by `target.user`
+/// (`--no-owner --no-acl`), existing ones of the same names replaced
+/// (`--clean --if-exists`). `progress(done, total)` in bytes of the archive
+/// read so far.
+pub async fn restore(
+    bin: &PgBinaries,
+    user: &OsUser,
+    target: &Target,
+    file: &Path,
+    progress: impl Fn(u64, u64) + Send + Sync,
+) -> Result<(), PgError> {
+    let mut input = tokio::fs::File::open(file)
+        .await
+        .map_err(io("opening", file))?;
+    let total = input
+        .metadata()
+        .await
+        .map_err(io("reading the size of", file))?
+        .len();
+    let mut cmd = tool(bin, user, "pg_restore", target);
+    cmd.args([
+        "--no-password",
+        "--no-owner",
+        "--no-acl",
+        "--clean",
+        "--if-exists",
+        "--single-transaction",
+        "--exit-on-error",
+        "-d",
+        &target.database,
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null());
+    let program = bin.tool("pg_restore");
+    let mut child = cmd.spawn().map_err(|source| PgError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let mut stdin = child.stdin.take().ok_or_else(|| PgError::Tool {
+        what: "pg_restore".into(),
+        status: "no stdin".into(),
+        stderr: String::new(),
+    })?;
+    let mut stderr = child.stderr.take();
+    let run = async {
+        let feed = async {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut done = 0u64;
+            loop {
+                let n = input.read(&mut buf).await.map_err(io("reading", file))?;
+                if n == 0 {
+                    break;
+                }
+                // pg_restore stops reading when it fails; its exit says why.
+                if stdin.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                done += n as u64;
+                progress(done, total);
+            }
+            drop(stdin);
+            Ok::<(), PgError>(())
+        };
+        let read_err = async {
+            let mut err = String::new();
+            if let Some(e) = stderr.as_mut() {
+                let _ = e.read_to_string(&mut err).await;
+            }
+            err
+        };
+        let (fed, err) = tokio::join!(feed, read_err);
+        fed?;
+        let status = child.wait().await.map_err(|source| PgError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        if !status.success() {
+            return Err(PgError::Tool {
+                what: format!("pg_restore into {}", target.database),
+                status: status.to_string(),
+                stderr: first_lines(&err, 3),
+            });
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(DUMP_TIMEOUT, run).await {
+        Ok(r) => r,
+        Err(_) => Err(PgError::Timeout {
+            program,
+            secs: DUMP_TIMEOUT.as_secs(),
+        }),
+    }
+}
+
+/// `pg_restore -l`: the archive's table of contents, which also proves it is
+/// a readable custom-format dump.
+pub async fn list(bin: &PgBinaries, user: &OsUser, file: &Path) -> Result<String, PgError> {
+    let mut input = tokio::fs::File::open(file)
+        .await
+        .map_err(io("opening", file))?;
+    let mut cmd = process::command(bin, user, "pg_restore", Path::new("/"));
+    cmd.arg("-l").stdin(Stdio::piped());
+    let program = bin.tool("pg_restore");
+    let mut child = cmd.spawn().map_err(|source| PgError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = tokio::io::copy(&mut input, &mut stdin).await;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|source| PgError::Spawn { program, source })?;
+    if !out.status.success() {
+        return Err(PgError::Tool {
+            what: "pg_restore -l".into(),
+            status: out.status.to_string(),
+            stderr: process::output_text(&out),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The first `n` non-empty lines of `text`, joined by `; ` (one line).
+fn first_lines(text: &str, n: usize) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(n)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_kept_to_one_line() {
+        assert_eq!(
+            first_lines("pg_restore: error: a\n\n  b  \nc\nd\n", 3),
+            "pg_restore: error: a; b; c"
+        );
+    }
+}

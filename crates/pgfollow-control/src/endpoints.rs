@@ -348,6 +348,43 @@ impl Endpoints {
         Ok(killed)
     }
 
+    /// Holds new transactions at `app`'s endpoint for a suspicion (operation
+    /// `op_id`): recorded first, then PAUSE, which may stay pending while
+    /// transactions in flight go on; nothing is killed. Unless the endpoint
+    /// is already held by something else.
+    pub async fn pause_for(&self, app: &str, op_id: &str, limit: Duration) -> Result<(), ApiErr> {
+        let lock = self.lock(app);
+        let _held = lock.lock().await;
+        let mut taken = false;
+        let state = self.store.update(|state| {
+            if let Some(ep) = state.apps.get_mut(app).and_then(|a| a.endpoint.as_mut()) {
+                match &ep.held_by {
+                    Some(other) if other != op_id => taken = true,
+                    _ => ep.held_by = Some(op_id.to_string()),
+                }
+            }
+            Ok(state.clone())
+        })?;
+        let Some(rec) = state.apps.get(app) else {
+            return Ok(());
+        };
+        let (Some(ep), Some(db)) = (&rec.endpoint, main_database(&state, rec)) else {
+            return Ok(());
+        };
+        // In session pooling a pause ends the sessions: not for a mere
+        // suspicion.
+        if taken
+            || rec.pool_mode == pgfollow_types::api::PoolMode::Session
+            || !self.is_running(rec).await
+        {
+            return Ok(());
+        }
+        self.agent_of(ep)?
+            .endpoint_pause_within(&ep.id, &db.database, limit)
+            .await?;
+        Ok(())
+    }
+
     /// Points `app`'s held endpoint at the database now behind
     /// `DATABASE`, lets transactions through, and clears the hold.
     pub async fn reroute_held(&self, app: &str) -> Result<(), ApiErr> {

@@ -34,6 +34,8 @@ const RESTART_BACKOFF: Duration = Duration::from_millis(500);
 const STALL: Duration = Duration::from_millis(1000);
 /// How often a follower's slot on its leader is checked.
 const FOLLOWER_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How long a follower's check may wait for its leader's answer.
+const LEADER_GLANCE: Duration = Duration::from_millis(1000);
 /// How long shutdown waits for steps in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -405,7 +407,14 @@ impl Executor {
                 let Ok(leader_agent) = self.hosts.agent(&l.host) else {
                     return Ok(Outcome::Done);
                 };
-                let Ok(slot) = leader_agent.slot_status(&l.id, &db.slot_name()).await else {
+                // Briefly: a leader that hangs must not keep this follower
+                // (perhaps the standby a failover needs) busy.
+                let slot_name = db.slot_name();
+                let asked = tokio::time::timeout(
+                    LEADER_GLANCE,
+                    leader_agent.slot_status(&l.id, &slot_name),
+                );
+                let Ok(Ok(slot)) = asked.await else {
                     return Ok(Outcome::Done);
                 };
                 if let Some(why) = follower_fell_off(slot.as_ref()) {
@@ -674,7 +683,7 @@ pub fn active_operation<'a>(state: &'a State, id: &str) -> Option<&'a OperationR
         .operations
         .values()
         .filter(|o| o.database == id && o.state.is_active())
-        .filter(|o| !o.kind.is_backup()) // backups branch: they run in the backups loop
+        .filter(|o| !o.kind.runs_beside())
         .min_by_key(|o| (o.created_at, o.id.clone()))
 }
 

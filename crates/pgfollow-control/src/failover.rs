@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use pgfollow_planner::{
-    decide_failover, is_promoted, self_fence_is_certain, switch_roles, FailoverAction, FailoverStep,
+    decide_failover, is_promoted, self_fence_is_certain, switch_roles, FailoverAction,
+    FailoverStep, HUNG,
 };
 use pgfollow_types::model::{DatabaseRecord, OperationRecord, OperationState, State};
 use pgfollow_types::timing::FENCE_AFTER;
@@ -24,6 +25,8 @@ use crate::store::Store;
 /// How long a PAUSE may take before the endpoint's connections are ended:
 /// the old primary is presumed lost, so what it still holds is lost too.
 pub const HOLD_DEADLINE: Duration = Duration::from_millis(500);
+/// The same for a primary that answers no query.
+pub const HOLD_DEADLINE_HUNG: Duration = Duration::from_millis(20);
 /// The self-fence deadline plus what the agent may need to act on it
 /// (`HOST_LEASE` − `FENCE_AFTER`: the whole margin the lease leaves).
 const FENCE_MARGIN: Duration = HOST_LEASE.saturating_sub(FENCE_AFTER);
@@ -144,9 +147,17 @@ impl Runner<'_> {
     async fn act(&self, state: &State, p: &Parties, step: FailoverStep) -> Result<String, ApiErr> {
         match step {
             FailoverStep::Hold => {
+                // A hung primary's server connections never finish: end
+                // them at once instead of waiting for a PAUSE.
+                let hung = p.op.reason.as_deref().is_some_and(|r| r.starts_with(HUNG));
+                let limit = if hung {
+                    HOLD_DEADLINE_HUNG
+                } else {
+                    HOLD_DEADLINE
+                };
                 let mut killed = Vec::new();
                 for app in Endpoints::routing_to(state, &p.old.id) {
-                    if self.endpoints.hold(&app, &p.op.id, HOLD_DEADLINE).await? {
+                    if self.endpoints.hold(&app, &p.op.id, limit).await? {
                         killed.push(app);
                     }
                 }

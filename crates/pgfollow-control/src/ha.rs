@@ -195,8 +195,53 @@ pub fn record_lag(store: &Store, primary: &str, bytes: u64) -> Result<(), ApiErr
     })
 }
 
+/// A primary silent this long is suspected (two heartbeats missed and a
+/// half): its endpoints hold new transactions until the verdict.
+pub const SUSPECT_AFTER: Duration = Duration::from_millis(750);
+
+/// The active hold (suspicion) operation of `primary`, if any.
+pub fn active_hold<'a>(
+    state: &'a State,
+    primary: &str,
+) -> Option<&'a pgfollow_types::model::OperationRecord> {
+    state
+        .operations
+        .values()
+        .find(|o| o.database == primary && o.kind == OperationKind::Hold && o.state.is_active())
+}
+
+/// Records a hold operation for a suspected `primary` (none if it has one).
+pub fn begin_hold(store: &Store, primary: &str, why: &str) -> Result<Option<String>, ApiErr> {
+    store.update(|state| {
+        if active_hold(state, primary).is_some() || !state.databases.contains_key(primary) {
+            return Ok(None);
+        }
+        let id = next_operation_id(state);
+        let mut op = new_operation(&id, OperationKind::Hold, primary, Utc::now());
+        op.reason = Some(why.to_string());
+        op.state = pgfollow_types::model::OperationState::Running;
+        state.operations.insert(id.clone(), op);
+        Ok(Some(id))
+    })
+}
+
+/// Ends `primary`'s hold: reconciliation then resumes its endpoints.
+pub fn end_hold(store: &Store, primary: &str) -> Result<bool, ApiErr> {
+    store.update(|state| {
+        let Some(id) = active_hold(state, primary).map(|o| o.id.clone()) else {
+            return Ok(false);
+        };
+        if let Some(o) = state.operations.get_mut(&id) {
+            o.state = pgfollow_types::model::OperationState::Done;
+            o.updated_at = Utc::now();
+        }
+        Ok(true)
+    })
+}
+
 /// Records a failover operation for `primary` (once: none if one is under
-/// way). The failover runner picks it up.
+/// way). The failover runner picks it up. A hold under way is taken over:
+/// its endpoints stay held, now by the failover.
 pub fn begin_failover(store: &Store, primary: &str, why: &str) -> Result<Option<String>, ApiErr> {
     store.update(|state| {
         let Some(p) = state.databases.get(primary).cloned() else {
@@ -213,6 +258,19 @@ pub fn begin_failover(store: &Store, primary: &str, why: &str) -> Result<Option<
         op.subject = Some(standby);
         op.reason = Some(why.to_string());
         state.operations.insert(id.clone(), op);
+        if let Some(hold) = active_hold(state, &p.id).map(|o| o.id.clone()) {
+            if let Some(o) = state.operations.get_mut(&hold) {
+                o.state = pgfollow_types::model::OperationState::Done;
+                o.last_error = Some(format!("taken over by failover {id}"));
+            }
+            for app in state.apps.values_mut() {
+                if let Some(e) = app.endpoint.as_mut() {
+                    if e.held_by.as_deref() == Some(hold.as_str()) {
+                        e.held_by = Some(id.clone());
+                    }
+                }
+            }
+        }
         Ok(Some(id))
     })
 }

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use pgfollow_planner::{ha_verdict, orphaned_holds, sync_suspension, HaVerdict};
+use pgfollow_planner::{ha_verdict, is_suspect, orphaned_holds, sync_suspension, HaVerdict};
 use pgfollow_types::api::DatabaseState;
 use pgfollow_types::model::{DatabaseRecord, OperationKind, State};
 use tokio::task::JoinSet;
@@ -18,6 +18,10 @@ use crate::executor::{lock, Executor};
 use crate::failover::Runner;
 use crate::ha::{self, SYNC_GRACE};
 use crate::provision::{cluster_spec, synchronous_standby};
+
+/// How long a suspicion's PAUSE is waited for; past it the pause stays
+/// pending (new transactions wait) while those in flight go on.
+const SUSPECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Executor {
     pub(crate) async fn tick_ha(self: &Arc<Self>, state: &Arc<State>, tasks: &mut JoinSet<()>) {
@@ -49,6 +53,7 @@ impl Executor {
             let o = ha::observe(&self.hosts, &self.ha, primary, standby).await;
             let v = ha_verdict(&o, &ha::limits(self.ha_max_lag_bytes));
             let fresh = self.log_verdict(&key, v.sentence(primary.color.as_str()));
+            self.hold_while_suspected(state, primary, &v, is_suspect(&o, ha::SUSPECT_AFTER), tasks);
             match v {
                 HaVerdict::Failover(why) => {
                     match ha::begin_failover(&self.store, &primary.id, &why) {
@@ -84,6 +89,65 @@ impl Executor {
                     }
                 }
             }
+        }
+    }
+
+    /// While a primary is suspected (not yet failed over), the endpoints
+    /// routing to it hold new transactions, so clients wait for the verdict
+    /// instead of failing against a dead server; the hold ends when it is
+    /// healthy again or the failover is refused, and a failover takes it
+    /// over.
+    fn hold_while_suspected(
+        self: &Arc<Self>,
+        state: &State,
+        primary: &DatabaseRecord,
+        verdict: &HaVerdict,
+        suspect: bool,
+        tasks: &mut JoinSet<()>,
+    ) {
+        let held = ha::active_hold(state, &primary.id).is_some();
+        let hold = matches!(verdict, HaVerdict::Watch(_)) && suspect;
+        if held && !hold && !matches!(verdict, HaVerdict::Failover(_)) {
+            match ha::end_hold(&self.store, &primary.id) {
+                Ok(true) => {
+                    tracing::info!(
+                        "HA: {} is no longer suspected; its endpoints resume",
+                        primary.color
+                    );
+                    self.wake.notify_one();
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("HA: cannot end the hold of {}: {e}", primary.color),
+            }
+            return;
+        }
+        if !hold || held {
+            return;
+        }
+        let why = match verdict {
+            HaVerdict::Watch(w) => w.clone(),
+            _ => String::new(),
+        };
+        let op = match ha::begin_hold(&self.store, &primary.id, &why) {
+            Ok(Some(op)) => op,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!("HA: cannot hold the endpoints of {}: {e}", primary.color);
+                return;
+            }
+        };
+        tracing::info!(
+            "HA: {} is suspected ({why}); its endpoints hold new transactions until the verdict",
+            primary.color
+        );
+        for app in crate::endpoints::Endpoints::routing_to(state, &primary.id) {
+            let me = self.clone();
+            let op = op.clone();
+            tasks.spawn(async move {
+                if let Err(e) = me.endpoints.pause_for(&app, &op, SUSPECT_PAUSE).await {
+                    tracing::warn!("{app}: could not hold the endpoint: {e}");
+                }
+            });
         }
     }
 

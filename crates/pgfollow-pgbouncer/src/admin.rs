@@ -258,6 +258,17 @@ impl AdminSession<'_> {
         match self.command(&command, limit).await {
             Ok(_) => Ok(false),
             Err(BouncerError::Admin { detail, .. }) if detail.contains("already paused") => {
+                // Paused before (a suspicion): wait for what is still in
+                // flight as long as a PAUSE would have, then end it.
+                let started = std::time::Instant::now();
+                let admin = self.endpoint.admin().await?;
+                while admin.active_servers(dbname).await? > 0 {
+                    if started.elapsed() >= limit {
+                        admin.kill_clients(dbname).await?;
+                        return Ok(true);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 Ok(false)
             }
             Err(BouncerError::AdminTimeout { .. }) => {

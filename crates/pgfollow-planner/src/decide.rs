@@ -151,6 +151,11 @@ pub fn decide(
             "failing over; the failover runner carries it out step by step",
         ),
         OperationKind::Rotate => decide_rotate(db, op, observed),
+        OperationKind::Hold => decision(
+            db,
+            Action::Wait,
+            "its endpoints hold new transactions while the HA monitor suspects it is lost",
+        ),
         OperationKind::Changeover => decision(db, Action::Wait, "a changeover to it is under way"),
         // backups branch: carried out by the control plane's backups loop.
         OperationKind::Backup | OperationKind::Restore => decision(

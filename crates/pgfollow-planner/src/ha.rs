@@ -61,6 +61,18 @@ impl HaVerdict {
     }
 }
 
+/// How a failover of a primary that answers no query begins its reason:
+/// its server connections hang, so holding its endpoints waits for nothing.
+pub const HUNG: &str = "postgres runs but has answered no query";
+
+/// Whether the primary looks as if it may be lost, before the grace has
+/// passed: its host silent for `suspect_after`, postgres not running, or
+/// probes unanswered. Its endpoints then hold new transactions so that
+/// clients wait for the verdict rather than fail against a dead server.
+pub fn is_suspect(o: &HaObservation, suspect_after: Duration) -> bool {
+    (!o.host_up || o.silent_for >= suspect_after) || !o.running || o.unresponsive_for.is_some()
+}
+
 /// Failed starts after which a primary counts as lost.
 pub const MAX_START_FAILURES: u32 = 6;
 
@@ -79,10 +91,7 @@ pub fn ha_verdict(o: &HaObservation, l: &HaLimits) -> HaVerdict {
         .unresponsive_for
         .filter(|h| o.host_up && *h >= l.hung_after)
     {
-        format!(
-            "postgres runs but has answered no query for {:.1} s",
-            hung.as_secs_f64()
-        )
+        format!("{HUNG} for {:.1} s", hung.as_secs_f64())
     } else if !o.host_up {
         return HaVerdict::Watch(format!(
             "its host has been silent for {:.1} s (grace {:.1} s)",
@@ -199,6 +208,53 @@ mod tests {
         for (o, want) in rows {
             let got = ha_verdict(&o, &LIMITS).sentence("WHITE");
             assert_eq!(got.as_deref(), want, "{o:?}");
+        }
+    }
+
+    #[test]
+    fn a_primary_is_suspected_before_the_grace_passes() {
+        let after = ms(750);
+        let rows = [
+            (ok(), false),
+            (
+                HaObservation {
+                    silent_for: ms(500),
+                    ..ok()
+                },
+                false,
+            ),
+            (
+                HaObservation {
+                    silent_for: ms(750),
+                    ..ok()
+                },
+                true,
+            ),
+            (
+                HaObservation {
+                    host_up: false,
+                    silent_for: ms(2500),
+                    ..ok()
+                },
+                true,
+            ),
+            (
+                HaObservation {
+                    running: false,
+                    ..ok()
+                },
+                true,
+            ),
+            (
+                HaObservation {
+                    unresponsive_for: Some(ms(1)),
+                    ..ok()
+                },
+                true,
+            ),
+        ];
+        for (o, want) in rows {
+            assert_eq!(is_suspect(&o, after), want, "{o:?}");
         }
     }
 }

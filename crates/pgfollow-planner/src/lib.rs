@@ -26,5 +26,7 @@ pub use failover::{
     decide_failover, is_promoted, orphaned_holds, self_fence_is_certain, switch_roles,
     sync_suspension, FailoverAction, FailoverDecision, FailoverStep, MAX_FAILOVER_TRIES,
 };
-pub use ha::{ha_verdict, HaLimits, HaObservation, HaVerdict, MAX_START_FAILURES};
+pub use ha::{
+    ha_verdict, is_suspect, HaLimits, HaObservation, HaVerdict, HUNG, MAX_START_FAILURES,
+};
 pub use transition::{end_billing, forget, step_done};

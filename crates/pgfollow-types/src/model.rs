@@ -200,6 +200,10 @@ pub enum OperationKind {
     Backup,
     /// A backup (`subject`) restored into the database.
     Restore,
+    /// The HA monitor suspects the primary is lost: its endpoints hold new
+    /// transactions (so clients wait rather than fail) until it is judged
+    /// healthy again or a failover takes the hold over.
+    Hold,
 }
 
 impl OperationKind {
@@ -215,6 +219,7 @@ impl OperationKind {
             OperationKind::Rotate => "rotate",
             OperationKind::Backup => "backup",
             OperationKind::Restore => "restore",
+            OperationKind::Hold => "hold",
         }
     }
 
@@ -222,6 +227,13 @@ impl OperationKind {
     /// backups loop, not the executor's.
     pub fn is_backup(self) -> bool {
         matches!(self, OperationKind::Backup | OperationKind::Restore)
+    }
+
+    /// Operations that run beside a database's own, not through the
+    /// executor's steps: backups, and an HA hold (a crashed primary under
+    /// suspicion must still be restarted).
+    pub fn runs_beside(self) -> bool {
+        self.is_backup() || self == OperationKind::Hold
     }
 }
 

@@ -12,7 +12,9 @@
 //! writers through `DATABASE_URL` see during `pg:changeover`, the manual
 //! procedure and a hand-made PgBouncer switch on plain PostgreSQL;
 //! `pgfollow-bench failover` (`scripts/bench-failover`) the time to write
-//! again after a lost host or a crashed postgres, and the commits lost.
+//! again after a lost host, a crashed postgres, a frozen (SIGSTOPped)
+//! postgres or a host frozen for 4 s, the commits lost, the writes the old
+//! primary still acknowledged after the promotion and the failed attempts.
 
 mod changeover;
 mod failover;
@@ -53,8 +55,9 @@ enum Command {
     /// Changeover: write pause, failed and lost commits of `pg:changeover`,
     /// of the manual procedure and of a hand-made PgBouncer switch
     Changeover(changeover::Options),
-    /// Failover: time to write again after a lost host or a crashed
-    /// postgres, and commits lost (async and sync)
+    /// Failover: time to write again after a lost host, a crashed or
+    /// frozen postgres or a frozen host; commits lost, acknowledged by the
+    /// old primary after the promotion, failed attempts (async and sync)
     Failover(failover::Options),
 }
 

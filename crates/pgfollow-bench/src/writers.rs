@@ -2,14 +2,17 @@
 //! its own connection through a URL (an app's `DATABASE_URL`: PgBouncer in
 //! transaction mode, so the simple query protocol only), committing
 //! single-row inserts of ids no other writer uses, one after the other.
-//! Every acknowledged insert and every error is recorded with its time, so
-//! the longest pause, the failures and the lost commits can be worked out
-//! afterwards. A writer that sees an error reconnects (after
-//! [`RETRY_AFTER`]) and carries on.
+//! Every acknowledged insert and every error is recorded with its time
+//! (and each acknowledgement with the port of the server that gave it), so
+//! the longest pause, the failures, the lost commits and which primary
+//! acknowledged what can be worked out afterwards. A writer that sees an
+//! error reconnects (after [`RETRY_AFTER`]) and carries on. How many
+//! inserts are in flight at a given moment can be read while they run
+//! ([`Writers::in_flight`]).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -25,6 +28,10 @@ pub const RETRY_AFTER: Duration = Duration::from_millis(20);
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 /// Longest one insert may take before it counts as failed.
 const INSERT_LIMIT: Duration = Duration::from_secs(30);
+/// How long [`Writers::finish`] waits for the inserts in flight; a writer
+/// still waiting then (its server hangs) is stopped and its insert counts
+/// as failed.
+const FINISH_LIMIT: Duration = Duration::from_secs(5);
 /// Ids of writer `w` are `w * ID_SPACE + 1, + 2, ...`.
 const ID_SPACE: i64 = 1_000_000_000;
 /// Writers started so far in this process: each gets its own `w`, so runs
@@ -39,6 +46,10 @@ pub struct Ack {
     pub sent: Instant,
     /// When its acknowledgement arrived.
     pub done: Instant,
+    /// The port of the server that acknowledged it (its `port` setting,
+    /// returned by the INSERT: which PostgreSQL answered behind an
+    /// endpoint); 0 if it said none.
+    pub server: u16,
 }
 
 /// One failed attempt: a refused or broken connection, or an INSERT that
@@ -59,11 +70,15 @@ pub struct Seen {
 /// Writers running on the current tokio runtime; dropping them stops them.
 pub struct Writers {
     stop: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<Seen>>,
+    /// Each writer's task and what it has seen so far (kept outside the
+    /// task, so a writer stopped in the middle of an insert loses nothing).
+    tasks: Vec<(JoinHandle<()>, Arc<Mutex<Seen>>)>,
     origin: Instant,
     /// Nanoseconds after `origin` at which the latest-sent acknowledged
     /// insert was sent (0: none yet).
     latest_sent: Arc<AtomicU64>,
+    /// Inserts sent and not yet answered.
+    in_flight: Arc<AtomicU32>,
 }
 
 impl Writers {
@@ -72,15 +87,20 @@ impl Writers {
         let stop = Arc::new(AtomicBool::new(false));
         let origin = Instant::now();
         let latest_sent = Arc::new(AtomicU64::new(0));
+        let in_flight = Arc::new(AtomicU32::new(0));
         let tasks = (0..count)
             .map(|_| {
                 let w = STARTED.fetch_add(1, Ordering::Relaxed) + 1;
+                let seen = Arc::new(Mutex::new(Seen::default()));
                 let live = Live {
                     stop: stop.clone(),
                     origin,
                     latest_sent: latest_sent.clone(),
+                    in_flight: in_flight.clone(),
+                    seen: seen.clone(),
                 };
-                tokio::spawn(write_loop(url.to_string(), w * ID_SPACE, live))
+                let task = tokio::spawn(write_loop(url.to_string(), w * ID_SPACE, live));
+                (task, seen)
             })
             .collect();
         Self {
@@ -88,7 +108,13 @@ impl Writers {
             tasks,
             origin,
             latest_sent,
+            in_flight,
         }
+    }
+
+    /// How many inserts have been sent and not yet answered, now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// True once an insert sent after `t` was acknowledged.
@@ -110,22 +136,37 @@ impl Writers {
         self.acked_one_sent_after(t)
     }
 
-    /// Stops every writer (each finishes the insert it is in) and returns
-    /// what they saw.
+    /// Stops every writer (each finishes the insert it is in, for at most
+    /// [`FINISH_LIMIT`] in all; an insert still unanswered then counts as
+    /// failed) and returns what they saw.
     pub async fn finish(mut self) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + FINISH_LIMIT;
         let mut all = Seen::default();
-        for task in std::mem::take(&mut self.tasks) {
-            match task.await {
-                Ok(seen) => {
-                    all.acks.extend(seen.acks);
-                    all.failures.extend(seen.failures);
-                }
-                Err(e) => all.failures.push(Failure {
+        for (mut task, seen) in std::mem::take(&mut self.tasks) {
+            let outcome = tokio::time::timeout_at(deadline, &mut task).await;
+            if outcome.is_err() {
+                task.abort();
+            }
+            let mut seen = std::mem::take(&mut *lock(&seen));
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => seen.failures.push(Failure {
                     at: Instant::now(),
                     what: format!("writer task: {e}"),
                 }),
+                Err(_) => {
+                    seen.failures.push(Failure {
+                        at: Instant::now(),
+                        what: format!(
+                            "insert: still unanswered {} s after the run ended",
+                            FINISH_LIMIT.as_secs()
+                        ),
+                    });
+                }
             }
+            all.acks.extend(seen.acks);
+            all.failures.extend(seen.failures);
         }
         all.acks.sort_by_key(|a| a.done);
         all.failures.sort_by_key(|f| f.at);
@@ -136,10 +177,14 @@ impl Writers {
 impl Drop for Writers {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for task in &self.tasks {
+        for (task, _) in &self.tasks {
             task.abort();
         }
     }
+}
+
+fn lock(seen: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
+    seen.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What a writer shares with the others while it runs.
@@ -147,10 +192,22 @@ struct Live {
     stop: Arc<AtomicBool>,
     origin: Instant,
     latest_sent: Arc<AtomicU64>,
+    in_flight: Arc<AtomicU32>,
+    /// This writer's acknowledgements and failures.
+    seen: Arc<Mutex<Seen>>,
 }
 
-async fn write_loop(url: String, first_id: i64, live: Live) -> Seen {
-    let mut seen = Seen::default();
+impl Live {
+    async fn fail(&self, what: String) {
+        lock(&self.seen).failures.push(Failure {
+            at: Instant::now(),
+            what,
+        });
+        tokio::time::sleep(RETRY_AFTER).await;
+    }
+}
+
+async fn write_loop(url: String, first_id: i64, live: Live) {
     let mut client = None;
     let mut next = first_id + 1;
     while !live.stop.load(Ordering::Relaxed) {
@@ -163,41 +220,56 @@ async fn write_loop(url: String, first_id: i64, live: Live) -> Seen {
                     client = Some(c);
                 }
                 Ok(Err(e)) => {
-                    fail(&mut seen, format!("connect: {}", detail(&e))).await;
+                    live.fail(format!("connect: {}", detail(&e))).await;
                     continue;
                 }
                 Err(_) => {
-                    fail(&mut seen, "connect: timed out".into()).await;
+                    live.fail("connect: timed out".into()).await;
                     continue;
                 }
             }
         }
         let Some(c) = &client else { continue };
-        let sql = format!("INSERT INTO {TABLE} (id) VALUES ({next})");
+        let sql =
+            format!("INSERT INTO {TABLE} (id) VALUES ({next}) RETURNING current_setting('port')");
+        live.in_flight.fetch_add(1, Ordering::SeqCst);
         let sent = Instant::now();
-        match tokio::time::timeout(INSERT_LIMIT, c.simple_query(&sql)).await {
-            Ok(Ok(_)) => {
-                let done = Instant::now();
-                seen.acks.push(Ack {
+        let outcome = tokio::time::timeout(INSERT_LIMIT, c.simple_query(&sql)).await;
+        let done = Instant::now();
+        live.in_flight.fetch_sub(1, Ordering::SeqCst);
+        match outcome {
+            Ok(Ok(messages)) => {
+                lock(&live.seen).acks.push(Ack {
                     id: next,
                     sent,
                     done,
+                    server: returned_port(&messages),
                 });
                 let ns = sent.saturating_duration_since(live.origin).as_nanos() as u64;
                 live.latest_sent.fetch_max(ns.max(1), Ordering::Relaxed);
             }
             Ok(Err(e)) => {
                 client = None;
-                fail(&mut seen, format!("insert {next}: {}", detail(&e))).await;
+                live.fail(format!("insert {next}: {}", detail(&e))).await;
             }
             Err(_) => {
                 client = None;
-                fail(&mut seen, format!("insert {next}: no answer in 30 s")).await;
+                live.fail(format!("insert {next}: no answer in 30 s")).await;
             }
         }
         next += 1;
     }
-    seen
+}
+
+/// The port in the row an INSERT ... RETURNING returned (0 if none).
+fn returned_port(messages: &[SimpleQueryMessage]) -> u16 {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 /// The server's message for a database error ("db error" says nothing).
@@ -206,14 +278,6 @@ fn detail(e: &tokio_postgres::Error) -> String {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
         None => e.to_string(),
     }
-}
-
-async fn fail(seen: &mut Seen, what: String) {
-    seen.failures.push(Failure {
-        at: Instant::now(),
-        what,
-    });
-    tokio::time::sleep(RETRY_AFTER).await;
 }
 
 impl Seen {

@@ -19,6 +19,9 @@ use crate::failover::Runner;
 use crate::ha::{self, SYNC_GRACE};
 use crate::provision::{cluster_spec, synchronous_standby};
 
+/// How long one measurement of a standby's lag may take.
+const LAG_GLANCE: std::time::Duration = std::time::Duration::from_millis(1000);
+
 /// How long a suspicion's PAUSE is waited for; past it the pause stays
 /// pending (new transactions wait) while those in flight go on.
 const SUSPECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
@@ -30,10 +33,10 @@ impl Executor {
         self.add_missing_standbys(state);
         self.clear_stale_sync(state, tasks);
         for (primary, standby) in ha::primaries(state) {
+            // Every primary is judged every tick: what measures or
+            // configures it runs in tasks of its own, under keys of their
+            // own, and never holds the verdict up.
             let key = format!("ha:{}", primary.id);
-            if self.is_busy(&key) || self.is_busy(&primary.id) {
-                continue;
-            }
             if ha::rejoin_hopeless(state, &self.hosts, standby) {
                 match ha::replace_standby(
                     &self.store,
@@ -85,7 +88,7 @@ impl Executor {
                 HaVerdict::Healthy | HaVerdict::Watch(_) => {
                     self.probe(primary, o.running, tasks);
                     if matches!(v, HaVerdict::Healthy) {
-                        self.keep_sync(state, primary, standby, &key, tasks);
+                        self.keep_sync(state, primary, standby, tasks);
                     }
                 }
             }
@@ -179,7 +182,10 @@ impl Executor {
             .filter(|o| o.kind == OperationKind::Failover && o.state.is_active());
         for op in ops {
             let key = format!("failover:{}", op.id);
-            let mut keys = vec![key, op.database.clone()];
+            // Not the primary's key: a step in flight on a lost primary (a
+            // start on a dead host) must not hold its failover up; the
+            // executor leaves a failing-over primary alone anyway.
+            let mut keys = vec![key];
             keys.extend(op.subject.clone());
             let Some(busy) = self.claim(keys) else {
                 continue;
@@ -260,7 +266,7 @@ impl Executor {
             if !stale {
                 continue;
             }
-            let Some(busy) = self.claim(vec![format!("ha:{}", db.id)]) else {
+            let Some(busy) = self.claim(vec![format!("sync:{}", db.id)]) else {
                 continue;
             };
             let (me, st, d) = (self.clone(), state.clone(), db.clone());
@@ -334,7 +340,6 @@ impl Executor {
         state: &Arc<State>,
         primary: &DatabaseRecord,
         standby: &DatabaseRecord,
-        key: &str,
         tasks: &mut JoinSet<()>,
     ) {
         if primary.sync {
@@ -379,7 +384,7 @@ impl Executor {
         let me = self.clone();
         let (p, sb, st) = (primary.clone(), standby.clone(), state.clone());
         if want_sync != primary.sync_applied {
-            let Some(busy) = self.claim(vec![key.to_string()]) else {
+            let Some(busy) = self.claim(vec![format!("sync:{}", primary.id)]) else {
                 return;
             };
             tasks.spawn(async move {
@@ -389,12 +394,15 @@ impl Executor {
                 }
             });
         } else if sb.state == DatabaseState::Available && self.ha.lag_due(&p.id) {
-            let Some(busy) = self.claim(vec![key.to_string()]) else {
+            let Some(busy) = self.claim(vec![format!("lag:{}", primary.id)]) else {
                 return;
             };
             tasks.spawn(async move {
                 let _busy = busy;
-                if let Ok(lag) = crate::lag::measure(&me.hosts, &st, &sb).await {
+                let measured =
+                    tokio::time::timeout(LAG_GLANCE, crate::lag::measure(&me.hosts, &st, &sb))
+                        .await;
+                if let Ok(Ok(lag)) = measured {
                     if let Err(e) = ha::record_lag(&me.store, &p.id, lag.bytes) {
                         tracing::warn!("{}: cannot record its standby's lag: {e}", p.color);
                     }

@@ -451,3 +451,50 @@ fn an_open_transaction_on_database_url_does_not_hold_up_a_failover() {
         "the open transaction's client gets an error"
     );
 }
+
+#[test]
+fn a_prepared_statement_works_on_the_same_connection_across_a_failover() {
+    let s = server();
+    let mut h2 = premium_on_h2(&s, &[]);
+    let main = config_get(&s, "sushi", "DATABASE_URL");
+    psql_url(&main, "create table w (id bigint primary key, at text)").ok();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&main, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let insert = client
+            .prepare("INSERT INTO w (id, at) VALUES ($1, current_setting('port'))")
+            .await
+            .unwrap();
+        client.execute(&insert, &[&1i64]).await.unwrap();
+        let lost = lose_host(&mut h2);
+        // The same connection and the same named statement: PgBouncer
+        // prepares it again on the new primary.
+        let mut id = 2i64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.execute(&insert, &[&id]).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("insert {id}: {e}");
+                    id += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("the prepared statement never worked again: {e}"),
+            }
+        }
+        eprintln!("prepared statement works again after {:?}", lost.elapsed());
+    });
+    assert_eq!(host_of_white(&s), "local");
+    let new = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL");
+    assert!(
+        ids(&new, "w").contains(&1),
+        "the row from before the failover"
+    );
+    assert!(ids(&new, "w").len() >= 2, "and one from after it");
+}

@@ -224,7 +224,14 @@ impl Executor {
     }
 
     async fn observe(&self, db: &DatabaseRecord) -> Observed {
-        match self.hosts.get(&db.host) {
+        // A host that has missed heartbeats is not asked (a frozen one
+        // would hold the whole tick for the call's timeout): it either
+        // answers again soon or is failed over.
+        let quiet = self
+            .hosts
+            .silence(&db.host)
+            .is_some_and(|s| s >= ha::SUSPECT_AFTER);
+        match self.hosts.get(&db.host).filter(|_| !quiet) {
             None => Observed::HostUnreachable(db.host.clone()),
             Some(agent) => match agent.status(&db.id).await {
                 Ok(s) => Observed::Cluster(s),

@@ -25,8 +25,9 @@ use crate::store::Store;
 /// How long a PAUSE may take before the endpoint's connections are ended:
 /// the old primary is presumed lost, so what it still holds is lost too.
 pub const HOLD_DEADLINE: Duration = Duration::from_millis(500);
-/// The same for a primary that answers no query.
-pub const HOLD_DEADLINE_HUNG: Duration = Duration::from_millis(20);
+/// The same for a primary that answers no query or whose host is silent:
+/// what is in flight there will never finish.
+pub const HOLD_DEADLINE_LOST: Duration = Duration::from_millis(20);
 /// The self-fence deadline plus what the agent may need to act on it
 /// (`HOST_LEASE` − `FENCE_AFTER`: the whole margin the lease leaves).
 const FENCE_MARGIN: Duration = HOST_LEASE.saturating_sub(FENCE_AFTER);
@@ -151,7 +152,7 @@ impl Runner<'_> {
                 // them at once instead of waiting for a PAUSE.
                 let hung = p.op.reason.as_deref().is_some_and(|r| r.starts_with(HUNG));
                 let limit = if hung {
-                    HOLD_DEADLINE_HUNG
+                    HOLD_DEADLINE_LOST
                 } else {
                     HOLD_DEADLINE
                 };
@@ -171,6 +172,19 @@ impl Runner<'_> {
                 })
             }
             FailoverStep::Fence => {
+                // Past its self-fence deadline the agent has stopped the
+                // old primary by itself: asking a frozen agent would only
+                // wait for its timeout.
+                let certain = |silence| self_fence_is_certain(silence, FENCE_AFTER, FENCE_MARGIN);
+                let silence = self.hosts.silence(&p.old.host);
+                if certain(silence) {
+                    return Ok(format!(
+                        "host {} has been silent for {:.1} s: its agent fenced the old primary by itself (deadline {:.1} s)",
+                        p.old.host,
+                        silence.unwrap_or_default().as_secs_f64(),
+                        FENCE_AFTER.as_secs_f64()
+                    ));
+                }
                 if let Some(agent) = self.hosts.reach(&p.old.host) {
                     match agent.fence(&p.old.id).await {
                         Ok(()) => {
@@ -185,14 +199,15 @@ impl Runner<'_> {
                         ),
                     }
                 }
-                let mut silence = self.hosts.silence(&p.old.host);
                 // Not yet past the deadline: waiting for it is no failure.
-                let certain_at = FENCE_AFTER + FENCE_MARGIN;
-                if let Some(left) = silence.and_then(|s| certain_at.checked_sub(s)) {
+                let mut silence = self.hosts.silence(&p.old.host);
+                if let Some(left) =
+                    silence.and_then(|s| (FENCE_AFTER + FENCE_MARGIN).checked_sub(s))
+                {
                     tokio::time::sleep(left).await;
                     silence = self.hosts.silence(&p.old.host);
                 }
-                if self_fence_is_certain(silence, FENCE_AFTER, FENCE_MARGIN) {
+                if certain(silence) {
                     return Ok(format!(
                         "host {} has been silent for {:.1} s: its agent fenced the old primary by itself (deadline {:.1} s)",
                         p.old.host,

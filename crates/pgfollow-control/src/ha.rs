@@ -151,7 +151,11 @@ pub async fn observe(
 ) -> HaObservation {
     let silent_for = hosts.silence(&primary.host).unwrap_or(Duration::MAX);
     let host_up = silent_for < HOST_LEASE;
+    // A host that has missed heartbeats is not asked (a frozen one would
+    // hold the tick for the call's timeout): its silence decides, and
+    // whether postgres runs there is taken as unchanged.
     let running = match hosts.get(&primary.host) {
+        Some(_) if host_up && silent_for >= SUSPECT_AFTER => true,
         Some(a) if host_up => a.status(&primary.id).await.is_ok_and(|s| s.running),
         _ => false,
     };

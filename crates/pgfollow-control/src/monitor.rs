@@ -109,7 +109,7 @@ impl Executor {
         tasks: &mut JoinSet<()>,
     ) {
         let held = ha::active_hold(state, &primary.id).is_some();
-        let hold = matches!(verdict, HaVerdict::Watch(_)) && suspect;
+        let hold = suspect && matches!(verdict, HaVerdict::Watch(_) | HaVerdict::Healthy);
         if held && !hold && !matches!(verdict, HaVerdict::Failover(_)) {
             match ha::end_hold(&self.store, &primary.id) {
                 Ok(true) => {
@@ -129,7 +129,7 @@ impl Executor {
         }
         let why = match verdict {
             HaVerdict::Watch(w) => w.clone(),
-            _ => String::new(),
+            _ => "its host missed heartbeats".to_string(),
         };
         let op = match ha::begin_hold(&self.store, &primary.id, &why) {
             Ok(Some(op)) => op,

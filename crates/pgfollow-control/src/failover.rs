@@ -148,10 +148,15 @@ impl Runner<'_> {
     async fn act(&self, state: &State, p: &Parties, step: FailoverStep) -> Result<String, ApiErr> {
         match step {
             FailoverStep::Hold => {
-                // A hung primary's server connections never finish: end
-                // them at once instead of waiting for a PAUSE.
+                // A hung primary's server connections never finish, nor do
+                // those to a host that is silent: end them at once instead
+                // of waiting for a PAUSE.
                 let hung = p.op.reason.as_deref().is_some_and(|r| r.starts_with(HUNG));
-                let limit = if hung {
+                let silent = self
+                    .hosts
+                    .silence(&p.old.host)
+                    .is_some_and(|s| s >= HOST_LEASE);
+                let limit = if hung || silent {
                     HOLD_DEADLINE_LOST
                 } else {
                     HOLD_DEADLINE

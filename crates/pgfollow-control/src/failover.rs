@@ -36,6 +36,15 @@ const RETRY: Duration = Duration::from_millis(250);
 /// At most this many passes (steps and retries) per run: about 10 minutes.
 const MAX_PASSES: u32 = 2400;
 
+/// The sentence for an old primary whose agent fenced it by itself.
+fn self_fenced(host: &str, silence: Option<Duration>) -> String {
+    format!(
+        "host {host} has been silent for {:.1} s: its agent fenced the old primary by itself (deadline {:.1} s)",
+        silence.unwrap_or_default().as_secs_f64(),
+        FENCE_AFTER.as_secs_f64()
+    )
+}
+
 /// Fault injection for the tests that kill the control plane in the
 /// middle of an operation: with `PGFOLLOW_CRASH_AFTER=<point>` in its
 /// environment, `serve` aborts (as abruptly as SIGKILL: no cleanup, no
@@ -183,12 +192,7 @@ impl Runner<'_> {
                 let certain = |silence| self_fence_is_certain(silence, FENCE_AFTER, FENCE_MARGIN);
                 let silence = self.hosts.silence(&p.old.host);
                 if certain(silence) {
-                    return Ok(format!(
-                        "host {} has been silent for {:.1} s: its agent fenced the old primary by itself (deadline {:.1} s)",
-                        p.old.host,
-                        silence.unwrap_or_default().as_secs_f64(),
-                        FENCE_AFTER.as_secs_f64()
-                    ));
+                    return Ok(self_fenced(&p.old.host, silence));
                 }
                 if let Some(agent) = self.hosts.reach(&p.old.host) {
                     match agent.fence(&p.old.id).await {
@@ -213,12 +217,7 @@ impl Runner<'_> {
                     silence = self.hosts.silence(&p.old.host);
                 }
                 if certain(silence) {
-                    return Ok(format!(
-                        "host {} has been silent for {:.1} s: its agent fenced the old primary by itself (deadline {:.1} s)",
-                        p.old.host,
-                        silence.unwrap_or_default().as_secs_f64(),
-                        FENCE_AFTER.as_secs_f64()
-                    ));
+                    return Ok(self_fenced(&p.old.host, silence));
                 }
                 Err(ApiErr::unavailable(format!(
                     "host {} neither stopped the old primary nor has been silent past its self-fence deadline",

@@ -300,6 +300,30 @@ pub fn lacks_standby(state: &State, db: &DatabaseRecord) -> bool {
             .any(|o| o.database == db.id && o.state.is_active())
 }
 
+/// Adds a hidden standby of `primary` on the best other host up; the host.
+fn build_standby(
+    state: &mut State,
+    hosts: &Hosts,
+    port_range: (u16, u16),
+    primary: &DatabaseRecord,
+) -> Result<pgfollow_types::model::HostRecord, ApiErr> {
+    let host = crate::provision::choose_host(state, Some(primary), &|h| hosts.is_up(h))?;
+    crate::provision::add_database(
+        state,
+        &crate::provision::NewDatabase {
+            app: primary.app.as_str(),
+            plan: &primary.plan,
+            host: &host,
+            port_range,
+            now: Utc::now(),
+            leader: Some(primary),
+            sync: false,
+            hidden: true,
+        },
+    )?;
+    Ok(host)
+}
+
 /// Gives `primary` a new hidden standby on the best other host up.
 pub fn add_standby(
     store: &Store,
@@ -314,20 +338,7 @@ pub fn add_standby(
         if !lacks_standby(state, &primary) {
             return Ok(format!("{} already has its standby", primary.color));
         }
-        let host = crate::provision::choose_host(state, Some(&primary), &|h| hosts.is_up(h))?;
-        crate::provision::add_database(
-            state,
-            &crate::provision::NewDatabase {
-                app: primary.app.as_str(),
-                plan: &primary.plan,
-                host: &host,
-                port_range,
-                now: Utc::now(),
-                leader: Some(&primary),
-                sync: false,
-                hidden: true,
-            },
-        )?;
+        let host = build_standby(state, hosts, port_range, &primary)?;
         Ok(format!(
             "HA: {} ({} of {}) is a {} primary without a standby; building one on host {}",
             primary.color, primary.name, primary.app, primary.plan.name, host.name
@@ -363,20 +374,7 @@ pub fn replace_standby(
             .cloned()
             .ok_or_else(|| ApiErr::not_found("the primary vanished"))?;
         crate::provision::remove_database(state, old_id, Utc::now())?;
-        let host = crate::provision::choose_host(state, Some(&primary), &|h| hosts.is_up(h))?;
-        crate::provision::add_database(
-            state,
-            &crate::provision::NewDatabase {
-                app: primary.app.as_str(),
-                plan: &primary.plan,
-                host: &host,
-                port_range,
-                now: Utc::now(),
-                leader: Some(&primary),
-                sync: false,
-                hidden: true,
-            },
-        )?;
+        let host = build_standby(state, hosts, port_range, &primary)?;
         Ok(format!(
             "{}: its old primary's host is still down after {} s; building a new standby on host {}",
             primary.color,

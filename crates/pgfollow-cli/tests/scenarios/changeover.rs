@@ -14,15 +14,7 @@ fn app_with_follower(s: &Server) {
         "WHITE",
         "create table w (id bigint primary key)",
     );
-    s.cli(&[
-        "addons:create",
-        "standard-0",
-        "--follow",
-        "WHITE",
-        "--app",
-        "sushi",
-    ])
-    .ok();
+    add_follower(s, "sushi", "standard-0", "WHITE");
     wait_available(s, "sushi");
 }
 

@@ -343,3 +343,9 @@ impl OpenTransaction {
         self.handle.join().unwrap()
     }
 }
+
+/// `addons:create PLAN --follow LEADER --app APP` (it does not wait).
+pub fn add_follower(s: &Server, app: &str, plan: &str, leader: &str) {
+    s.cli(&["addons:create", plan, "--follow", leader, "--app", app])
+        .ok();
+}

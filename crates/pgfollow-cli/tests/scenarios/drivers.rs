@@ -181,15 +181,7 @@ fn drivers_with_prepared_statements_through_database_url_across_changeover_and_p
     let white = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL");
     psql_url(&white, &DRIVER_TABLE_SQL.replace("{table}", TABLE)).ok();
     Pgbench::init(Path::new("pgbench"), &white, &[]).unwrap();
-    s.cli(&[
-        "addons:create",
-        "standard-8",
-        "--follow",
-        "WHITE",
-        "--app",
-        "sushi",
-    ])
-    .ok();
+    add_follower(&s, "sushi", "standard-8", "WHITE");
     wait_available(&s, "sushi");
     let main = config_get(&s, "sushi", "DATABASE_URL");
     let charcoal = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");

@@ -213,15 +213,7 @@ fn following_is_refused_when_the_rules_say_no() {
     assert_eq!(count(), 2);
 
     // No chains.
-    s.cli(&[
-        "addons:create",
-        "standard-0",
-        "--follow",
-        "WHITE",
-        "--app",
-        "sushi",
-    ])
-    .ok();
+    add_follower(&s, "sushi", "standard-0", "WHITE");
     wait_available(&s, "sushi");
     refuse(
         &[

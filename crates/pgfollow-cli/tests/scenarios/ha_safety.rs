@@ -261,15 +261,7 @@ fn serve_killed_after_the_promotion_finishes_the_failover_after_a_restart() {
 fn the_other_followers_follow_the_new_primary_after_a_failover() {
     let s = server();
     let mut h2 = premium_on_h2(&s, &[]);
-    s.cli(&[
-        "addons:create",
-        "standard-0",
-        "--follow",
-        "DATABASE_URL",
-        "--app",
-        "sushi",
-    ])
-    .ok();
+    add_follower(&s, "sushi", "standard-0", "DATABASE_URL");
     wait_available(&s, "sushi");
     let main = config_get(&s, "sushi", "DATABASE_URL");
     psql_url(&main, "create table w (id bigint primary key)").ok();
@@ -306,15 +298,7 @@ fn a_plan_upgrade_by_changeover_ends_with_ha_available() {
     let s = server();
     app_with_database(&s, "sushi", "premium-0");
     wait_ha_available(&s);
-    s.cli(&[
-        "addons:create",
-        "premium-2",
-        "--follow",
-        "DATABASE_URL",
-        "--app",
-        "sushi",
-    ])
-    .ok();
+    add_follower(&s, "sushi", "premium-2", "DATABASE_URL");
     wait_available(&s, "sushi");
     s.cli(&["pg:changeover", "CHARCOAL", "--app", "sushi"]).ok();
     eventually(
@@ -356,15 +340,7 @@ fn standard_leader_on_h2(s: &Server) -> AgentProcess {
     let main = config_get(s, "sushi", "DATABASE_URL");
     psql_url(&main, "create table w (id bigint primary key)").ok();
     psql_url(&main, "insert into w values (1)").ok();
-    s.cli(&[
-        "addons:create",
-        "standard-0",
-        "--follow",
-        "DATABASE_URL",
-        "--app",
-        "sushi",
-    ])
-    .ok();
+    add_follower(s, "sushi", "standard-0", "DATABASE_URL");
     wait_available(s, "sushi");
     h2
 }

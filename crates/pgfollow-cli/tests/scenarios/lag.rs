@@ -31,15 +31,7 @@ fn behind_by(s: &Server) -> serde_json::Value {
 fn behind_by_is_exact_and_its_seconds_true_after_a_bulk_load() {
     let s = server();
     app_with_database(&s, "sushi", "standard-0");
-    s.cli(&[
-        "addons:create",
-        "standard-0",
-        "--follow",
-        "WHITE",
-        "--app",
-        "sushi",
-    ])
-    .ok();
+    add_follower(&s, "sushi", "standard-0", "WHITE");
     s.cli(&["pg:wait", "--app", "sushi", "--timeout", "180"])
         .ok();
     // Only what the test runs commits: no autovacuum or autoanalyze of

@@ -114,15 +114,7 @@ fn sample(text: &str, name: &str, with: &[&str]) -> Option<f64> {
 fn prometheus_scrapes_a_followers_lag_with_the_metrics_token() {
     let s = server();
     app_with_database(&s, "sushi", "standard-0");
-    s.cli(&[
-        "addons:create",
-        "standard-0",
-        "--follow",
-        "WHITE",
-        "--app",
-        "sushi",
-    ])
-    .ok();
+    add_follower(&s, "sushi", "standard-0", "WHITE");
     wait_available(&s, "sushi");
     psql(
         &s,

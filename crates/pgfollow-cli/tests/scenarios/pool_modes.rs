@@ -100,15 +100,7 @@ fn session_mode_keeps_session_state_and_a_changeover_ends_open_sessions() {
 
     // A changeover ends the open sessions: a writer that reconnects after
     // an error loses its connection once and goes on on the new primary.
-    s.cli(&[
-        "addons:create",
-        "standard-0",
-        "--follow",
-        "WHITE",
-        "--app",
-        "sushi",
-    ])
-    .ok();
+    add_follower(&s, "sushi", "standard-0", "WHITE");
     wait_available(&s, "sushi");
     let charcoal = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
     let writer = Writer::start(&main, "w", Duration::from_secs(60));

@@ -12,15 +12,7 @@ fn leader_and_follower(s: &Server) {
         "WHITE",
         "create table t (id int); insert into t values (1)",
     );
-    s.cli(&[
-        "addons:create",
-        "standard-0",
-        "--follow",
-        "WHITE",
-        "--app",
-        "sushi",
-    ])
-    .ok();
+    add_follower(s, "sushi", "standard-0", "WHITE");
     wait_available(s, "sushi");
 }
 
@@ -131,15 +123,7 @@ fn an_unfollowed_follower_is_a_writable_fork_with_all_it_received() {
         "sushi",
     ])
     .failed();
-    s.cli(&[
-        "addons:create",
-        "standard-0",
-        "--follow",
-        "CHARCOAL",
-        "--app",
-        "sushi",
-    ])
-    .ok();
+    add_follower(&s, "sushi", "standard-0", "CHARCOAL");
     wait_available(&s, "sushi");
     let amber = info_of(&s, "AMBER");
     assert_eq!(amber["following"], "CHARCOAL");

@@ -51,18 +51,21 @@ pub struct PortOffers(pub BTreeMap<String, Vec<u16>>);
 /// endpoint may land on one host in one change.
 pub const OFFERS_PER_HOST: u16 = 4;
 
-/// The first port `host`'s agent offered that no database or endpoint of
-/// that host in the state uses.
+/// The first port `host`'s agent offered that no database or endpoint in
+/// the state uses at that host's address (hosts that share an address, as
+/// agents on one machine do, share its ports).
 pub fn pick_port(state: &State, offers: &PortOffers, host: &str) -> Result<u16, ApiErr> {
+    let address = host_address(state, host);
+    let here = |h: &str| h == host || host_address(state, h) == address;
     let used = |port: u16| {
         state
             .databases
             .values()
-            .any(|d| d.host == host && d.port == port)
+            .any(|d| d.port == port && here(&d.host))
             || state.apps.values().any(|a| {
                 a.endpoint
                     .as_ref()
-                    .is_some_and(|e| e.host == host && e.port == port)
+                    .is_some_and(|e| e.port == port && here(&e.host))
             })
     };
     offers
@@ -525,7 +528,10 @@ mod tests {
         // The leader took 40000 on a (its endpoint is on the control
         // plane's host).
         assert_eq!(pick_port(&state, &o, "a").unwrap(), 40001);
-        // Another host may use the same number.
+        // Another host on the same address may not use the same number;
+        // one with an address of its own may.
+        assert_eq!(pick_port(&state, &o, "b").unwrap_err().status.as_u16(), 503);
+        state.hosts.get_mut("b").unwrap().address = "10.231.0.3".into();
         assert_eq!(pick_port(&state, &o, "b").unwrap(), 40000);
         let e = pick_port(&state, &o, "c").unwrap_err();
         assert!(e.message.contains("host c offered no free port"), "{e}");

@@ -16,6 +16,7 @@ mod durability;
 mod followers;
 mod ha;
 mod ha_safety;
+mod hosts;
 mod lag;
 mod metrics;
 mod openapi;

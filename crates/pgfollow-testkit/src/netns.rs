@@ -35,6 +35,16 @@ pub struct NetHost {
 }
 
 impl NetHost {
+    /// Moves the calling thread (only it) into this host's namespace: its
+    /// connections from then on are made from the host's address, as a
+    /// client running on that host would.
+    pub fn enter(&self) -> anyhow::Result<()> {
+        let path = format!("/var/run/netns/{}", self.netns);
+        let file = File::open(&path).with_context(|| format!("cannot open {path}"))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("cannot enter network namespace {}", self.netns))
+    }
+
     /// `program` to be run inside this host's namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("ip");

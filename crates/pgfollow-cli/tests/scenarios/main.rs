@@ -15,6 +15,7 @@ mod drivers;
 mod durability;
 mod followers;
 mod ha;
+mod ha_hosts;
 mod ha_safety;
 mod hosts;
 mod lag;

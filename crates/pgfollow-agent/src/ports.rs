@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-/// How long an offered port is kept for the one it was offered to.
-pub const OFFER_HOLD: Duration = Duration::from_secs(60);
+/// How long an offered port is kept for the one it was offered to: long
+/// enough for the control plane to record its pick (it also checks its
+/// catalog), short enough that repeated asks do not use up the range.
+pub const OFFER_HOLD: Duration = Duration::from_secs(5);
 
 /// The ports a new database or endpoint gets on this host unless told
 /// otherwise (`--pg-ports`).
@@ -90,10 +92,27 @@ mod tests {
 
     #[test]
     fn ports_are_chosen_round_the_range_skipping_held_and_busy_ones() {
-        let cases: &[(&str, (u16, u16), u32, usize, &[u16], &[u16], &[u16])] = &[
-            // name, range, start, count, held, busy, expected
+        /// name, range, start, count, held, busy, expected
+        type Case<'a> = (
+            &'a str,
+            (u16, u16),
+            u32,
+            usize,
+            &'a [u16],
+            &'a [u16],
+            &'a [u16],
+        );
+        let cases: &[Case] = &[
             ("from the start", (100, 104), 0, 2, &[], &[], &[100, 101]),
-            ("round the end", (100, 104), 3, 3, &[], &[], &[103, 104, 100]),
+            (
+                "round the end",
+                (100, 104),
+                3,
+                3,
+                &[],
+                &[],
+                &[103, 104, 100],
+            ),
             ("skips held", (100, 104), 0, 2, &[100], &[], &[101, 102]),
             ("skips busy", (100, 104), 0, 2, &[], &[101], &[100, 102]),
             ("fewer than asked", (100, 102), 0, 5, &[100], &[102], &[101]),
@@ -114,8 +133,13 @@ mod tests {
         let first = book.offer("127.0.0.1", 2);
         let second = book.offer("127.0.0.1", 4);
         assert_eq!(first.len(), 2);
-        assert!(second.iter().all(|p| !first.contains(p)), "{first:?} {second:?}");
+        assert!(
+            second.iter().all(|p| !first.contains(p)),
+            "{first:?} {second:?}"
+        );
         let _busy = TcpListener::bind(("127.0.0.1", 47104)).unwrap();
-        assert!(PortBook::new((47104, 47104)).offer("127.0.0.1", 1).is_empty());
+        assert!(PortBook::new((47104, 47104))
+            .offer("127.0.0.1", 1)
+            .is_empty());
     }
 }

@@ -250,7 +250,12 @@ mod tests {
         let sock = |s: &str| s.parse::<SocketAddr>().unwrap();
         let towards = ip("10.231.0.5");
         let cases = [
-            ("asked wins", Some(ip("10.0.0.9")), sock("0.0.0.0:0"), "10.0.0.9"),
+            (
+                "asked wins",
+                Some(ip("10.0.0.9")),
+                sock("0.0.0.0:0"),
+                "10.0.0.9",
+            ),
             ("wildcard listen", None, sock("0.0.0.0:7000"), "10.231.0.5"),
             ("specific listen", None, sock("127.0.0.1:0"), "127.0.0.1"),
             ("v6 wildcard", None, sock("[::]:0"), "10.231.0.5"),

@@ -63,7 +63,11 @@ pub fn hosts_table(hosts: &[HostSummary]) -> String {
             vec![
                 h.name.clone(),
                 h.zone.clone().unwrap_or_else(|| "-".into()),
-                if h.address.is_empty() { "-".into() } else { h.address.clone() },
+                if h.address.is_empty() {
+                    "-".into()
+                } else {
+                    h.address.clone()
+                },
                 if h.reachable { "up" } else { "down" }.to_string(),
                 if h.pg_versions.is_empty() {
                     h.pg_version.clone()
@@ -74,7 +78,10 @@ pub fn hosts_table(hosts: &[HostSummary]) -> String {
             ]
         })
         .collect();
-    table(&["NAME", "ZONE", "ADDRESS", "AGENT", "PG", "DATABASES"], &rows)
+    table(
+        &["NAME", "ZONE", "ADDRESS", "AGENT", "PG", "DATABASES"],
+        &rows,
+    )
 }
 
 pub fn plans_table(plans: &[Plan]) -> String {

@@ -1,9 +1,12 @@
-//! App endpoints: `DATABASE_URL` points at a PgBouncer that the agent of
-//! the endpoint's host runs, which routes to whichever database is attached
-//! as `DATABASE`. Everything here goes through that agent's interface
-//! (`AgentCall`), like any other work on a host. `sync` makes an endpoint
-//! match the catalog (start it, or retarget it with PAUSE → new config →
-//! RELOAD → RESUME); maintenance mode closes it. One sync at a time per app.
+//! App endpoints: `DATABASE_URL` lists PgBouncers on up to two hosts (a
+//! libpq multi-host URL), each run by its host's agent and routing to
+//! whichever database is attached as `DATABASE`. Everything here goes
+//! through those agents' interface (`AgentCall`), like any other work on a
+//! host, and to every endpoint of the app at once. `sync` makes the
+//! endpoints match the catalog (start one, or retarget it with PAUSE → new
+//! config → RELOAD → RESUME); maintenance mode closes them. One sync at a
+//! time per app. An endpoint whose host does not answer is left as it is
+//! and brought in line when it answers again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,10 +57,14 @@ pub fn main_database<'a>(state: &'a State, app: &AppRecord) -> Option<&'a Databa
         .filter(|d| d.is_live())
 }
 
-/// The endpoint spec of `app`, routing to `db`.
-pub fn endpoint_spec(state: &State, app: &AppRecord, db: &DatabaseRecord) -> Option<EndpointSpec> {
-    let ep = app.endpoint.as_ref()?;
-    Some(EndpointSpec {
+/// The spec of `app`'s endpoint `ep`, routing to `db`.
+pub fn endpoint_spec(
+    state: &State,
+    app: &AppRecord,
+    ep: &EndpointRecord,
+    db: &DatabaseRecord,
+) -> EndpointSpec {
+    EndpointSpec {
         id: ep.id.clone(),
         listen_addr: host_address(state, &ep.host),
         port: ep.port,
@@ -72,7 +79,7 @@ pub fn endpoint_spec(state: &State, app: &AppRecord, db: &DatabaseRecord) -> Opt
         pool_size: db.plan.connection_limit.clamp(5, 100),
         max_client_conn: MAX_CLIENT_CONN,
         pool_mode: app.pool_mode,
-    })
+    }
 }
 
 /// The apps whose endpoints log in with `db_id`'s owner password: those
@@ -95,10 +102,10 @@ pub fn routable(db: &DatabaseRecord) -> bool {
     !db.is_follower()
 }
 
-/// Whether `app`'s endpoint must be synced: it routes elsewhere than the
-/// catalog says (to a database it may route to), or is not running.
-pub fn needs_sync(state: &State, app: &AppRecord, running: bool) -> bool {
-    let (Some(ep), Some(db)) = (&app.endpoint, main_database(state, app)) else {
+/// Whether `app`'s endpoint `ep` must be synced: it routes elsewhere than
+/// the catalog says (to a database it may route to), or is not running.
+pub fn needs_sync(state: &State, app: &AppRecord, ep: &EndpointRecord, running: bool) -> bool {
+    let Some(db) = main_database(state, app) else {
         return false;
     };
     let applied = ep.applied.as_deref() == Some(db.id.as_str());
@@ -163,14 +170,41 @@ impl Endpoints {
             .clone()
     }
 
-    pub async fn is_running(&self, app: &AppRecord) -> bool {
-        let Some(ep) = &app.endpoint else {
-            return false;
-        };
+    /// Whether endpoint `ep` runs (false when its host does not answer).
+    pub async fn is_running(&self, ep: &EndpointRecord) -> bool {
         match self.hosts.get(&ep.host) {
             Some(agent) => agent.endpoint_status(&ep.id).await.is_ok_and(|s| s.running),
             None => false,
         }
+    }
+
+    /// Runs `work` on each of `eps` whose host answers, all at once; the
+    /// others are left out (logged). Answers what each one came to.
+    async fn on_each<T, F, Fut>(
+        &self,
+        app: &str,
+        eps: &[EndpointRecord],
+        work: F,
+    ) -> Vec<(EndpointRecord, Result<T, ApiErr>)>
+    where
+        F: Fn(crate::hosts::AgentHandle, EndpointRecord) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiErr>>,
+    {
+        let runs = eps.iter().filter_map(|ep| match self.hosts.get(&ep.host) {
+            Some(agent) => {
+                let ep = ep.clone();
+                let run = work(agent, ep.clone());
+                Some(async move { (ep, run.await) })
+            }
+            None => {
+                tracing::warn!(
+                    "{app}: the endpoint on host {} is left as it is: its host does not answer",
+                    ep.host
+                );
+                None
+            }
+        });
+        futures_util::future::join_all(runs).await
     }
 
     /// Makes `app`'s endpoint match the catalog. With `force`, rewrites its
@@ -201,65 +235,87 @@ impl Endpoints {
         let Some(db) = main_database(&state, rec) else {
             return Ok(None);
         };
-        let running = self.is_running(rec).await;
-        if !read_only
-            && !routable(db)
-            && rec.endpoint.as_ref().and_then(|e| e.applied.as_deref()) != Some(db.id.as_str())
-        {
+        let mut todo = Vec::new();
+        for ep in &rec.endpoints {
+            if !self.hosts.is_up(&ep.host) {
+                continue;
+            }
+            let running = self.is_running(ep).await;
+            let applied = ep.applied.as_deref() == Some(db.id.as_str());
             // It becomes the target once it is writable.
+            if !read_only && !routable(db) && !applied {
+                continue;
+            }
+            if force || read_only || needs_sync(&state, rec, ep, running) {
+                todo.push(ep.clone());
+            }
+        }
+        if todo.is_empty() {
             return Ok(None);
         }
-        if !force && !read_only && !needs_sync(&state, rec, running) {
-            return Ok(None);
-        }
-        let retarget =
-            rec.endpoint.as_ref().and_then(|e| e.applied.as_deref()) != Some(db.id.as_str());
+        let retarget = todo
+            .iter()
+            .any(|e| e.applied.as_deref() != Some(db.id.as_str()));
         if retarget && !read_only && self.seen_in_recovery(db).await {
             return Err(ApiErr::conflict(format!(
                 "{} answers as a standby (in recovery); the endpoint keeps its route until it is writable",
                 db.color
             )));
         }
-        let Some(spec) = endpoint_spec(&state, rec, db) else {
-            return Ok(None);
-        };
-        let Some(ep) = &rec.endpoint else {
-            return Ok(None);
-        };
-        let agent = self.agent_of(ep)?;
-        let held = agent.endpoint_apply(&spec).await?;
-        if held.is_none() && rec.maintenance {
-            // A fresh PgBouncer forgets DISABLE: close it again.
-            agent.endpoint_block(&spec.id, &spec.dbname).await?;
-        }
-        let (db_id, was) = (
-            db.id.clone(),
-            rec.endpoint.as_ref().and_then(|e| e.applied.clone()),
-        );
+        let maintenance = rec.maintenance;
+        let done = self
+            .on_each(app, &todo, |agent, ep| {
+                let spec = endpoint_spec(&state, rec, &ep, db);
+                async move {
+                    let held = agent.endpoint_apply(&spec).await?;
+                    if held.is_none() && maintenance {
+                        // A fresh PgBouncer forgets DISABLE: close it again.
+                        agent.endpoint_block(&spec.id, &spec.dbname).await?;
+                    }
+                    Ok(held)
+                }
+            })
+            .await;
+        let db_id = db.id.clone();
+        let synced: Vec<String> = done
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(ep, _)| ep.host.clone())
+            .collect();
         self.store.update(|state| {
-            if let Some(ep) = state.apps.get_mut(app).and_then(|a| a.endpoint.as_mut()) {
-                ep.applied = Some(db_id.clone());
+            if let Some(a) = state.apps.get_mut(app) {
+                for e in a.endpoints.iter_mut().filter(|e| synced.contains(&e.host)) {
+                    e.applied = Some(db_id.clone());
+                }
             }
             Ok(())
         })?;
-        match (held, was.as_deref() == Some(db_id.as_str())) {
-            (None, _) => tracing::info!(
-                "{app}: endpoint started on port {}, routing to {}",
-                spec.port,
-                db.color
-            ),
-            (Some(h), false) => tracing::info!(
-                "{app}: endpoint now routes to {} (clients held {} ms)",
-                db.color,
-                h.as_millis()
-            ),
-            (Some(_), true) => tracing::info!("{app}: endpoint configuration rewritten"),
+        let mut longest: Option<Duration> = None;
+        let mut failure = None;
+        for (ep, result) in done {
+            match result {
+                Ok(held) => {
+                    let was = ep.applied.as_deref() == Some(db_id.as_str());
+                    log_synced(app, &ep, &db.color.to_string(), held, was);
+                    longest = longest.max(held);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "{app}: the endpoint on host {} could not be synced: {e}",
+                        ep.host
+                    );
+                    failure = Some(e);
+                }
+            }
         }
-        Ok(held)
+        match (synced.is_empty(), failure) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(longest),
+        }
     }
 
     /// Turns maintenance on (new connections refused, open ones closed) or
-    /// off for `app`'s endpoint.
+    /// off for `app`'s endpoints.
     pub async fn set_maintenance(&self, app: &str, on: bool) -> Result<(), ApiErr> {
         let lock = self.lock(app);
         let _held = lock.lock().await;
@@ -267,20 +323,28 @@ impl Endpoints {
         let Some(rec) = state.apps.get(app) else {
             return Ok(());
         };
-        let (Some(ep), Some(db)) = (&rec.endpoint, main_database(&state, rec)) else {
+        let Some(db) = main_database(&state, rec) else {
             return Ok(());
         };
-        if !self.is_running(rec).await {
-            // The next sync starts it, closed if maintenance is on.
-            return Ok(());
-        }
-        let agent = self.agent_of(ep)?;
-        if on {
-            agent.endpoint_block(&ep.id, &db.database).await?;
-        } else {
-            agent.endpoint_unblock(&ep.id, &db.database).await?;
-        }
-        Ok(())
+        let dbname = db.database.clone();
+        let done = self
+            .on_each(app, &rec.endpoints, |agent, ep| {
+                let dbname = dbname.clone();
+                async move {
+                    if !agent.endpoint_status(&ep.id).await.is_ok_and(|s| s.running) {
+                        // The next sync starts it, closed if maintenance is on.
+                        return Ok(());
+                    }
+                    if on {
+                        agent.endpoint_block(&ep.id, &dbname).await?;
+                    } else {
+                        agent.endpoint_unblock(&ep.id, &dbname).await?;
+                    }
+                    Ok(())
+                }
+            })
+            .await;
+        first_error(done)
     }
 
     /// Stops and removes an endpoint (its app is gone).
@@ -295,6 +359,34 @@ impl Endpoints {
     }
 }
 
+/// Logs what a sync did to one endpoint.
+fn log_synced(app: &str, ep: &EndpointRecord, color: &str, held: Option<Duration>, was: bool) {
+    match (held, was) {
+        (None, _) => tracing::info!(
+            "{app}: endpoint started on host {} port {}, routing to {color}",
+            ep.host,
+            ep.port
+        ),
+        (Some(h), false) => tracing::info!(
+            "{app}: endpoint on host {} now routes to {color} (clients held {} ms)",
+            ep.host,
+            h.as_millis()
+        ),
+        (Some(_), true) => tracing::info!(
+            "{app}: endpoint on host {} has its configuration rewritten",
+            ep.host
+        ),
+    }
+}
+
+/// The first failure among `done`, if any (each is logged by its caller).
+fn first_error<T>(done: Vec<(EndpointRecord, Result<T, ApiErr>)>) -> Result<(), ApiErr> {
+    match done.into_iter().find_map(|(_, r)| r.err()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 impl Endpoints {
     /// The apps whose endpoints route to `db_id` (or are about to).
     pub fn routing_to(state: &State, db_id: &str) -> Vec<String> {
@@ -302,65 +394,95 @@ impl Endpoints {
             .apps
             .values()
             .filter(|app| {
-                app.endpoint.as_ref().is_some_and(|ep| {
-                    ep.applied.as_deref() == Some(db_id)
-                        || main_database(state, app).is_some_and(|m| m.id == db_id)
-                })
+                app.has_endpoint()
+                    && (app
+                        .endpoints
+                        .iter()
+                        .any(|ep| ep.applied.as_deref() == Some(db_id))
+                        || main_database(state, app).is_some_and(|m| m.id == db_id))
             })
             .map(|app| app.name.to_string())
             .collect()
     }
 
-    /// Holds new transactions at `app`'s endpoint for operation `op_id`:
+    /// Holds new transactions at `app`'s endpoints for operation `op_id`:
     /// the hold is recorded in the catalog first (so that whatever happens
     /// next, reconciliation resumes an endpoint whose operation ended),
-    /// then PAUSE; past `limit` every connection is ended instead of
-    /// waiting. Returns whether connections were killed. An endpoint that
-    /// does not run holds nothing.
+    /// then PAUSE on each at once; past `limit` every connection of one is
+    /// ended instead of waiting. Returns whether connections were killed.
+    /// An endpoint that does not run, or whose host does not answer, holds
+    /// nothing.
     pub async fn hold(&self, app: &str, op_id: &str, limit: Duration) -> Result<bool, ApiErr> {
         let lock = self.lock(app);
         let _held = lock.lock().await;
         let state = self.store.update(|state| {
-            if let Some(ep) = state.apps.get_mut(app).and_then(|a| a.endpoint.as_mut()) {
-                ep.held_by = Some(op_id.to_string());
+            if let Some(a) = state.apps.get_mut(app) {
+                for ep in &mut a.endpoints {
+                    ep.held_by = Some(op_id.to_string());
+                }
             }
             Ok(state.clone())
         })?;
         let Some(rec) = state.apps.get(app) else {
             return Ok(false);
         };
-        let (Some(ep), Some(db)) = (&rec.endpoint, main_database(&state, rec)) else {
+        let Some(db) = main_database(&state, rec) else {
             return Ok(false);
         };
-        if !self.is_running(rec).await {
-            return Ok(false);
+        let dbname = db.database.clone();
+        let done = self
+            .on_each(app, &rec.endpoints, |agent, ep| {
+                let dbname = dbname.clone();
+                async move {
+                    if !agent.endpoint_status(&ep.id).await.is_ok_and(|s| s.running) {
+                        return Ok(false);
+                    }
+                    Ok(agent.endpoint_hold(&ep.id, &dbname, limit).await?)
+                }
+            })
+            .await;
+        let mut killed = false;
+        let mut failure = None;
+        for (ep, r) in done {
+            match r {
+                Ok(true) => {
+                    killed = true;
+                    tracing::warn!(
+                        "{app}: the endpoint on host {} could not pause within {} ms (a transaction stayed open or a server hung); its connections were ended",
+                        ep.host,
+                        limit.as_millis()
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => failure = Some(e),
+            }
         }
-        let killed = self
-            .agent_of(ep)?
-            .endpoint_hold(&ep.id, &db.database, limit)
-            .await?;
-        if killed {
-            tracing::warn!(
-                "{app}: the endpoint could not pause within {} ms (a transaction stayed open or a server hung); its connections were ended",
-                limit.as_millis()
-            );
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(killed),
         }
-        Ok(killed)
     }
 
-    /// Holds new transactions at `app`'s endpoint for a suspicion (operation
-    /// `op_id`): recorded first, then PAUSE, which may stay pending while
-    /// transactions in flight go on; nothing is killed. Unless the endpoint
-    /// is already held by something else.
+    /// Holds new transactions at `app`'s endpoints for a suspicion
+    /// (operation `op_id`): recorded first, then PAUSE, which may stay
+    /// pending while transactions in flight go on; nothing is killed.
+    /// Unless the endpoints are already held by something else.
     pub async fn pause_for(&self, app: &str, op_id: &str, limit: Duration) -> Result<(), ApiErr> {
         let lock = self.lock(app);
         let _held = lock.lock().await;
         let mut taken = false;
         let state = self.store.update(|state| {
-            if let Some(ep) = state.apps.get_mut(app).and_then(|a| a.endpoint.as_mut()) {
-                match &ep.held_by {
-                    Some(other) if other != op_id => taken = true,
-                    _ => ep.held_by = Some(op_id.to_string()),
+            taken = false;
+            if let Some(a) = state.apps.get_mut(app) {
+                if a.endpoints
+                    .iter()
+                    .any(|ep| ep.held_by.as_deref().is_some_and(|o| o != op_id))
+                {
+                    taken = true;
+                } else {
+                    for ep in &mut a.endpoints {
+                        ep.held_by = Some(op_id.to_string());
+                    }
                 }
             }
             Ok(state.clone())
@@ -368,24 +490,30 @@ impl Endpoints {
         let Some(rec) = state.apps.get(app) else {
             return Ok(());
         };
-        let (Some(ep), Some(db)) = (&rec.endpoint, main_database(&state, rec)) else {
+        let Some(db) = main_database(&state, rec) else {
             return Ok(());
         };
         // In session pooling a pause ends the sessions: not for a mere
         // suspicion.
-        if taken
-            || rec.pool_mode == pgfollow_types::api::PoolMode::Session
-            || !self.is_running(rec).await
-        {
+        if taken || rec.pool_mode == pgfollow_types::api::PoolMode::Session {
             return Ok(());
         }
-        self.agent_of(ep)?
-            .endpoint_pause_within(&ep.id, &db.database, limit)
-            .await?;
-        Ok(())
+        let dbname = db.database.clone();
+        let done = self
+            .on_each(app, &rec.endpoints, |agent, ep| {
+                let dbname = dbname.clone();
+                async move {
+                    if agent.endpoint_status(&ep.id).await.is_ok_and(|s| s.running) {
+                        agent.endpoint_pause_within(&ep.id, &dbname, limit).await?;
+                    }
+                    Ok(())
+                }
+            })
+            .await;
+        first_error(done)
     }
 
-    /// Points `app`'s held endpoint at the database now behind
+    /// Points `app`'s held endpoints at the database now behind
     /// `DATABASE`, lets transactions through, and clears the hold.
     pub async fn reroute_held(&self, app: &str) -> Result<(), ApiErr> {
         let lock = self.lock(app);
@@ -394,6 +522,8 @@ impl Endpoints {
     }
 
     /// [`Endpoints::reroute_held`] for a caller that holds `app`'s lock.
+    /// The hold is cleared on every endpoint: one whose host did not
+    /// answer is brought in line by reconciliation when it does.
     pub async fn reroute_held_locked(&self, app: &str) -> Result<(), ApiErr> {
         let state = self.store.read()?;
         let Some(rec) = state.apps.get(app) else {
@@ -401,22 +531,45 @@ impl Endpoints {
         };
         // Never onto a read-only database: then it resumes where it routes.
         let db = main_database(&state, rec).filter(|d| routable(d));
-        let spec = db.and_then(|db| endpoint_spec(&state, rec, db));
-        let running = self.is_running(rec).await;
-        if let (Some(spec), Some(db), Some(ep), true) = (spec, db, &rec.endpoint, running) {
-            let rewrite = ep.applied.as_deref() != Some(db.id.as_str());
-            self.agent_of(ep)?.endpoint_route(&spec, rewrite).await?;
+        let mut routed = Vec::new();
+        let mut failure = None;
+        if let Some(db) = db {
+            let done = self
+                .on_each(app, &rec.endpoints, |agent, ep| {
+                    let spec = endpoint_spec(&state, rec, &ep, db);
+                    async move {
+                        if !agent.endpoint_status(&ep.id).await.is_ok_and(|s| s.running) {
+                            return Ok(false);
+                        }
+                        let rewrite = ep.applied.as_deref() != Some(db.id.as_str());
+                        agent.endpoint_route(&spec, rewrite).await?;
+                        Ok(true)
+                    }
+                })
+                .await;
+            for (ep, r) in done {
+                match r {
+                    Ok(true) => routed.push(ep.host.clone()),
+                    Ok(false) => {}
+                    Err(e) => failure = Some(e),
+                }
+            }
         }
         let db_id = db.map(|d| d.id.clone());
         self.store.update(|state| {
-            if let Some(e) = state.apps.get_mut(app).and_then(|a| a.endpoint.as_mut()) {
-                if db_id.is_some() {
-                    e.applied = db_id.clone();
+            if let Some(a) = state.apps.get_mut(app) {
+                for e in &mut a.endpoints {
+                    if routed.contains(&e.host) {
+                        e.applied = db_id.clone();
+                    }
+                    e.held_by = None;
                 }
-                e.held_by = None;
             }
             Ok(())
         })?;
-        Ok(())
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }

@@ -69,12 +69,7 @@ impl Drop for Busy {
 }
 
 impl Executor {
-    pub fn new(
-        store: Store,
-        hosts: Hosts,
-        endpoints: Arc<Endpoints>,
-        wake: Arc<Notify>,
-    ) -> Self {
+    pub fn new(store: Store, hosts: Hosts, endpoints: Arc<Endpoints>, wake: Arc<Notify>) -> Self {
         Self {
             store,
             hosts,
@@ -195,14 +190,19 @@ impl Executor {
 
     /// Starts or retargets every endpoint that does not match the catalog.
     async fn tick_endpoints(self: &Arc<Self>, state: &State, tasks: &mut JoinSet<()>) {
+        self.add_missing_endpoints(state).await;
         for app in state.apps.values() {
             let key = format!("endpoint:{}", app.name);
             // A held endpoint is its operation's to release.
-            let held = app.endpoint.as_ref().is_some_and(|e| e.held_by.is_some());
+            let held = app.endpoints.iter().any(|e| e.held_by.is_some());
             if held || self.is_busy(&key) || self.backing_off(&key) {
                 continue;
             }
-            if !needs_sync(state, app, self.endpoints.is_running(app).await) {
+            let mut stale = false;
+            for ep in app.endpoints.iter().filter(|e| self.hosts.is_up(&e.host)) {
+                stale = stale || needs_sync(state, app, ep, self.endpoints.is_running(ep).await);
+            }
+            if !stale {
                 continue;
             }
             let Some(busy) = self.claim(vec![key.clone()]) else {
@@ -217,6 +217,49 @@ impl Executor {
                     lock(&me.backoff).insert(key.clone(), Instant::now() + RESTART_BACKOFF);
                 }
             });
+        }
+    }
+
+    /// Gives each app with endpoints the ones it lacks when a host that is
+    /// up has none of them (a second host joined): `DATABASE_URL` then
+    /// lists both.
+    async fn add_missing_endpoints(&self, state: &State) {
+        const KEY: &str = "endpoints:add";
+        let up = self.hosts.up();
+        let lacking: Vec<String> = state
+            .apps
+            .values()
+            .filter(|a| {
+                a.has_endpoint()
+                    && a.endpoints.len() < pgfollow_types::model::ENDPOINTS_PER_APP
+                    && a.endpoints.iter().all(|e| e.held_by.is_none())
+                    && up.iter().any(|h| a.endpoint_on(h).is_none())
+            })
+            .map(|a| a.name.to_string())
+            .collect();
+        if lacking.is_empty() || self.backing_off(KEY) {
+            return;
+        }
+        let offers = self
+            .hosts
+            .port_offers(crate::provision::OFFERS_PER_HOST)
+            .await;
+        for app in lacking {
+            match self
+                .store
+                .update(|s| crate::provision::add_endpoints(s, &app, &offers))
+            {
+                Ok(0) => {
+                    lock(&self.backoff).insert(KEY.to_string(), Instant::now() + RESTART_BACKOFF);
+                }
+                Ok(n) => tracing::info!(
+                    "{app}: {n} more endpoint(s) on another host; DATABASE_URL lists every one"
+                ),
+                Err(e) => {
+                    tracing::warn!("{app}: cannot add an endpoint on another host: {e}");
+                    lock(&self.backoff).insert(KEY.to_string(), Instant::now() + RESTART_BACKOFF);
+                }
+            }
         }
     }
 

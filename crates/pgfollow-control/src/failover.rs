@@ -263,9 +263,9 @@ impl Runner<'_> {
                     .apps
                     .values()
                     .filter(|a| {
-                        a.endpoint
-                            .as_ref()
-                            .is_some_and(|e| e.held_by.as_deref() == Some(p.op.id.as_str()))
+                        a.endpoints
+                            .iter()
+                            .any(|e| e.held_by.as_deref() == Some(p.op.id.as_str()))
                     })
                     .map(|a| a.name.to_string())
                     .collect();

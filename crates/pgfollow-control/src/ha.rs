@@ -268,11 +268,9 @@ pub fn begin_failover(store: &Store, primary: &str, why: &str) -> Result<Option<
                 o.state = pgfollow_types::model::OperationState::Done;
                 o.last_error = Some(format!("taken over by failover {id}"));
             }
-            for app in state.apps.values_mut() {
-                if let Some(e) = app.endpoint.as_mut() {
-                    if e.held_by.as_deref() == Some(hold.as_str()) {
-                        e.held_by = Some(id.clone());
-                    }
+            for e in state.apps.values_mut().flat_map(|a| a.endpoints.iter_mut()) {
+                if e.held_by.as_deref() == Some(hold.as_str()) {
+                    e.held_by = Some(id.clone());
                 }
             }
         }

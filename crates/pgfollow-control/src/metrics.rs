@@ -225,13 +225,20 @@ async fn live(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> Live {
     }
 }
 
-/// Whether the app's endpoint holds new transactions right now.
+/// Whether one of the app's endpoints holds new transactions right now.
 async fn endpoint_paused(ctx: &Ctx, state: &Catalog, app: &str) -> Option<bool> {
     let rec = state.apps.get(app)?;
-    let ep = rec.endpoint.as_ref()?;
     let main = crate::endpoints::main_database(state, rec)?;
-    let agent = ctx.endpoints.agent_of(ep).ok()?;
-    agent.endpoint_paused(&ep.id, &main.database).await.ok()?
+    let mut seen = None;
+    for ep in &rec.endpoints {
+        let Ok(agent) = ctx.endpoints.agent_of(ep) else {
+            continue;
+        };
+        if let Ok(Some(paused)) = agent.endpoint_paused(&ep.id, &main.database).await {
+            seen = Some(seen.unwrap_or(false) || paused);
+        }
+    }
+    seen
 }
 
 /// Every series of one scrape.

@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use pgfollow_types::agent::{ClusterSpec, PgSettings, RoleSecret, Upstream};
 use pgfollow_types::api::DatabaseState;
 use pgfollow_types::model::{
-    BillingRecord, DatabaseRecord, Desired, HostRecord, OperationKind, OperationRecord, State,
+    AppRecord, BillingRecord, DatabaseRecord, Desired, HostRecord, OperationKind, OperationRecord,
+    State, ENDPOINTS_PER_APP,
 };
 use pgfollow_types::{Color, Plan};
 use rand::Rng;
@@ -62,11 +63,10 @@ pub fn pick_port(state: &State, offers: &PortOffers, host: &str) -> Result<u16, 
             .databases
             .values()
             .any(|d| d.port == port && here(&d.host))
-            || state.apps.values().any(|a| {
-                a.endpoint
-                    .as_ref()
-                    .is_some_and(|e| e.port == port && here(&e.host))
-            })
+            || state
+                .apps
+                .values()
+                .any(|a| a.endpoints.iter().any(|e| e.port == port && here(&e.host)))
     };
     offers
         .0
@@ -356,34 +356,81 @@ fn attach_and_bill(
         id.clone(),
     );
     let needs_endpoint =
-        !app_rec.attachments.contains_key(MAIN_ATTACHMENT) && app_rec.endpoint.is_none();
+        !app_rec.attachments.contains_key(MAIN_ATTACHMENT) && !app_rec.has_endpoint();
     if !app_rec.attachments.contains_key(MAIN_ATTACHMENT) {
         app_rec
             .attachments
             .insert(MAIN_ATTACHMENT.to_string(), id.clone());
     }
     if needs_endpoint {
-        add_endpoint(state, app.name.as_str(), new.ports)?;
+        add_endpoints(state, app.name.as_str(), new.ports)?;
     }
     Ok(())
 }
 
-/// Gives `app` its endpoint on the control plane's host: a port, and a
-/// directory name.
-fn add_endpoint(state: &mut State, app: &str, offers: &PortOffers) -> Result<(), ApiErr> {
-    let host = crate::server::LOCAL_HOST.to_string();
-    let port = pick_port(state, offers, &host)?;
-    let id = format!("ep-{app}");
-    if let Some(a) = state.apps.get_mut(app) {
-        a.endpoint = Some(pgfollow_types::model::EndpointRecord {
-            id,
-            host,
-            port,
-            applied: None,
-            held_by: None,
-        });
+/// The hosts `app`'s new endpoints may go to, best first: among the hosts
+/// that offered ports and have none of its endpoints, the control plane's
+/// own host first (where an app's endpoint has always been), then the
+/// hosts with the fewest endpoints.
+pub fn endpoint_hosts(state: &State, app: &AppRecord, offers: &PortOffers) -> Vec<String> {
+    let load = |h: &str| {
+        state
+            .apps
+            .values()
+            .flat_map(|a| &a.endpoints)
+            .filter(|e| e.host == h)
+            .count()
+    };
+    let mut hosts: Vec<&String> = offers
+        .0
+        .iter()
+        .filter(|(h, ports)| !ports.is_empty() && app.endpoint_on(h).is_none())
+        .map(|(h, _)| h)
+        .collect();
+    hosts.sort_by_key(|h| {
+        (
+            h.as_str() != crate::server::LOCAL_HOST,
+            load(h),
+            h.to_string(),
+        )
+    });
+    hosts.into_iter().cloned().collect()
+}
+
+/// Gives `app` the endpoints it lacks, up to [`ENDPOINTS_PER_APP`], on the
+/// best hosts (see [`endpoint_hosts`]) that still have an offered port: a
+/// port on each, and a directory name. Answers how many were added; an app
+/// left with none is an error.
+pub fn add_endpoints(state: &mut State, app: &str, offers: &PortOffers) -> Result<usize, ApiErr> {
+    let Some(rec) = state.apps.get(app) else {
+        return Ok(0);
+    };
+    let want = ENDPOINTS_PER_APP.saturating_sub(rec.endpoints.len());
+    let mut added = 0;
+    for host in endpoint_hosts(state, rec, offers) {
+        if added >= want {
+            break;
+        }
+        let Ok(port) = pick_port(state, offers, &host) else {
+            continue;
+        };
+        if let Some(a) = state.apps.get_mut(app) {
+            a.endpoints.push(pgfollow_types::model::EndpointRecord {
+                id: format!("ep-{app}"),
+                host,
+                port,
+                applied: None,
+                held_by: None,
+            });
+            added += 1;
+        }
     }
-    Ok(())
+    if state.apps.get(app).is_some_and(|a| a.endpoints.is_empty()) {
+        return Err(ApiErr::unavailable(format!(
+            "no host offered a free port for the endpoint of {app}; start an agent, or restart one with a wider --pg-ports"
+        )));
+    }
+    Ok(added)
 }
 
 pub fn new_operation(
@@ -525,9 +572,15 @@ mod tests {
         assert_eq!(pick_port(&state, &o, "a").unwrap(), 40000);
         let d = leader_on_with(&mut state, &a, &o);
         assert_eq!(d.port, 40000);
-        // The leader took 40000 on a (its endpoint is on the control
-        // plane's host).
-        assert_eq!(pick_port(&state, &o, "a").unwrap(), 40001);
+        // The leader took 40000 on a; the app's endpoints went to the
+        // control plane's host and to a, the first of the others.
+        let eps: Vec<(String, u16)> = state.apps["sushi"]
+            .endpoints
+            .iter()
+            .map(|e| (e.host.clone(), e.port))
+            .collect();
+        assert_eq!(eps, [(LOCAL.to_string(), 41000), ("a".to_string(), 40001)]);
+        assert!(pick_port(&state, &o, "a").is_err());
         // Another host on the same address may not use the same number;
         // one with an address of its own may.
         assert_eq!(pick_port(&state, &o, "b").unwrap_err().status.as_u16(), 503);
@@ -562,7 +615,7 @@ mod tests {
                 created_at: Utc::now(),
                 config: Default::default(),
                 attachments: Default::default(),
-                endpoint: None,
+                endpoints: Vec::new(),
                 maintenance: false,
                 pool_mode: Default::default(),
             },
@@ -765,7 +818,7 @@ mod tests {
             hidden: false,
         };
         let (id, _) = add_database(&mut state, &new).unwrap();
-        let ep = state.apps["sushi"].endpoint.clone().unwrap();
+        let ep = state.apps["sushi"].endpoints[0].clone();
         assert_eq!((state.databases[&id].port, ep.port), (40000, 40001));
     }
 }

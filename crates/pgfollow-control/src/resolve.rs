@@ -67,10 +67,22 @@ fn resolve_local<'a>(
     }
 }
 
+/// `url` with only the first of its hosts (libpq's multi-host form).
+fn first_host_only(url: &str) -> String {
+    let Some((scheme_user, rest)) = url.split_once('@') else {
+        return url.to_string();
+    };
+    let (hosts, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let first = hosts.split(',').next().unwrap_or(hosts);
+    format!("{scheme_user}@{first}{tail}")
+}
+
 /// A database by its connection URL: same port, database and user, on a
 /// host with that address.
+/// `DATABASE_URL` lists several endpoints (`@h1:p1,h2:p2/`): any names
+/// the app's database, so the first is read.
 fn resolve_url<'a>(state: &'a State, url: &str) -> Option<&'a DatabaseRecord> {
-    let u = url::Url::parse(url).ok()?;
+    let u = url::Url::parse(&first_host_only(url)).ok()?;
     let port = u.port()?;
     let dbname = u.path().trim_start_matches('/');
     let host = u.host_str()?;
@@ -84,9 +96,10 @@ fn resolve_url<'a>(state: &'a State, url: &str) -> Option<&'a DatabaseRecord> {
     // An app's DATABASE_URL names its endpoint: the database behind it.
     let behind_endpoint = || {
         state.apps.values().find_map(|a| {
-            let ep = a.endpoint.as_ref()?;
-            let on_host = state.hosts.get(&ep.host).is_some_and(|h| h.address == host);
-            if ep.port != port || !on_host {
+            let on_endpoint = a.endpoints.iter().any(|ep| {
+                ep.port == port && state.hosts.get(&ep.host).is_some_and(|h| h.address == host)
+            });
+            if !on_endpoint {
                 return None;
             }
             crate::endpoints::main_database(state, a)
@@ -94,4 +107,25 @@ fn resolve_url<'a>(state: &'a State, url: &str) -> Option<&'a DatabaseRecord> {
         })
     };
     direct.or_else(behind_endpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multi_host_url_is_read_by_its_first_host() {
+        let cases = [
+            (
+                "postgres://u:p@h1:1,h2:2/db?x=y",
+                "postgres://u:p@h1:1/db?x=y",
+            ),
+            ("postgres://u:p@h1:1/db", "postgres://u:p@h1:1/db"),
+            ("postgres://u:p@h1:1,h2:2", "postgres://u:p@h1:1"),
+            ("postgres://h1/db", "postgres://h1/db"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(first_host_only(url), want, "{url}");
+        }
+    }
 }

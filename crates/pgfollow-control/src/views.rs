@@ -88,21 +88,46 @@ pub fn owner_attachment_vars(state: &State, db: &DatabaseRecord) -> Vec<String> 
         .unwrap_or_default()
 }
 
+/// `DATABASE_URL`: the app's endpoints, in the order clients try them. With
+/// several it is libpq's multi-host form: it asks for a writable server (an
+/// endpoint on a host that was cut off may still route to the old primary,
+/// now a standby: clients pass it by) and gives each host 2 s to answer
+/// before the next is tried (a host that is cut off does not refuse, it is
+/// silent).
+pub fn database_url(state: &State, app: &AppRecord, db: &DatabaseRecord) -> String {
+    let hosts: Vec<String> = app
+        .endpoints
+        .iter()
+        .map(|ep| {
+            format!(
+                "{}:{}",
+                url_host(&crate::provision::host_address(state, &ep.host)),
+                ep.port
+            )
+        })
+        .collect();
+    let attrs = if hosts.len() > 1 {
+        "?target_session_attrs=read-write&connect_timeout=2"
+    } else {
+        ""
+    };
+    format!(
+        "postgres://{}:{}@{}/{}{attrs}",
+        db.owner.name,
+        db.owner.password,
+        hosts.join(","),
+        db.database
+    )
+}
+
 /// The user's vars plus one URL per attachment. `DATABASE_URL` goes
 /// through the app's endpoint, the colour vars straight to each database.
 pub fn config_vars(state: &State, app: &AppRecord) -> ConfigVars {
     let mut vars = app.config.clone();
     for (name, id) in &app.attachments {
         if let Some(db) = state.databases.get(id) {
-            let url = match (&app.endpoint, name.as_str() == MAIN_ATTACHMENT) {
-                (Some(ep), true) => format!(
-                    "postgres://{}:{}@{}:{}/{}",
-                    db.owner.name,
-                    db.owner.password,
-                    url_host(&crate::provision::host_address(state, &ep.host)),
-                    ep.port,
-                    db.database
-                ),
+            let url = match (app.has_endpoint(), name.as_str() == MAIN_ATTACHMENT) {
+                (true, true) => database_url(state, app, db),
                 _ => credentials(state, db).url,
             };
             vars.insert(attachment_var(name), url);

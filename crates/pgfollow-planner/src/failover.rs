@@ -245,15 +245,14 @@ pub fn orphaned_holds(state: &State) -> Vec<String> {
         .apps
         .values()
         .filter(|a| {
-            a.endpoint
-                .as_ref()
-                .and_then(|e| e.held_by.as_ref())
-                .is_some_and(|op| {
+            a.endpoints.iter().any(|e| {
+                e.held_by.as_ref().is_some_and(|op| {
                     !state
                         .operations
                         .get(op)
                         .is_some_and(|o| o.state.is_active())
                 })
+            })
         })
         .map(|a| a.name.to_string())
         .collect()
@@ -422,13 +421,13 @@ mod tests {
             created_at: Utc::now(),
             config: Default::default(),
             attachments: Default::default(),
-            endpoint: Some(EndpointRecord {
+            endpoints: vec![EndpointRecord {
                 id: "ep-sushi".into(),
                 host: "local".into(),
                 port: 6432,
                 applied: Some("db-old".into()),
                 held_by: Some("op-1".into()),
-            }),
+            }],
             maintenance: false,
             pool_mode: Default::default(),
         };

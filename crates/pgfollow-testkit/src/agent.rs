@@ -11,7 +11,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::server::{
-    postmaster_pids, print_postgres_logs, stop_postmasters, wait_for_listen_line, Server,
+    postmaster_pids, print_postgres_logs, stop_bouncers, stop_postmasters, wait_for_listen_line,
+    Server,
 };
 
 /// A running `pgfollow agent`.
@@ -70,7 +71,12 @@ impl AgentProcess {
             "--token".into(),
             server.token(),
             "--listen".into(),
-            if host.is_some() { "0.0.0.0:0" } else { "127.0.0.1:0" }.into(),
+            if host.is_some() {
+                "0.0.0.0:0"
+            } else {
+                "127.0.0.1:0"
+            }
+            .into(),
         ];
         if host.is_none() {
             // Hosts on loopback share its ports: this test's range, which
@@ -168,6 +174,11 @@ impl AgentProcess {
         self.spawn()
     }
 
+    /// Kills this host's endpoints (PgBouncer), as losing the host would.
+    pub fn kill_bouncers(&self) {
+        stop_bouncers(&self.data_dir());
+    }
+
     /// Live postmasters of this agent's clusters.
     pub fn running_postmasters(&self) -> Vec<i32> {
         postmaster_pids(&self.data_dir())
@@ -186,6 +197,7 @@ impl Drop for AgentProcess {
             }
         }
         stop_postmasters(&self.data_dir());
+        stop_bouncers(&self.data_dir());
         if std::thread::panicking() {
             eprintln!("--- agent {} log ---\n{}", self.name, self.log());
             print_postgres_logs(&self.data_dir());

@@ -393,6 +393,22 @@ pub(crate) fn postmaster_pids(data_dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Kills every endpoint's PgBouncer under `data_dir` (an agent killed with
+/// SIGKILL leaves them running).
+pub(crate) fn stop_bouncers(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("endpoints")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let pid = std::fs::read_to_string(e.path().join("run/pgbouncer.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
 /// Ends every postmaster under `data_dir`: immediate shutdown (SIGQUIT),
 /// then SIGKILL for any still there after a few seconds.
 pub(crate) fn stop_postmasters(data_dir: &Path) {
@@ -418,6 +434,7 @@ impl Drop for Server {
             }
         }
         stop_postmasters(&self.data_dir());
+        stop_bouncers(&self.data_dir());
         if std::thread::panicking() {
             eprintln!(
                 "--- serve log ({}) ---\n{}",

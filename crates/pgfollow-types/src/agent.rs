@@ -342,7 +342,7 @@ pub enum AgentCall {
         id: String,
     },
     /// Up to `count` ports of the agent's range that nothing on its host
-    /// listens on and that it has not offered in the last minute: the
+    /// listens on and that it has not offered in the last few seconds: the
     /// agent owns its host's ports, the control plane picks among these.
     OfferPorts {
         count: u16,

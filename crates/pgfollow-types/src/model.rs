@@ -45,9 +45,12 @@ pub struct AppRecord {
     pub config: BTreeMap<String, String>,
     /// Attachment name (`DATABASE`, `PGFOLLOW_POSTGRESQL_WHITE`) → database id.
     pub attachments: BTreeMap<String, String>,
-    /// The stable address `DATABASE_URL` points at, once the app has one.
-    #[serde(default)]
-    pub endpoint: Option<EndpointRecord>,
+    /// The stable addresses `DATABASE_URL` lists, once the app has them:
+    /// a PgBouncer on each of up to [`ENDPOINTS_PER_APP`] hosts, in the
+    /// order clients try them. (Catalogs written before there were several
+    /// hold one, as `endpoint`.)
+    #[serde(default, alias = "endpoint", deserialize_with = "one_or_more")]
+    pub endpoints: Vec<EndpointRecord>,
     /// While on, the endpoint refuses connections: no writes reach the
     /// app's databases through `DATABASE_URL`.
     #[serde(default)]
@@ -57,7 +60,41 @@ pub struct AppRecord {
     pub pool_mode: crate::api::PoolMode,
 }
 
-/// An app's endpoint: a PgBouncer on the control plane's host.
+/// Hosts an app's endpoints run on when there are that many.
+pub const ENDPOINTS_PER_APP: usize = 2;
+
+/// `null`, one endpoint (older catalogs) or a list of them.
+fn one_or_more<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<EndpointRecord>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMore {
+        One(EndpointRecord),
+        More(Vec<EndpointRecord>),
+    }
+    Ok(match Option::<OneOrMore>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMore::One(e)) => vec![e],
+        Some(OneOrMore::More(v)) => v,
+    })
+}
+
+impl AppRecord {
+    /// Whether the app has its endpoints yet.
+    pub fn has_endpoint(&self) -> bool {
+        !self.endpoints.is_empty()
+    }
+
+    /// Its endpoint on `host`.
+    pub fn endpoint_on(&self, host: &str) -> Option<&EndpointRecord> {
+        self.endpoints.iter().find(|e| e.host == host)
+    }
+
+    pub fn endpoint_on_mut(&mut self, host: &str) -> Option<&mut EndpointRecord> {
+        self.endpoints.iter_mut().find(|e| e.host == host)
+    }
+}
+
+/// An app's endpoint: a PgBouncer on one host, run by its agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointRecord {
     /// Its directory name on the host.
@@ -388,6 +425,22 @@ pub struct BillingRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_app_of_an_older_catalog_keeps_its_one_endpoint() {
+        let app = |endpoint: &str| {
+            format!(
+                r#"{{"name":"sushi","created_at":"2026-01-01T00:00:00Z","config":{{}},"attachments":{{}}{endpoint}}}"#
+            )
+        };
+        let ep = r#"{"id":"ep-sushi","host":"local","port":15400}"#;
+        let read = |text: String| serde_json::from_str::<AppRecord>(&text).unwrap().endpoints;
+        assert!(read(app("")).is_empty());
+        assert!(read(app(r#","endpoint":null"#)).is_empty());
+        assert_eq!(read(app(&format!(r#","endpoint":{ep}"#)))[0].port, 15400);
+        let two = read(app(&format!(r#","endpoints":[{ep},{ep}]"#)));
+        assert_eq!(two.len(), 2);
+    }
 
     fn host(name: &str, majors: &[u32]) -> HostRecord {
         HostRecord {

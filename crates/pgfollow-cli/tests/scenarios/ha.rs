@@ -52,6 +52,7 @@ pub(crate) fn lose_host(h2: &mut AgentProcess) -> Instant {
     let pids = h2.running_postmasters();
     let at = Instant::now();
     h2.signal(Signal::SIGKILL);
+    h2.kill_bouncers();
     for pid in pids {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }

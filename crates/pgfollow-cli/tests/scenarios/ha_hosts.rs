@@ -15,10 +15,15 @@ fn ha_a_primary_cut_off_from_everything_stops_writes_itself_before_the_standby_i
     let h = Hosts::start(&["h2", "h3"], &[]);
     let s = &h.server;
     s.cli(&["apps:create", "sushi"]).ok();
-    s.cli(&["addons:create", "premium-0", "--app", "sushi"]).ok();
+    s.cli(&["addons:create", "premium-0", "--app", "sushi"])
+        .ok();
     wait_available(s, "sushi");
     wait_ha_available(s);
-    assert_eq!(host_of_white(s), "h2", "the primary goes to the first free host");
+    assert_eq!(
+        host_of_white(s),
+        "h2",
+        "the primary goes to the first free host"
+    );
     let app_url = config_get(s, "sushi", "DATABASE_URL");
     let old_url = config_get(s, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL");
     psql_url(&app_url, "create table w (id bigint primary key)").ok();

@@ -53,19 +53,15 @@ impl Hosts {
             .unwrap_or_else(|| panic!("no host {name}"));
         &self.hosts[i]
     }
-
-    pub fn agent(&mut self, name: &str) -> &mut AgentProcess {
-        self.agents
-            .iter_mut()
-            .find(|a| a.name == name)
-            .unwrap_or_else(|| panic!("no agent {name}"))
-    }
 }
 
 /// The host part of a postgres URL.
 pub(crate) fn url_host(url: &str) -> String {
     let rest = url.split('@').nth(1).unwrap_or(url);
-    rest.split([':', '/']).next().unwrap_or_default().to_string()
+    rest.split([':', '/'])
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -136,11 +132,117 @@ fn a_changeover_between_hosts_keeps_every_write_of_a_writer_through_database_url
     writer.warm_up();
     let report = writer.finish();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
-    assert!(report.acked.len() > 10, "the writer wrote: {}", report.acked.len());
+    assert!(
+        report.acked.len() > 10,
+        "the writer wrote: {}",
+        report.acked.len()
+    );
     let new_url = config_get(s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
     let have = ids(&new_url, "w");
     let lost: Vec<_> = report.acked.iter().filter(|i| !have.contains(i)).collect();
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
-    let main = s.cli(&["pg:info", "DATABASE", "--app", "sushi", "--json"]).ok().json();
+    let main = s
+        .cli(&["pg:info", "DATABASE", "--app", "sushi", "--json"])
+        .ok()
+        .json();
     assert_eq!(main["color"], "CHARCOAL", "{main}");
+}
+
+/// `host:port` of each endpoint a multi-host `DATABASE_URL` lists.
+fn listed(url: &str) -> Vec<String> {
+    let rest = url.split('@').nth(1).unwrap();
+    rest.split('/')
+        .next()
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+/// `url` pointing at one `host:port` of its list only.
+fn only(url: &str, host_port: &str) -> String {
+    let (head, rest) = url.split_once('@').unwrap();
+    let tail = &rest[rest.find('/').unwrap()..];
+    format!("{head}@{host_port}{}", tail.split('?').next().unwrap())
+}
+
+/// Which database answers at `url`: its host's address and port.
+fn who(url: &str) -> String {
+    psql_url(
+        url,
+        "select inet_server_addr()::text || ':' || inet_server_port()",
+    )
+    .ok()
+    .stdout
+    .trim()
+    .replace("/32", "")
+}
+
+#[test]
+fn the_app_endpoint_runs_on_two_hosts_and_database_url_outlives_one_of_them() {
+    let h = Hosts::start(&["h2", "h3"], &[]);
+    let s = &h.server;
+    s.cli(&["apps:create", "sushi"]).ok();
+    add_database(s, "sushi", "standard-0");
+    let app_url = config_get(s, "sushi", "DATABASE_URL");
+    let eps = listed(&app_url);
+    assert_eq!(eps.len(), 2, "{app_url}");
+    assert!(
+        eps[0].starts_with(&format!("{}:", h.cp.address)),
+        "{app_url}"
+    );
+    assert!(
+        !eps[1].starts_with(&format!("{}:", h.cp.address)),
+        "{app_url}"
+    );
+    assert!(
+        app_url.contains("target_session_attrs=read-write"),
+        "{app_url}"
+    );
+    let leader = who(&config_get(s, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL"));
+    for ep in &eps {
+        assert_eq!(
+            who(&only(&app_url, ep)),
+            leader,
+            "endpoint {ep} routes to WHITE"
+        );
+    }
+
+    // A changeover retargets both.
+    add_follower(s, "sushi", "standard-0", "WHITE");
+    wait_available(s, "sushi");
+    psql_url(&app_url, "create table t (id int)").ok();
+    s.cli(&["pg:changeover", "CHARCOAL", "--app", "sushi"]).ok();
+    let promoted = who(&config_get(s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL"));
+    assert_ne!(promoted, leader);
+    for ep in &eps {
+        assert_eq!(
+            who(&only(&app_url, ep)),
+            promoted,
+            "endpoint {ep} routes to CHARCOAL"
+        );
+    }
+
+    // A client that finds the first endpoint gone goes on through the
+    // second: psql and a Rust client alike.
+    let second = only(&app_url, &eps[1]);
+    psql_url(&second, "insert into t values (1)").ok();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let n: i64 = rt.block_on(async {
+        let connect = tokio_postgres::connect(&app_url, tokio_postgres::NoTls);
+        let (c, conn) = tokio::time::timeout(Duration::from_secs(30), connect)
+            .await
+            .expect("tokio-postgres connects within 30 s")
+            .expect("tokio-postgres takes the multi-host DATABASE_URL");
+        tokio::spawn(conn);
+        c.execute("insert into t values (2)", &[]).await.unwrap();
+        c.query_one("select count(*) from t", &[])
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(n, 2);
 }

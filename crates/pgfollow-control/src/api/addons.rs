@@ -66,7 +66,7 @@ pub async fn create(
             find_app(state, &app)?;
             let mut mode_changed = false;
             if let (Some(mode), Some(a)) = (req.pool_mode, state.apps.get_mut(&app)) {
-                mode_changed = a.pool_mode != mode && a.endpoint.is_some();
+                mode_changed = a.pool_mode != mode && a.has_endpoint();
                 a.pool_mode = mode;
             }
             let leader = match &req.follow {

@@ -65,7 +65,7 @@ pub async fn create(
             created_at: Utc::now(),
             config: Default::default(),
             attachments: Default::default(),
-            endpoint: None,
+            endpoints: Vec::new(),
             maintenance: false,
             pool_mode: Default::default(),
         };
@@ -98,7 +98,7 @@ pub async fn destroy(
     Path(app): Path<String>,
     Query(q): Query<ConfirmQuery>,
 ) -> Result<Json<App>, ApiErr> {
-    let (view, endpoint, backups) = changed(
+    let (view, endpoints, backups) = changed(
         &ctx,
         ctx.store.update(|state| {
             let rec = find_app(state, &app)?.clone();
@@ -120,11 +120,11 @@ pub async fn destroy(
             // Its backups go with it (as Heroku's do): records, schedules,
             // running captures and restores, and numbering.
             let backups = crate::backups::forget_app(state, &app);
-            Ok((view, rec.endpoint.clone(), backups))
+            Ok((view, rec.endpoints.clone(), backups))
         }),
     )?;
-    if let Some(ep) = endpoint {
-        ctx.endpoints.destroy(&ep).await;
+    for ep in &endpoints {
+        ctx.endpoints.destroy(ep).await;
     }
     for b in &backups {
         ctx.backups.remove_file(b);

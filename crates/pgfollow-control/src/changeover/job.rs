@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures_util::future::join_all;
 use pgfollow_planner::CHANGEOVER_SWITCH;
 use pgfollow_types::api::ChangeoverReport;
-use pgfollow_types::model::{DatabaseRecord, OperationKind, OperationState};
+use pgfollow_types::model::{DatabaseRecord, EndpointRecord, OperationKind, OperationState};
 
 use super::Steps;
 use crate::api::Ctx;
 use crate::endpoints::endpoint_spec;
 use crate::error::ApiErr;
+use crate::hosts::AgentHandle;
 use crate::provision::{new_operation, next_operation_id};
 use crate::views::MAIN_ATTACHMENT;
 
@@ -23,7 +25,8 @@ pub(super) struct Job {
     pub(super) op_id: String,
     pub(super) target: DatabaseRecord,
     pub(super) old: DatabaseRecord,
-    pub(super) ep: pgfollow_types::model::EndpointRecord,
+    /// Every endpoint of the app: all are held and all are rerouted.
+    pub(super) eps: Vec<EndpointRecord>,
     pub(super) catch_up_limit: Duration,
     pub(super) no_kill: bool,
     pub(super) steps: Steps,
@@ -34,27 +37,41 @@ impl Job {
     pub(super) async fn execute(mut self) -> Result<ChangeoverReport, ApiErr> {
         let (ctx, app) = (self.ctx.clone(), self.app.clone());
         let (target, old) = (self.target.clone(), self.old.clone());
-        let ep_id = self.ep.id.clone();
-        let admin = match ctx.endpoints.agent_of(&self.ep) {
-            Ok(a) => a,
-            Err(e) => {
-                return Err(self
-                    .give_up(format!("cannot reach the endpoint: {e}"))
-                    .await)
+        let mut admins = Vec::new();
+        for ep in &self.eps {
+            match ctx.endpoints.agent_of(ep) {
+                Ok(a) => admins.push((a, ep.clone())),
+                Err(e) => {
+                    return Err(self
+                        .give_up(format!(
+                            "cannot reach the endpoint on host {}: {e}",
+                            ep.host
+                        ))
+                        .await)
+                }
             }
-        };
+        }
         let mut t = self.started;
-        let paused = match admin
-            .endpoint_pause_within(&ep_id, &old.database, PAUSE_DEADLINE)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                return Err(self
-                    .give_up(format!("could not hold writes at the endpoint: {e}"))
-                    .await)
+        let pauses = join_all(
+            admins
+                .iter()
+                .map(|(a, ep)| a.endpoint_pause_within(&ep.id, &old.database, PAUSE_DEADLINE)),
+        )
+        .await;
+        let mut paused = true;
+        for (r, (_, ep)) in pauses.into_iter().zip(&admins) {
+            match r {
+                Ok(p) => paused &= p,
+                Err(e) => {
+                    return Err(self
+                        .give_up(format!(
+                            "could not hold writes at the endpoint on host {}: {e}",
+                            ep.host
+                        ))
+                        .await)
+                }
             }
-        };
+        }
         let frozen = Instant::now();
         let mut freeze_detail = "new transactions wait at the endpoint".to_string();
         if !paused {
@@ -66,7 +83,7 @@ impl Job {
                     ))
                     .await);
             }
-            match self.end_open_transactions(&admin).await {
+            match self.end_open_transactions(&admins).await {
                 Ok(detail) => freeze_detail = detail,
                 Err(e) => return Err(self.give_up(e).await),
             }
@@ -137,12 +154,14 @@ impl Job {
             .databases
             .get(&target.id)
             .ok_or_else(|| ApiErr::internal("the database vanished during the changeover"))?;
-        let spec = endpoint_spec(&new_state, rec, promoted)
-            .ok_or_else(|| ApiErr::internal("the app lost its endpoint during the changeover"))?;
-        admin
-            .endpoint_route(&spec, true)
-            .await
-            .map_err(|e| stuck("routing the endpoint", &e))?;
+        let routes = join_all(admins.iter().map(|(a, ep)| {
+            let spec = endpoint_spec(&new_state, rec, ep, promoted);
+            async move { a.endpoint_route(&spec, true).await }
+        }))
+        .await;
+        for r in routes {
+            r.map_err(|e| stuck("routing the endpoint", &e))?;
+        }
         let pause = frozen.elapsed();
         finish(&ctx.store, &self.op_id, &app, OperationState::Done, None)?;
         self.steps.done(
@@ -178,7 +197,7 @@ impl Job {
     /// connection still hangs, end every connection of the endpoint.
     async fn end_open_transactions(
         &self,
-        admin: &crate::hosts::AgentHandle,
+        admins: &[(AgentHandle, EndpointRecord)],
     ) -> Result<String, String> {
         let old = &self.old;
         let ended = match self.ctx.hosts.agent(&old.host) {
@@ -191,10 +210,15 @@ impl Job {
         };
         let started = Instant::now();
         while started.elapsed() < PAUSE_DEADLINE {
-            match admin
-                .endpoint_active_servers(&self.ep.id, &old.database)
-                .await
-            {
+            let active = join_all(
+                admins
+                    .iter()
+                    .map(|(a, ep)| a.endpoint_active_servers(&ep.id, &old.database)),
+            )
+            .await
+            .into_iter()
+            .try_fold(0u32, |n, r| r.map(|a| n + a));
+            match active {
                 Ok(0) => {
                     return Ok(format!(
                         "new transactions wait at the endpoint; {} backend(s) of {} whose transactions stayed open past {} ms were ended",
@@ -207,10 +231,15 @@ impl Job {
                 Err(e) => return Err(format!("cannot watch the endpoint's pause: {e}")),
             }
         }
-        admin
-            .endpoint_kill(&self.ep.id, &old.database)
-            .await
-            .map_err(|e| format!("could not end the endpoint's connections: {e}"))?;
+        for r in join_all(
+            admins
+                .iter()
+                .map(|(a, ep)| a.endpoint_kill(&ep.id, &old.database)),
+        )
+        .await
+        {
+            r.map_err(|e| format!("could not end the endpoint's connections: {e}"))?;
+        }
         Ok(format!(
             "new transactions wait at the endpoint; its connections were ended (a server connection still hung after {} ms)",
             2 * PAUSE_DEADLINE.as_millis()
@@ -297,7 +326,12 @@ pub(super) fn finish(
             o.last_error = why.map(str::to_string);
             o.updated_at = Utc::now();
         }
-        if let Some(e) = state.apps.get_mut(app).and_then(|a| a.endpoint.as_mut()) {
+        for e in state
+            .apps
+            .get_mut(app)
+            .into_iter()
+            .flat_map(|a| a.endpoints.iter_mut())
+        {
             if e.held_by.as_deref() == Some(op_id) && to == OperationState::Done {
                 e.held_by = None;
                 e.applied = state.operations.get(op_id).map(|o| o.database.clone());

@@ -106,12 +106,11 @@ pub async fn run_leader_lost(
     let deadline = Instant::now() + LEADER_LOST_WAIT;
     loop {
         let state = ctx.store.read()?;
-        let routed = state
-            .apps
-            .get(app)
-            .and_then(|a| a.endpoint.as_ref())
-            .and_then(|e| e.applied.as_deref())
-            == Some(target.id.as_str());
+        let routed = state.apps.get(app).is_some_and(|a| {
+            a.endpoints
+                .iter()
+                .any(|e| e.applied.as_deref() == Some(target.id.as_str()))
+        });
         if routed {
             break;
         }

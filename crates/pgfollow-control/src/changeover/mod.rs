@@ -66,11 +66,12 @@ pub async fn run(
         .ok_or_else(|| ApiErr::conflict(format!("app {app} has no DATABASE_URL to move")))?
         .clone();
     check(&ctx, &state, &a, &target, &old).await?;
-    let ep = a.endpoint.clone().ok_or_else(|| {
-        ApiErr::conflict(format!(
+    if !a.has_endpoint() {
+        return Err(ApiErr::conflict(format!(
             "app {app} has no endpoint yet; try again in a moment"
-        ))
-    })?;
+        )));
+    }
+    let eps = a.endpoints.clone();
     let mut steps = Steps(Vec::new());
     let t = steps.done(
         "check",
@@ -124,7 +125,12 @@ pub async fn run(
         op.subject = Some(old.id.clone());
         op.state = OperationState::Running;
         state.operations.insert(id.clone(), op);
-        if let Some(e) = state.apps.get_mut(app).and_then(|a| a.endpoint.as_mut()) {
+        for e in state
+            .apps
+            .get_mut(app)
+            .into_iter()
+            .flat_map(|a| a.endpoints.iter_mut())
+        {
             e.held_by = Some(id.clone());
         }
         Ok(id)
@@ -137,7 +143,7 @@ pub async fn run(
         op_id,
         target,
         old,
-        ep,
+        eps,
         catch_up_limit,
         no_kill,
         steps,
@@ -187,11 +193,15 @@ async fn check(
             app.name, app.name
         )));
     }
-    if !ctx.endpoints.is_running(app).await {
-        return Err(ApiErr::unavailable(format!(
-            "the endpoint of {} is not running; try again in a moment",
-            app.name
-        )));
+    // Every endpoint must hold: one left routing to the old primary, which
+    // stays writable, would split the app's writes.
+    for ep in &app.endpoints {
+        if !ctx.endpoints.is_running(ep).await {
+            return Err(ApiErr::unavailable(format!(
+                "the endpoint of {} on host {} is not running or its host does not answer; try again when it does",
+                app.name, ep.host
+            )));
+        }
     }
     Ok(())
 }

@@ -1,0 +1,627 @@
+//! The catalog in etcd (v3 API), for several `serve` replicas on one etcd
+//! cluster. The state document is one key, `<prefix>/state`; its revision is
+//! etcd's `mod_revision` of that key (0 while it does not exist), so
+//! revisions grow but not by one, and every write is a transaction that
+//! compares it with the one read. Leases are etcd leases: `<prefix>/leases/
+//! <name>` holds the holder's name, attached to a lease of the TTL asked
+//! for (whole seconds, at least etcd's minimum); taking one again renews it
+//! with a keep-alive. When writes are guarded by a lease
+//! ([`EtcdCatalog::guard_writes_with`]), a write also compares that the
+//! lease key is still attached to this catalog's lease, so a deposed
+//! leader's write fails instead of landing. Never etcd's lock API.
+//!
+//! The [`Catalog`] trait is synchronous and called from async code: the
+//! catalog owns a runtime of its own (one thread) where every etcd request
+//! runs, and a caller waits for the answer on a channel, bounded by
+//! [`REQUEST_TIMEOUT`]. So no tokio worker of the caller ever drives etcd's
+//! futures, and a current-thread caller cannot deadlock. The async extras
+//! (heartbeats, replica URLs, watches) run on the same runtime.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
+};
+
+use crate::{decode, encode, prune_finished_operations, Catalog, CatalogError, Revision, State};
+
+/// How long one etcd request may take before the caller gets an error.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting to the cluster may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// etcd refuses requests over 1.5 MiB by default; a state document this
+/// big is refused here, with a message, before etcd would.
+const MAX_DOCUMENT: usize = 1_400_000;
+/// Finished operations kept in the document (older ones are dropped).
+pub const KEEP_FINISHED: usize = 200;
+
+/// A catalog in an etcd cluster.
+pub struct EtcdCatalog {
+    rt: Option<tokio::runtime::Runtime>,
+    client: Client,
+    prefix: String,
+    /// The lease whose holding every write checks, when set.
+    guard: Option<String>,
+    /// The etcd lease this catalog holds for each lease name, and for whom.
+    held: Mutex<HashMap<String, (String, i64)>>,
+}
+
+fn storage(e: impl std::fmt::Display) -> CatalogError {
+    CatalogError::Storage(e.to_string())
+}
+
+impl EtcdCatalog {
+    /// Connects to the cluster at `endpoints` (`http://127.0.0.1:2379`, ...);
+    /// keys go under `prefix` (`/pgfollow`).
+    pub fn connect(endpoints: &[String], prefix: &str) -> Result<Self, CatalogError> {
+        if endpoints.is_empty() {
+            return Err(CatalogError::Storage(
+                "no etcd endpoint given; pass --etcd http://HOST:2379,...".into(),
+            ));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("pgfollow-etcd")
+            .enable_all()
+            .build()
+            .map_err(storage)?;
+        let eps = endpoints.to_vec();
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
+        let connected = rt.block_on(async move {
+            tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(eps, Some(options))).await
+        });
+        let client = match connected {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(CatalogError::Storage(format!(
+                    "cannot connect to etcd at {}: {e}; check that etcd runs there",
+                    endpoints.join(",")
+                )))
+            }
+            Err(_) => return Err(CatalogError::Storage(format!(
+                "etcd at {} did not answer within {CONNECT_TIMEOUT:?}; check that etcd runs there",
+                endpoints.join(",")
+            ))),
+        };
+        let catalog = Self {
+            rt: Some(rt),
+            client,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            guard: None,
+            held: Mutex::default(),
+        };
+        // One read, so a cluster that accepts connections but has no
+        // quorum is found out at start.
+        catalog.load()?;
+        Ok(catalog)
+    }
+
+    /// Every write from now on also checks that this catalog holds lease
+    /// `name` (taken with [`Catalog::acquire_lease`]); it fails with
+    /// [`CatalogError::NotHolder`] otherwise.
+    pub fn guard_writes_with(mut self, name: &str) -> Self {
+        self.guard = Some(name.to_string());
+        self
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.prefix)
+    }
+
+    fn lease_key(&self, name: &str) -> String {
+        self.key(&format!("leases/{name}"))
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, i64)>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        // Some until drop.
+        self.rt.as_ref().map(|r| r.handle()).expect("runtime")
+    }
+
+    /// Runs `f` with a client on the catalog's runtime and waits for it,
+    /// at most [`REQUEST_TIMEOUT`].
+    fn run<T, F, Fut>(&self, f: F) -> Result<T, CatalogError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, CatalogError>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let fut = f(self.client.clone());
+        self.handle().spawn(async move {
+            let r = match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(timed_out()),
+            };
+            let _ = tx.send(r);
+        });
+        rx.recv_timeout(REQUEST_TIMEOUT + Duration::from_millis(500))
+            .unwrap_or_else(|_| Err(timed_out()))
+    }
+
+    /// As [`EtcdCatalog::run`], for async callers.
+    pub async fn run_async<T, F, Fut>(&self, f: F) -> Result<T, CatalogError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, CatalogError>> + Send + 'static,
+    {
+        let fut = f(self.client.clone());
+        let task = self
+            .handle()
+            .spawn(async move { tokio::time::timeout(REQUEST_TIMEOUT, fut).await });
+        match task.await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(timed_out()),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    /// Spawns a long-running task (a watch, a keep-alive loop) on the
+    /// catalog's runtime.
+    pub fn spawn<Fut>(&self, f: impl FnOnce(Client) -> Fut) -> tokio::task::JoinHandle<()>
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.handle().spawn(f(self.client.clone()))
+    }
+
+    /// The full key of `rest` under this catalog's prefix.
+    pub fn path(&self, rest: &str) -> String {
+        self.key(rest)
+    }
+
+    /// The value under `<prefix>/<rest>`, written as `value` first if there
+    /// is none (one transaction: every replica gets the same).
+    pub async fn get_or_create(&self, rest: &str, value: Vec<u8>) -> Result<Vec<u8>, CatalogError> {
+        let key = self.key(rest);
+        self.run_async(|mut c| async move {
+            let txn = Txn::new()
+                .when(vec![Compare::create_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then(vec![TxnOp::put(key.clone(), value.clone(), None)])
+                .or_else(vec![TxnOp::get(key, None)]);
+            let r = c.txn(txn).await.map_err(storage)?;
+            if r.succeeded() {
+                return Ok(value);
+            }
+            match r.op_responses().first() {
+                Some(TxnOpResponse::Get(g)) => Ok(g
+                    .kvs()
+                    .first()
+                    .map(|kv| kv.value().to_vec())
+                    .unwrap_or(value)),
+                _ => Ok(value),
+            }
+        })
+        .await
+    }
+
+    /// The value under `<prefix>/<rest>`, if any.
+    pub async fn get(&self, rest: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+        let key = self.key(rest);
+        self.run_async(|mut c| async move {
+            let r = c.get(key, None).await.map_err(storage)?;
+            Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+        })
+        .await
+    }
+
+    /// Who holds lease `name` now, if anyone.
+    pub fn lease_holder(&self, name: &str) -> Result<Option<String>, CatalogError> {
+        let key = self.lease_key(name);
+        self.run(|mut c| async move {
+            let r = c.get(key, None).await.map_err(storage)?;
+            Ok(r.kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).to_string()))
+        })
+    }
+
+    /// Every key under `<prefix>/<dir>/` with its value (names without the
+    /// directory).
+    pub async fn list(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, CatalogError> {
+        let start = self.key(&format!("{dir}/"));
+        self.run_async(|mut c| async move {
+            let r = c
+                .get(start.clone(), Some(GetOptions::new().with_prefix()))
+                .await
+                .map_err(storage)?;
+            Ok(r.kvs()
+                .iter()
+                .map(|kv| {
+                    let key = String::from_utf8_lossy(kv.key()).to_string();
+                    let name = key.strip_prefix(&start).unwrap_or(&key).to_string();
+                    (name, kv.value().to_vec())
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Puts `value` under `<prefix>/<dir>/<name>`, attached to `lease`
+    /// when given.
+    pub async fn put(
+        &self,
+        dir: &str,
+        name: &str,
+        value: Vec<u8>,
+        lease: Option<i64>,
+    ) -> Result<(), CatalogError> {
+        let key = self.key(&format!("{dir}/{name}"));
+        self.run_async(|mut c| async move {
+            let options = lease.map(|id| PutOptions::new().with_lease(id));
+            c.put(key, value, options).await.map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Calls `on_put(name, value)` for every put under `<prefix>/<dir>/`
+    /// from now on, until the returned task is aborted. A broken watch is
+    /// made again (after `on_restart()`, since puts may have been missed),
+    /// at most every 200 ms.
+    pub fn watch(
+        &self,
+        dir: &str,
+        on_put: impl Fn(&str, &[u8]) + Send + Sync + 'static,
+        on_restart: impl Fn() + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let start = self.key(&format!("{dir}/"));
+        self.spawn(|client| async move {
+            let mut first = true;
+            loop {
+                if !first {
+                    on_restart();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                first = false;
+                let mut c = client.clone();
+                let watched = c
+                    .watch(start.clone(), Some(WatchOptions::new().with_prefix()))
+                    .await;
+                let Ok((_watcher, mut stream)) = watched else {
+                    continue;
+                };
+                while let Ok(Some(resp)) = stream.message().await {
+                    if resp.canceled() {
+                        break;
+                    }
+                    for ev in resp.events() {
+                        if ev.event_type() != etcd_client::EventType::Put {
+                            continue;
+                        }
+                        if let Some(kv) = ev.kv() {
+                            let key = String::from_utf8_lossy(kv.key());
+                            let name = key.strip_prefix(&start).unwrap_or(&key);
+                            on_put(name, kv.value());
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Grants a lease of `ttl` (whole seconds, at least 1) and keeps it
+    /// alive every third of its TTL until the returned task is aborted (or
+    /// etcd says it is gone). For a replica's own keys.
+    pub async fn keep_lease(
+        &self,
+        ttl: Duration,
+    ) -> Result<(i64, tokio::task::JoinHandle<()>), CatalogError> {
+        let secs = ttl_secs(ttl);
+        let id = self
+            .run_async(move |mut c| async move {
+                Ok(c.lease_grant(secs, None).await.map_err(storage)?.id())
+            })
+            .await?;
+        let every = Duration::from_millis((secs as u64 * 1000) / 3);
+        let task = self.spawn(move |client| async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let mut c = client.clone();
+                let renewed = tokio::time::timeout(REQUEST_TIMEOUT, c.lease_keep_alive(id)).await;
+                if let Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) = renewed {
+                    return;
+                }
+            }
+        });
+        Ok((id, task))
+    }
+}
+
+fn timed_out() -> CatalogError {
+    CatalogError::Storage(format!(
+        "etcd did not answer within {REQUEST_TIMEOUT:?}; check that a majority of its members run"
+    ))
+}
+
+/// A TTL in etcd's whole seconds, rounded up, at least 1.
+fn ttl_secs(ttl: Duration) -> i64 {
+    let ms = ttl.as_millis().max(1);
+    i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX)
+}
+
+impl Catalog for EtcdCatalog {
+    fn load(&self) -> Result<(State, Revision), CatalogError> {
+        let key = self.key("state");
+        let got = self.run(|mut c| async move {
+            let r = c.get(key, None).await.map_err(storage)?;
+            Ok(r.kvs()
+                .first()
+                .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+        })?;
+        match got {
+            None => Ok((State::default(), 0)),
+            Some((body, rev)) => {
+                let text =
+                    String::from_utf8(body).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+                Ok((decode(&text)?, rev as Revision))
+            }
+        }
+    }
+
+    fn store(&self, state: &State, expected: Revision) -> Result<Revision, CatalogError> {
+        let mut state = state.clone();
+        prune_finished_operations(&mut state, KEEP_FINISHED);
+        let body = encode(&state)?;
+        if body.len() > MAX_DOCUMENT {
+            return Err(CatalogError::Storage(format!(
+                "the state document is {} bytes, more than etcd takes in one request ({MAX_DOCUMENT}); destroy unused apps and databases",
+                body.len()
+            )));
+        }
+        let key = self.key("state");
+        let mut when = vec![Compare::mod_revision(
+            key.clone(),
+            CompareOp::Equal,
+            expected as i64,
+        )];
+        let guard = match &self.guard {
+            None => None,
+            Some(name) => {
+                let Some((_, id)) = self.held().get(name).cloned() else {
+                    return Err(CatalogError::NotHolder(name.clone()));
+                };
+                let lease_key = self.lease_key(name);
+                when.push(Compare::lease(lease_key.clone(), CompareOp::Equal, id));
+                Some((name.clone(), lease_key))
+            }
+        };
+        let mut otherwise = vec![TxnOp::get(key.clone(), None)];
+        if let Some((_, lease_key)) = &guard {
+            otherwise.push(TxnOp::get(lease_key.clone(), None));
+        }
+        let txn = Txn::new()
+            .when(when)
+            .and_then(vec![TxnOp::put(key, body, None)])
+            .or_else(otherwise);
+        let (ok, revision, actual) = self.run(|mut c| async move {
+            let r = c.txn(txn).await.map_err(storage)?;
+            let revision = r.header().map_or(0, |h| h.revision());
+            let mut actual = 0;
+            if !r.succeeded() {
+                if let Some(TxnOpResponse::Get(g)) = r.op_responses().first() {
+                    actual = g.kvs().first().map_or(0, |kv| kv.mod_revision());
+                }
+            }
+            Ok((r.succeeded(), revision, actual))
+        })?;
+        if ok {
+            return Ok(revision as Revision);
+        }
+        if actual as Revision == expected {
+            // The document did not change: the guard failed.
+            let name = guard.map(|g| g.0).unwrap_or_default();
+            self.held().remove(&name);
+            return Err(CatalogError::NotHolder(name));
+        }
+        Err(CatalogError::Conflict {
+            expected,
+            actual: actual as Revision,
+        })
+    }
+
+    fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, CatalogError> {
+        let key = self.lease_key(name);
+        let secs = ttl_secs(ttl);
+        let mine = self.held().get(name).cloned();
+        let (holder_s, key_c) = (holder.to_string(), key.clone());
+        // What the key says now, and whether a lease this catalog holds
+        // for `holder` is still the one attached.
+        let taken = self.run(move |mut c| async move {
+            if let Some((h, id)) = mine.filter(|(h, _)| *h == holder_s) {
+                let alive = c.lease_keep_alive(id).await.is_ok();
+                if alive {
+                    let r = c.get(key_c.clone(), None).await.map_err(storage)?;
+                    if r.kvs().first().is_some_and(|kv| kv.lease() == id) {
+                        return Ok(Some((h, id)));
+                    }
+                }
+            }
+            let r = c.get(key_c.clone(), None).await.map_err(storage)?;
+            if let Some(kv) = r.kvs().first() {
+                let h = String::from_utf8_lossy(kv.value()).to_string();
+                if h != holder_s {
+                    return Ok(None);
+                }
+                // Ours by name (this holder, from an earlier handle or
+                // process): renew the lease that is attached.
+                let id = kv.lease();
+                return match c.lease_keep_alive(id).await {
+                    Ok(_) => Ok(Some((h, id))),
+                    Err(_) => Ok(None),
+                };
+            }
+            let id = c.lease_grant(secs, None).await.map_err(storage)?.id();
+            let txn = Txn::new()
+                .when(vec![Compare::create_revision(
+                    key_c.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then(vec![TxnOp::put(
+                    key_c.clone(),
+                    holder_s.clone(),
+                    Some(PutOptions::new().with_lease(id)),
+                )]);
+            let r = c.txn(txn).await.map_err(storage)?;
+            if r.succeeded() {
+                Ok(Some((holder_s, id)))
+            } else {
+                let _ = c.lease_revoke(id).await;
+                Ok(None)
+            }
+        })?;
+        let mut held = self.held();
+        match taken {
+            Some(entry) => {
+                held.insert(name.to_string(), entry);
+                Ok(true)
+            }
+            None => {
+                if held.get(name).is_some_and(|(h, _)| h == holder) {
+                    held.remove(name);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), CatalogError> {
+        let key = self.lease_key(name);
+        let mine = {
+            let mut held = self.held();
+            match held.get(name) {
+                Some((h, id)) if h == holder => {
+                    let id = *id;
+                    held.remove(name);
+                    Some(id)
+                }
+                _ => None,
+            }
+        };
+        let holder = holder.to_string();
+        self.run(move |mut c| async move {
+            let txn = Txn::new()
+                .when(vec![Compare::value(key.clone(), CompareOp::Equal, holder)])
+                .and_then(vec![TxnOp::delete(key, None)]);
+            c.txn(txn).await.map_err(storage)?;
+            if let Some(id) = mine {
+                let _ = c.lease_revoke(id).await;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Drop for EtcdCatalog {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one's context panics; this
+        // never blocks.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgfollow_testkit::EtcdCluster;
+
+    fn catalog(cluster: &EtcdCluster) -> EtcdCatalog {
+        EtcdCatalog::connect(&cluster.endpoints(), "/test").unwrap()
+    }
+
+    #[test]
+    fn etcd_compare_and_swap() {
+        let cluster = EtcdCluster::start().unwrap();
+        crate::contract::compare_and_swap(&catalog(&cluster));
+    }
+
+    #[test]
+    fn etcd_leases() {
+        let cluster = EtcdCluster::start().unwrap();
+        crate::contract::leases(&catalog(&cluster), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn etcd_ttls_are_whole_seconds() {
+        assert_eq!(ttl_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ttl_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(ttl_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(ttl_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn etcd_a_deposed_leaders_write_fails() {
+        let cluster = EtcdCluster::start().unwrap();
+        let a = catalog(&cluster).guard_writes_with("leader");
+        let b = catalog(&cluster).guard_writes_with("leader");
+        let ttl = Duration::from_secs(1);
+        // Nobody leads: nobody writes.
+        assert!(matches!(
+            a.store(&State::default(), 0),
+            Err(CatalogError::NotHolder(_))
+        ));
+        assert!(a.acquire_lease("leader", "a", ttl).unwrap());
+        let rev = a.store(&State::default(), 0).unwrap();
+        assert!(!b.acquire_lease("leader", "b", ttl).unwrap());
+        // a stops renewing: its lease runs out and b leads.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !b.acquire_lease("leader", "b", ttl).unwrap() {
+            assert!(std::time::Instant::now() < deadline, "b never led");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(a.lease_holder("leader").unwrap().as_deref(), Some("b"));
+        // a still believes it leads, with the right revision: refused.
+        let stale = State {
+            next_serial: 5,
+            ..Default::default()
+        };
+        assert!(matches!(
+            a.store(&stale, rev),
+            Err(CatalogError::NotHolder(_))
+        ));
+        assert_eq!(b.load().unwrap().0.next_serial, 0);
+        let rev2 = b.store(&stale, rev).unwrap();
+        assert!(rev2 > rev);
+        assert!(!a.acquire_lease("leader", "a", ttl).unwrap());
+    }
+
+    #[test]
+    fn etcd_sync_calls_work_inside_a_current_thread_runtime() {
+        let cluster = EtcdCluster::start().unwrap();
+        let c = catalog(&cluster);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let rev = rt.block_on(async {
+            let rev = c.store(&State::default(), 0).unwrap();
+            c.put("beats", "h1", b"x".to_vec(), None).await.unwrap();
+            assert_eq!(
+                c.list("beats").await.unwrap(),
+                vec![("h1".into(), b"x".to_vec())]
+            );
+            rev
+        });
+        assert_eq!(c.load().unwrap().1, rev);
+        drop(rt);
+        drop(c);
+    }
+}

@@ -21,7 +21,7 @@ pub use pgfollow_types::timing::{FENCE_AFTER, HEARTBEAT};
 pub struct RunConfig {
     pub name: String,
     pub zone: Option<String>,
-    /// The control plane's API.
+    /// The control plane's API (several replicas: comma-separated).
     pub control: String,
     pub token: String,
     pub data_dir: PathBuf,
@@ -84,7 +84,10 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> anyhow::Resu
         pg_version: host.pg_version.clone(),
         majors: host.majors.clone(), // backups branch: every installed major
     };
-    let control = Client::new(config.control.clone(), config.token.clone());
+    // Several replicas (comma-separated): a heartbeat must get past a dead
+    // one well within its own timeout.
+    let control =
+        Client::new(config.control.clone(), config.token.clone()).with_connect_timeout(HEARTBEAT);
     control
         .register_host(&registration)
         .await

@@ -36,6 +36,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// etcd refuses requests over 1.5 MiB by default; a state document this
 /// big is refused here, with a message, before etcd would.
 const MAX_DOCUMENT: usize = 1_400_000;
+/// How long a request that found no connection waits before the next try.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Finished operations kept in the document (older ones are dropped).
 pub const KEEP_FINISHED: usize = 200;
 
@@ -52,6 +54,32 @@ pub struct EtcdCatalog {
 
 fn storage(e: impl std::fmt::Display) -> CatalogError {
     CatalogError::Storage(e.to_string())
+}
+
+/// An etcd error in words: a gRPC status as its code and message only;
+/// no connection at all is [`CatalogError::Unreachable`] (nothing was sent).
+fn etcd(e: etcd_client::Error) -> CatalogError {
+    match e {
+        etcd_client::Error::GRpcStatus(s)
+            if s.code() == tonic::Code::Unavailable && s.message().contains("connect") =>
+        {
+            CatalogError::Unreachable(s.message().to_string())
+        }
+        etcd_client::Error::GRpcStatus(s) => {
+            CatalogError::Storage(format!("etcd: {:?}: {}", s.code(), s.message()))
+        }
+        etcd_client::Error::TransportError(t) => CatalogError::Unreachable(t.to_string()),
+        other => storage(other),
+    }
+}
+
+/// Renews lease `id` by one keep-alive: false when etcd no longer has it.
+async fn renew(c: &mut Client, id: i64) -> Result<bool, CatalogError> {
+    match c.lease_keep_alive(id).await {
+        Ok(_) => Ok(true),
+        Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+        Err(e) => Err(etcd(e)),
+    }
 }
 
 impl EtcdCatalog {
@@ -81,12 +109,12 @@ impl EtcdCatalog {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 return Err(CatalogError::Storage(format!(
-                    "cannot connect to etcd at {}: {e}; check that etcd runs there",
+                    "cannot connect to etcd at {}: {e}; check that etcd runs there with a majority of its members",
                     endpoints.join(",")
                 )))
             }
             Err(_) => return Err(CatalogError::Storage(format!(
-                "etcd at {} did not answer within {CONNECT_TIMEOUT:?}; check that etcd runs there",
+                "etcd at {} did not answer within {CONNECT_TIMEOUT:?}; check that etcd runs there with a majority of its members",
                 endpoints.join(",")
             ))),
         };
@@ -97,9 +125,18 @@ impl EtcdCatalog {
             guard: None,
             held: Mutex::default(),
         };
-        // One read, so a cluster that accepts connections but has no
-        // quorum is found out at start.
-        catalog.load()?;
+        // One read: connecting is lazy, and a cluster may accept
+        // connections without a majority.
+        if let Err(e) = catalog.load() {
+            let e = match e {
+                CatalogError::Storage(m) => m,
+                other => other.to_string(),
+            };
+            return Err(CatalogError::Storage(format!(
+                "etcd at {} does not answer ({e}); check that etcd runs there with a majority of its members",
+                endpoints.join(",")
+            )));
+        }
         Ok(catalog)
     }
 
@@ -130,40 +167,70 @@ impl EtcdCatalog {
 
     /// Runs `f` with a client on the catalog's runtime and waits for it,
     /// at most [`REQUEST_TIMEOUT`].
+    /// Runs `f` with a client on the catalog's runtime and waits for it,
+    /// at most [`REQUEST_TIMEOUT`] in all. While `f` fails with
+    /// [`CatalogError::Unreachable`] (no connection: nothing was sent), it
+    /// is run again, every [`RETRY_PAUSE`]: etcd's client keeps picking a
+    /// dead member now and then, and the next try goes to a live one.
     fn run<T, F, Fut>(&self, f: F) -> Result<T, CatalogError>
     where
         T: Send + 'static,
-        F: FnOnce(Client) -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, CatalogError>> + Send + 'static,
     {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let fut = f(self.client.clone());
-        self.handle().spawn(async move {
-            let r = match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(timed_out()),
-            };
-            let _ = tx.send(r);
-        });
-        rx.recv_timeout(REQUEST_TIMEOUT + Duration::from_millis(500))
-            .unwrap_or_else(|_| Err(timed_out()))
+        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let fut = f(self.client.clone());
+            self.handle().spawn(async move {
+                let r = match tokio::time::timeout(left, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(timed_out()),
+                };
+                let _ = tx.send(r);
+            });
+            let r = rx
+                .recv_timeout(left + Duration::from_millis(500))
+                .unwrap_or_else(|_| Err(timed_out()));
+            match r {
+                Err(CatalogError::Unreachable(_))
+                    if std::time::Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    std::thread::sleep(RETRY_PAUSE);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// As [`EtcdCatalog::run`], for async callers.
     pub async fn run_async<T, F, Fut>(&self, f: F) -> Result<T, CatalogError>
     where
         T: Send + 'static,
-        F: FnOnce(Client) -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, CatalogError>> + Send + 'static,
     {
-        let fut = f(self.client.clone());
-        let task = self
-            .handle()
-            .spawn(async move { tokio::time::timeout(REQUEST_TIMEOUT, fut).await });
-        match task.await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(timed_out()),
-            Err(e) => Err(storage(e)),
+        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let fut = f(self.client.clone());
+            let task = self
+                .handle()
+                .spawn(async move { tokio::time::timeout(left, fut).await });
+            let r = match task.await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(timed_out()),
+                Err(e) => Err(storage(e)),
+            };
+            match r {
+                Err(CatalogError::Unreachable(_))
+                    if std::time::Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
         }
     }
 
@@ -185,26 +252,29 @@ impl EtcdCatalog {
     /// is none (one transaction: every replica gets the same).
     pub async fn get_or_create(&self, rest: &str, value: Vec<u8>) -> Result<Vec<u8>, CatalogError> {
         let key = self.key(rest);
-        self.run_async(|mut c| async move {
-            let txn = Txn::new()
-                .when(vec![Compare::create_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    0,
-                )])
-                .and_then(vec![TxnOp::put(key.clone(), value.clone(), None)])
-                .or_else(vec![TxnOp::get(key, None)]);
-            let r = c.txn(txn).await.map_err(storage)?;
-            if r.succeeded() {
-                return Ok(value);
-            }
-            match r.op_responses().first() {
-                Some(TxnOpResponse::Get(g)) => Ok(g
-                    .kvs()
-                    .first()
-                    .map(|kv| kv.value().to_vec())
-                    .unwrap_or(value)),
-                _ => Ok(value),
+        self.run_async(|mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                let txn = Txn::new()
+                    .when(vec![Compare::create_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then(vec![TxnOp::put(key.clone(), value.clone(), None)])
+                    .or_else(vec![TxnOp::get(key, None)]);
+                let r = c.txn(txn).await.map_err(etcd)?;
+                if r.succeeded() {
+                    return Ok(value);
+                }
+                match r.op_responses().first() {
+                    Some(TxnOpResponse::Get(g)) => Ok(g
+                        .kvs()
+                        .first()
+                        .map(|kv| kv.value().to_vec())
+                        .unwrap_or(value)),
+                    _ => Ok(value),
+                }
             }
         })
         .await
@@ -213,9 +283,12 @@ impl EtcdCatalog {
     /// The value under `<prefix>/<rest>`, if any.
     pub async fn get(&self, rest: &str) -> Result<Option<Vec<u8>>, CatalogError> {
         let key = self.key(rest);
-        self.run_async(|mut c| async move {
-            let r = c.get(key, None).await.map_err(storage)?;
-            Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+        self.run_async(|mut c| {
+            let key = key.clone();
+            async move {
+                let r = c.get(key, None).await.map_err(etcd)?;
+                Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+            }
         })
         .await
     }
@@ -223,11 +296,14 @@ impl EtcdCatalog {
     /// Who holds lease `name` now, if anyone.
     pub fn lease_holder(&self, name: &str) -> Result<Option<String>, CatalogError> {
         let key = self.lease_key(name);
-        self.run(|mut c| async move {
-            let r = c.get(key, None).await.map_err(storage)?;
-            Ok(r.kvs()
-                .first()
-                .map(|kv| String::from_utf8_lossy(kv.value()).to_string()))
+        self.run(|mut c| {
+            let key = key.clone();
+            async move {
+                let r = c.get(key, None).await.map_err(etcd)?;
+                Ok(r.kvs()
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(kv.value()).to_string()))
+            }
         })
     }
 
@@ -235,19 +311,22 @@ impl EtcdCatalog {
     /// directory).
     pub async fn list(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, CatalogError> {
         let start = self.key(&format!("{dir}/"));
-        self.run_async(|mut c| async move {
-            let r = c
-                .get(start.clone(), Some(GetOptions::new().with_prefix()))
-                .await
-                .map_err(storage)?;
-            Ok(r.kvs()
-                .iter()
-                .map(|kv| {
-                    let key = String::from_utf8_lossy(kv.key()).to_string();
-                    let name = key.strip_prefix(&start).unwrap_or(&key).to_string();
-                    (name, kv.value().to_vec())
-                })
-                .collect())
+        self.run_async(|mut c| {
+            let start = start.clone();
+            async move {
+                let r = c
+                    .get(start.clone(), Some(GetOptions::new().with_prefix()))
+                    .await
+                    .map_err(etcd)?;
+                Ok(r.kvs()
+                    .iter()
+                    .map(|kv| {
+                        let key = String::from_utf8_lossy(kv.key()).to_string();
+                        let name = key.strip_prefix(&start).unwrap_or(&key).to_string();
+                        (name, kv.value().to_vec())
+                    })
+                    .collect())
+            }
         })
         .await
     }
@@ -262,10 +341,13 @@ impl EtcdCatalog {
         lease: Option<i64>,
     ) -> Result<(), CatalogError> {
         let key = self.key(&format!("{dir}/{name}"));
-        self.run_async(|mut c| async move {
-            let options = lease.map(|id| PutOptions::new().with_lease(id));
-            c.put(key, value, options).await.map_err(storage)?;
-            Ok(())
+        self.run_async(|mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                let options = lease.map(|id| PutOptions::new().with_lease(id));
+                c.put(key, value, options).await.map_err(etcd)?;
+                Ok(())
+            }
         })
         .await
     }
@@ -325,7 +407,7 @@ impl EtcdCatalog {
         let secs = ttl_secs(ttl);
         let id = self
             .run_async(move |mut c| async move {
-                Ok(c.lease_grant(secs, None).await.map_err(storage)?.id())
+                Ok(c.lease_grant(secs, None).await.map_err(etcd)?.id())
             })
             .await?;
         let every = Duration::from_millis((secs as u64 * 1000) / 3);
@@ -358,11 +440,14 @@ fn ttl_secs(ttl: Duration) -> i64 {
 impl Catalog for EtcdCatalog {
     fn load(&self) -> Result<(State, Revision), CatalogError> {
         let key = self.key("state");
-        let got = self.run(|mut c| async move {
-            let r = c.get(key, None).await.map_err(storage)?;
-            Ok(r.kvs()
-                .first()
-                .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+        let got = self.run(|mut c| {
+            let key = key.clone();
+            async move {
+                let r = c.get(key, None).await.map_err(etcd)?;
+                Ok(r.kvs()
+                    .first()
+                    .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+            }
         })?;
         match got {
             None => Ok((State::default(), 0)),
@@ -409,16 +494,21 @@ impl Catalog for EtcdCatalog {
             .when(when)
             .and_then(vec![TxnOp::put(key, body, None)])
             .or_else(otherwise);
-        let (ok, revision, actual) = self.run(|mut c| async move {
-            let r = c.txn(txn).await.map_err(storage)?;
-            let revision = r.header().map_or(0, |h| h.revision());
-            let mut actual = 0;
-            if !r.succeeded() {
-                if let Some(TxnOpResponse::Get(g)) = r.op_responses().first() {
-                    actual = g.kvs().first().map_or(0, |kv| kv.mod_revision());
+        // Only a transaction that was never sent is sent again (see
+        // `run`): one that may have landed is never repeated here.
+        let (ok, revision, actual) = self.run(|mut c| {
+            let txn = txn.clone();
+            async move {
+                let r = c.txn(txn).await.map_err(etcd)?;
+                let revision = r.header().map_or(0, |h| h.revision());
+                let mut actual = 0;
+                if !r.succeeded() {
+                    if let Some(TxnOpResponse::Get(g)) = r.op_responses().first() {
+                        actual = g.kvs().first().map_or(0, |kv| kv.mod_revision());
+                    }
                 }
+                Ok((r.succeeded(), revision, actual))
             }
-            Ok((r.succeeded(), revision, actual))
         })?;
         if ok {
             return Ok(revision as Revision);
@@ -442,48 +532,47 @@ impl Catalog for EtcdCatalog {
         let (holder_s, key_c) = (holder.to_string(), key.clone());
         // What the key says now, and whether a lease this catalog holds
         // for `holder` is still the one attached.
-        let taken = self.run(move |mut c| async move {
-            if let Some((h, id)) = mine.filter(|(h, _)| *h == holder_s) {
-                let alive = c.lease_keep_alive(id).await.is_ok();
-                if alive {
-                    let r = c.get(key_c.clone(), None).await.map_err(storage)?;
-                    if r.kvs().first().is_some_and(|kv| kv.lease() == id) {
-                        return Ok(Some((h, id)));
+        let taken = self.run(|mut c| {
+            let (mine, holder_s, key_c) = (mine.clone(), holder_s.clone(), key_c.clone());
+            async move {
+                if let Some((h, id)) = mine.filter(|(h, _)| *h == holder_s) {
+                    if renew(&mut c, id).await? {
+                        let r = c.get(key_c.clone(), None).await.map_err(etcd)?;
+                        if r.kvs().first().is_some_and(|kv| kv.lease() == id) {
+                            return Ok(Some((h, id)));
+                        }
                     }
                 }
-            }
-            let r = c.get(key_c.clone(), None).await.map_err(storage)?;
-            if let Some(kv) = r.kvs().first() {
-                let h = String::from_utf8_lossy(kv.value()).to_string();
-                if h != holder_s {
-                    return Ok(None);
+                let r = c.get(key_c.clone(), None).await.map_err(etcd)?;
+                if let Some(kv) = r.kvs().first() {
+                    let h = String::from_utf8_lossy(kv.value()).to_string();
+                    if h != holder_s {
+                        return Ok(None);
+                    }
+                    // Ours by name (this holder, from an earlier handle or
+                    // process): renew the lease that is attached.
+                    let id = kv.lease();
+                    return Ok(renew(&mut c, id).await?.then_some((h, id)));
                 }
-                // Ours by name (this holder, from an earlier handle or
-                // process): renew the lease that is attached.
-                let id = kv.lease();
-                return match c.lease_keep_alive(id).await {
-                    Ok(_) => Ok(Some((h, id))),
-                    Err(_) => Ok(None),
-                };
-            }
-            let id = c.lease_grant(secs, None).await.map_err(storage)?.id();
-            let txn = Txn::new()
-                .when(vec![Compare::create_revision(
-                    key_c.clone(),
-                    CompareOp::Equal,
-                    0,
-                )])
-                .and_then(vec![TxnOp::put(
-                    key_c.clone(),
-                    holder_s.clone(),
-                    Some(PutOptions::new().with_lease(id)),
-                )]);
-            let r = c.txn(txn).await.map_err(storage)?;
-            if r.succeeded() {
-                Ok(Some((holder_s, id)))
-            } else {
-                let _ = c.lease_revoke(id).await;
-                Ok(None)
+                let id = c.lease_grant(secs, None).await.map_err(etcd)?.id();
+                let txn = Txn::new()
+                    .when(vec![Compare::create_revision(
+                        key_c.clone(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then(vec![TxnOp::put(
+                        key_c.clone(),
+                        holder_s.clone(),
+                        Some(PutOptions::new().with_lease(id)),
+                    )]);
+                let r = c.txn(txn).await.map_err(etcd)?;
+                if r.succeeded() {
+                    Ok(Some((holder_s, id)))
+                } else {
+                    let _ = c.lease_revoke(id).await;
+                    Ok(None)
+                }
             }
         })?;
         let mut held = self.held();
@@ -515,15 +604,18 @@ impl Catalog for EtcdCatalog {
             }
         };
         let holder = holder.to_string();
-        self.run(move |mut c| async move {
-            let txn = Txn::new()
-                .when(vec![Compare::value(key.clone(), CompareOp::Equal, holder)])
-                .and_then(vec![TxnOp::delete(key, None)]);
-            c.txn(txn).await.map_err(storage)?;
-            if let Some(id) = mine {
-                let _ = c.lease_revoke(id).await;
+        self.run(|mut c| {
+            let (key, holder) = (key.clone(), holder.clone());
+            async move {
+                let txn = Txn::new()
+                    .when(vec![Compare::value(key.clone(), CompareOp::Equal, holder)])
+                    .and_then(vec![TxnOp::delete(key, None)]);
+                c.txn(txn).await.map_err(etcd)?;
+                if let Some(id) = mine {
+                    let _ = c.lease_revoke(id).await;
+                }
+                Ok(())
             }
-            Ok(())
         })
     }
 }

@@ -34,6 +34,9 @@ pub enum CatalogError {
     /// it: another control plane replica leads now.
     #[error("this control plane replica no longer holds the {0} lease; another one leads now")]
     NotHolder(String),
+    /// The store could not be reached at all: nothing was sent.
+    #[error("cannot reach the catalog's store ({0}); check that a majority of etcd's members run")]
+    Unreachable(String),
     #[error("catalog storage failed: {0}")]
     Storage(String),
     #[error("the catalog holds a state this version cannot read: {0}")]

@@ -55,6 +55,10 @@ impl std::error::Error for ApiErr {}
 
 impl From<pgfollow_catalog::CatalogError> for ApiErr {
     fn from(e: pgfollow_catalog::CatalogError) -> Self {
+        if let pgfollow_catalog::CatalogError::NotHolder(_) = e {
+            // A deposed leader: the client tries again, on another replica.
+            return ApiErr::unavailable(format!("{e}; try again"));
+        }
         tracing::error!("catalog: {e}");
         ApiErr::internal(format!("{e}"))
     }

@@ -351,7 +351,17 @@ fn attach_and_bill(
 /// Gives `app` its endpoint on the control plane's host: a port, and a
 /// directory name.
 fn add_endpoint(state: &mut State, app: &str, range: (u16, u16)) -> Result<(), ApiErr> {
-    let host = crate::server::LOCAL_HOST.to_string();
+    // On etcd there is no control plane host: the main database's host.
+    let host = if state.hosts.contains_key(crate::server::LOCAL_HOST) {
+        crate::server::LOCAL_HOST.to_string()
+    } else {
+        state
+            .apps
+            .get(app)
+            .and_then(|a| a.attachments.get(MAIN_ATTACHMENT))
+            .and_then(|id| state.databases.get(id))
+            .map_or_else(|| crate::server::LOCAL_HOST.to_string(), |d| d.host.clone())
+    };
     let address = host_address(state, &host);
     let port = pick_port(state, range, &address)?;
     let id = format!("ep-{app}");

@@ -33,6 +33,18 @@ impl AgentProcess {
         name: &str,
         zone: Option<&str>,
     ) -> anyhow::Result<Self> {
+        Self::start_with_control(bin, &server.url, &server.token(), name, zone)
+    }
+
+    /// Starts `bin agent` registered with the control plane at `control`
+    /// (several replicas: comma-separated).
+    pub fn start_with_control(
+        bin: &Path,
+        control: &str,
+        token: &str,
+        name: &str,
+        zone: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let root = tempfile::Builder::new()
             .prefix("pgfollow-agent-")
             .tempdir_in("/tmp")?;
@@ -42,9 +54,9 @@ impl AgentProcess {
             "--name".into(),
             name.into(),
             "--control".into(),
-            server.url.clone(),
+            control.to_string(),
             "--token".into(),
-            server.token(),
+            token.to_string(),
             "--listen".into(),
             "127.0.0.1:0".into(),
         ];

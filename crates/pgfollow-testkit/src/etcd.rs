@@ -142,6 +142,19 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// Which member leads the etcd cluster now (by its index), as the
+    /// members themselves say.
+    pub fn leader(&self) -> Option<usize> {
+        self.members.iter().position(|m| {
+            m.child.is_some()
+                && post(m.client_port, "/v3/maintenance/status", "{}")
+                    .and_then(|a| serde_json::from_str::<serde_json::Value>(&a).ok())
+                    .is_some_and(|v| {
+                        v["leader"].is_string() && v["leader"] == v["header"]["member_id"]
+                    })
+        })
+    }
+
     /// The state document as stored (bytes), read straight from a member
     /// with a range request: for measuring its size.
     pub fn value_len(&self, key: &str) -> Option<usize> {

@@ -97,4 +97,26 @@ mod tests {
         assert_eq!(prune_finished_operations(&mut s, 0), 1);
         assert!(s.operations.contains_key("backup-op"));
     }
+
+    #[test]
+    fn pruned_operations_fit_many_times_in_an_etcd_request() {
+        // A busy HA primary records a hold (with its reason) at every
+        // suspicion: a thousand of them, pruned to the newest 200.
+        let mut s = with(
+            (0..1000)
+                .map(|i| {
+                    let mut o = op(&format!("op-{i:05}"), OperationState::Done, i);
+                    o.done = vec!["hold".into(), "release".into()];
+                    o.reason = Some("its host missed heartbeats for 0.8 s".into());
+                    o
+                })
+                .collect(),
+        );
+        let before = crate::encode(&s).unwrap().len();
+        assert_eq!(prune_finished_operations(&mut s, crate::KEEP_FINISHED), 800);
+        let after = crate::encode(&s).unwrap().len();
+        eprintln!("1000 finished operations: {before} bytes; pruned to 200: {after} bytes");
+        assert!(after * 20 < 1_500_000, "{after} bytes (from {before})");
+        assert!(s.operations.contains_key("op-00999"));
+    }
 }

@@ -35,6 +35,8 @@ pub const LEADER_LEASE: &str = "leader";
 /// Marks a request one replica forwarded to another: it is never forwarded
 /// again (no loops while the replicas disagree on who leads).
 const FORWARDED: &str = "x-pgfollow-forwarded-by";
+/// How often a replica that does not lead looks whether the lease is free.
+const FOLLOWER_LOOKS_EVERY: Duration = Duration::from_millis(100);
 /// How long a forwarded request may take (as long as a client waits).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -366,7 +368,6 @@ pub async fn lead(
     start: impl Fn() -> LeaderTasks,
     shutdown: CancellationToken,
 ) {
-    let every = replica.ttl / 4;
     let mut running: Option<LeaderTasks> = None;
     let mut confirmed = Instant::now();
     loop {
@@ -421,6 +422,13 @@ pub async fn lead(
             }
             Turn::KeepLeading | Turn::Follow => {}
         }
+        // A leader renews every quarter of the TTL; the others look every
+        // 100 ms (one read), so a lease let go is taken up at once.
+        let every = if running.is_some() {
+            replica.ttl / 4
+        } else {
+            FOLLOWER_LOOKS_EVERY
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(every) => {}

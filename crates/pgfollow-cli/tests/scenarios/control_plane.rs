@@ -4,10 +4,13 @@
 //! a follower is replaced within the lease's TTL and the follower is
 //! finished; its agent never fences its primary meanwhile; the CLI given
 //! both replicas passes over a dead one; losing one etcd member changes
-//! nothing.
+//! nothing. A frozen leader is replaced and steps down when it wakes; a
+//! leader stopped in order hands the lease over at once.
 
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use pgfollow_testkit::{AgentProcess, EtcdCluster};
 
 use crate::common::*;
@@ -159,4 +162,58 @@ fn cp_serve_refuses_an_etcd_it_cannot_use_in_one_line() {
         out.stderr.trim(),
         "error: --pg-bin configures serve's embedded agent, which does not run with --etcd; give it to `pgfollow agent` on each host instead"
     );
+}
+
+fn signal(pid: u32, signal: Signal) {
+    kill(Pid::from_raw(pid as i32), signal).unwrap();
+}
+
+#[test]
+fn cp_a_frozen_leader_is_replaced_steps_down_when_it_wakes_and_a_stopped_one_hands_over() {
+    let etcd = EtcdCluster::start().unwrap();
+    let a = replica(&etcd, "a", &[]);
+    eventually(Duration::from_secs(10), "a leads", || leads(&a, "a"));
+    let mut b = replica(&etcd, "b", &[]);
+
+    // a frozen (a paused VM, a stalled process): b leads once a's lease
+    // runs out, and writes go on through b.
+    signal(a.pid().unwrap(), Signal::SIGSTOP);
+    let frozen = Instant::now();
+    eventually(TTL * 3, "b leads", || leads(&b, "b"));
+    eprintln!(
+        "b led {:.2} s after a froze",
+        frozen.elapsed().as_secs_f64()
+    );
+    b.cli(&["apps:create", "sushi"]).ok();
+
+    // a wakes believing it leads: it finds b holding the lease and stops
+    // at once; a write sent to a is forwarded to b.
+    signal(a.pid().unwrap(), Signal::SIGCONT);
+    eventually(Duration::from_secs(5), "a steps down", || {
+        a.log().contains("control plane replica a stopped leading")
+    });
+    a.cli(&["apps:create", "ramen"]).ok();
+    let apps = b.cli(&["apps", "--json"]).ok().stdout;
+    assert!(apps.contains("sushi") && apps.contains("ramen"), "{apps}");
+    assert_eq!(
+        a.log().matches("control plane replica a leads").count(),
+        1,
+        "a led again:\n{}",
+        a.log()
+    );
+
+    // b stopped in order gives the lease up: a leads at once, without
+    // waiting for the TTL.
+    let stopping = Instant::now();
+    b.signal(Signal::SIGTERM).expect("b stops");
+    let stopped = stopping.elapsed();
+    eventually(Duration::from_secs(1), "a leads again", || {
+        a.log().matches("control plane replica a leads").count() == 2
+    });
+    eprintln!(
+        "a led again {:.2} s after b was stopped ({:.2} s to stop)",
+        stopping.elapsed().as_secs_f64(),
+        stopped.as_secs_f64()
+    );
+    a.cli(&["apps:create", "udon"]).ok();
 }

@@ -50,6 +50,8 @@ pub struct Replica {
     /// The API token every replica shares (from etcd).
     token: String,
     leading: AtomicBool,
+    /// When the last renewal of the leader lease that succeeded was sent.
+    confirmed: std::sync::Mutex<Instant>,
     http: reqwest::Client,
 }
 
@@ -124,6 +126,7 @@ impl Replica {
             catalog,
             ttl,
             leading: AtomicBool::new(false),
+            confirmed: std::sync::Mutex::new(Instant::now()),
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(FORWARD_TIMEOUT)
@@ -134,6 +137,14 @@ impl Replica {
 
     pub fn is_leader(&self) -> bool {
         self.leading.load(Ordering::SeqCst)
+    }
+
+    /// Whether this replica leads and its lease was renewed within the
+    /// renewal deadline, by the clock, whatever the leadership loop has
+    /// had the chance to see (after a freeze the executor may wake first).
+    pub fn leads_now(&self) -> bool {
+        let confirmed = *self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        self.is_leader() && confirmed.elapsed() < renew_deadline(self.ttl)
     }
 
     /// The leader's name and API URL, if a replica leads.
@@ -397,6 +408,7 @@ pub async fn lead(
         };
         if attempt == Attempt::Won {
             confirmed = sent;
+            *replica.confirmed.lock().unwrap_or_else(|p| p.into_inner()) = sent;
         }
         match next_turn(leading, attempt, confirmed.elapsed(), replica.ttl) {
             Turn::Lead => {

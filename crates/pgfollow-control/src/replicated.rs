@@ -121,6 +121,7 @@ pub async fn serve_replicated(
             wake.clone(),
             backups.clone(),
         );
+        let me = replica.clone();
         move || {
             let executor = Arc::new(
                 Executor::new(
@@ -130,7 +131,11 @@ pub async fn serve_replicated(
                     ports,
                     wake.clone(),
                 )
-                .with_ha_max_lag(max_lag),
+                .with_ha_max_lag(max_lag)
+                .with_leadership({
+                    let me = me.clone();
+                    Arc::new(move || me.leads_now())
+                }),
             );
             let cancel = CancellationToken::new();
             LeaderTasks {

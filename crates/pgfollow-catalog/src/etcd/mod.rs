@@ -15,7 +15,7 @@
 //! runs, and a caller waits for the answer on a channel, bounded by
 //! [`REQUEST_TIMEOUT`]. So no tokio worker of the caller ever drives etcd's
 //! futures, and a current-thread caller cannot deadlock. The async extras
-//! (heartbeats, replica URLs, watches) run on the same runtime.
+//! (heartbeats, replica URLs, watches: `keys.rs`) run on the same runtime.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,9 +23,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
+
+mod keys;
 
 use crate::{decode, encode, prune_finished_operations, Catalog, CatalogError, Revision, State};
 
@@ -247,182 +248,6 @@ impl EtcdCatalog {
     pub fn path(&self, rest: &str) -> String {
         self.key(rest)
     }
-
-    /// The value under `<prefix>/<rest>`, written as `value` first if there
-    /// is none (one transaction: every replica gets the same).
-    pub async fn get_or_create(&self, rest: &str, value: Vec<u8>) -> Result<Vec<u8>, CatalogError> {
-        let key = self.key(rest);
-        self.run_async(|mut c| {
-            let (key, value) = (key.clone(), value.clone());
-            async move {
-                let txn = Txn::new()
-                    .when(vec![Compare::create_revision(
-                        key.clone(),
-                        CompareOp::Equal,
-                        0,
-                    )])
-                    .and_then(vec![TxnOp::put(key.clone(), value.clone(), None)])
-                    .or_else(vec![TxnOp::get(key, None)]);
-                let r = c.txn(txn).await.map_err(etcd)?;
-                if r.succeeded() {
-                    return Ok(value);
-                }
-                match r.op_responses().first() {
-                    Some(TxnOpResponse::Get(g)) => Ok(g
-                        .kvs()
-                        .first()
-                        .map(|kv| kv.value().to_vec())
-                        .unwrap_or(value)),
-                    _ => Ok(value),
-                }
-            }
-        })
-        .await
-    }
-
-    /// The value under `<prefix>/<rest>`, if any.
-    pub async fn get(&self, rest: &str) -> Result<Option<Vec<u8>>, CatalogError> {
-        let key = self.key(rest);
-        self.run_async(|mut c| {
-            let key = key.clone();
-            async move {
-                let r = c.get(key, None).await.map_err(etcd)?;
-                Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
-            }
-        })
-        .await
-    }
-
-    /// Who holds lease `name` now, if anyone.
-    pub fn lease_holder(&self, name: &str) -> Result<Option<String>, CatalogError> {
-        let key = self.lease_key(name);
-        self.run(|mut c| {
-            let key = key.clone();
-            async move {
-                let r = c.get(key, None).await.map_err(etcd)?;
-                Ok(r.kvs()
-                    .first()
-                    .map(|kv| String::from_utf8_lossy(kv.value()).to_string()))
-            }
-        })
-    }
-
-    /// Every key under `<prefix>/<dir>/` with its value (names without the
-    /// directory).
-    pub async fn list(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, CatalogError> {
-        let start = self.key(&format!("{dir}/"));
-        self.run_async(|mut c| {
-            let start = start.clone();
-            async move {
-                let r = c
-                    .get(start.clone(), Some(GetOptions::new().with_prefix()))
-                    .await
-                    .map_err(etcd)?;
-                Ok(r.kvs()
-                    .iter()
-                    .map(|kv| {
-                        let key = String::from_utf8_lossy(kv.key()).to_string();
-                        let name = key.strip_prefix(&start).unwrap_or(&key).to_string();
-                        (name, kv.value().to_vec())
-                    })
-                    .collect())
-            }
-        })
-        .await
-    }
-
-    /// Puts `value` under `<prefix>/<dir>/<name>`, attached to `lease`
-    /// when given.
-    pub async fn put(
-        &self,
-        dir: &str,
-        name: &str,
-        value: Vec<u8>,
-        lease: Option<i64>,
-    ) -> Result<(), CatalogError> {
-        let key = self.key(&format!("{dir}/{name}"));
-        self.run_async(|mut c| {
-            let (key, value) = (key.clone(), value.clone());
-            async move {
-                let options = lease.map(|id| PutOptions::new().with_lease(id));
-                c.put(key, value, options).await.map_err(etcd)?;
-                Ok(())
-            }
-        })
-        .await
-    }
-
-    /// Calls `on_put(name, value)` for every put under `<prefix>/<dir>/`
-    /// from now on, until the returned task is aborted. A broken watch is
-    /// made again (after `on_restart()`, since puts may have been missed),
-    /// at most every 200 ms.
-    pub fn watch(
-        &self,
-        dir: &str,
-        on_put: impl Fn(&str, &[u8]) + Send + Sync + 'static,
-        on_restart: impl Fn() + Send + Sync + 'static,
-    ) -> tokio::task::JoinHandle<()> {
-        let start = self.key(&format!("{dir}/"));
-        self.spawn(|client| async move {
-            let mut first = true;
-            loop {
-                if !first {
-                    on_restart();
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                first = false;
-                let mut c = client.clone();
-                let watched = c
-                    .watch(start.clone(), Some(WatchOptions::new().with_prefix()))
-                    .await;
-                let Ok((_watcher, mut stream)) = watched else {
-                    continue;
-                };
-                while let Ok(Some(resp)) = stream.message().await {
-                    if resp.canceled() {
-                        break;
-                    }
-                    for ev in resp.events() {
-                        if ev.event_type() != etcd_client::EventType::Put {
-                            continue;
-                        }
-                        if let Some(kv) = ev.kv() {
-                            let key = String::from_utf8_lossy(kv.key());
-                            let name = key.strip_prefix(&start).unwrap_or(&key);
-                            on_put(name, kv.value());
-                        }
-                    }
-                }
-            }
-        })
-    }
-
-    /// Grants a lease of `ttl` (whole seconds, at least 1) and keeps it
-    /// alive every third of its TTL until the returned task is aborted (or
-    /// etcd says it is gone). For a replica's own keys.
-    pub async fn keep_lease(
-        &self,
-        ttl: Duration,
-    ) -> Result<(i64, tokio::task::JoinHandle<()>), CatalogError> {
-        let secs = ttl_secs(ttl);
-        let id = self
-            .run_async(move |mut c| async move {
-                Ok(c.lease_grant(secs, None).await.map_err(etcd)?.id())
-            })
-            .await?;
-        let every = Duration::from_millis((secs as u64 * 1000) / 3);
-        let task = self.spawn(move |client| async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let mut c = client.clone();
-                let renewed = tokio::time::timeout(REQUEST_TIMEOUT, c.lease_keep_alive(id)).await;
-                if let Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) = renewed {
-                    return;
-                }
-            }
-        });
-        Ok((id, task))
-    }
 }
 
 fn timed_out() -> CatalogError {
@@ -631,89 +456,4 @@ impl Drop for EtcdCatalog {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use pgfollow_testkit::EtcdCluster;
-
-    fn catalog(cluster: &EtcdCluster) -> EtcdCatalog {
-        EtcdCatalog::connect(&cluster.endpoints(), "/test").unwrap()
-    }
-
-    #[test]
-    fn etcd_compare_and_swap() {
-        let cluster = EtcdCluster::start().unwrap();
-        crate::contract::compare_and_swap(&catalog(&cluster));
-    }
-
-    #[test]
-    fn etcd_leases() {
-        let cluster = EtcdCluster::start().unwrap();
-        crate::contract::leases(&catalog(&cluster), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn etcd_ttls_are_whole_seconds() {
-        assert_eq!(ttl_secs(Duration::from_millis(1)), 1);
-        assert_eq!(ttl_secs(Duration::from_millis(1000)), 1);
-        assert_eq!(ttl_secs(Duration::from_millis(1001)), 2);
-        assert_eq!(ttl_secs(Duration::ZERO), 1);
-    }
-
-    #[test]
-    fn etcd_a_deposed_leaders_write_fails() {
-        let cluster = EtcdCluster::start().unwrap();
-        let a = catalog(&cluster).guard_writes_with("leader");
-        let b = catalog(&cluster).guard_writes_with("leader");
-        let ttl = Duration::from_secs(1);
-        // Nobody leads: nobody writes.
-        assert!(matches!(
-            a.store(&State::default(), 0),
-            Err(CatalogError::NotHolder(_))
-        ));
-        assert!(a.acquire_lease("leader", "a", ttl).unwrap());
-        let rev = a.store(&State::default(), 0).unwrap();
-        assert!(!b.acquire_lease("leader", "b", ttl).unwrap());
-        // a stops renewing: its lease runs out and b leads.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !b.acquire_lease("leader", "b", ttl).unwrap() {
-            assert!(std::time::Instant::now() < deadline, "b never led");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert_eq!(a.lease_holder("leader").unwrap().as_deref(), Some("b"));
-        // a still believes it leads, with the right revision: refused.
-        let stale = State {
-            next_serial: 5,
-            ..Default::default()
-        };
-        assert!(matches!(
-            a.store(&stale, rev),
-            Err(CatalogError::NotHolder(_))
-        ));
-        assert_eq!(b.load().unwrap().0.next_serial, 0);
-        let rev2 = b.store(&stale, rev).unwrap();
-        assert!(rev2 > rev);
-        assert!(!a.acquire_lease("leader", "a", ttl).unwrap());
-    }
-
-    #[test]
-    fn etcd_sync_calls_work_inside_a_current_thread_runtime() {
-        let cluster = EtcdCluster::start().unwrap();
-        let c = catalog(&cluster);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let rev = rt.block_on(async {
-            let rev = c.store(&State::default(), 0).unwrap();
-            c.put("beats", "h1", b"x".to_vec(), None).await.unwrap();
-            assert_eq!(
-                c.list("beats").await.unwrap(),
-                vec![("h1".into(), b"x".to_vec())]
-            );
-            rev
-        });
-        assert_eq!(c.load().unwrap().1, rev);
-        drop(rt);
-        drop(c);
-    }
-}
+mod tests;

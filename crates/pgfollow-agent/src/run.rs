@@ -21,7 +21,7 @@ pub use pgfollow_types::timing::{FENCE_AFTER, HEARTBEAT};
 pub struct RunConfig {
     pub name: String,
     pub zone: Option<String>,
-    /// The control plane's API.
+    /// The control plane's API (several replicas: comma-separated).
     pub control: String,
     pub token: String,
     pub data_dir: PathBuf,
@@ -39,9 +39,21 @@ pub struct RunConfig {
     pub pg_ports: (u16, u16),
 }
 
-/// The address this host reaches `control` (a URL) from: the local end of
-/// a TCP connection to it.
+/// The address this host reaches the control plane from: the local end of
+/// a TCP connection to the first of `control`'s replicas (a
+/// comma-separated list) that accepts one.
 async fn address_towards(control: &str) -> anyhow::Result<IpAddr> {
+    let mut last = None;
+    for one in control.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        match address_towards_one(one).await {
+            Ok(ip) => return Ok(ip),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("--control is empty; give the control plane's URL")))
+}
+
+async fn address_towards_one(control: &str) -> anyhow::Result<IpAddr> {
     let url = url::Url::parse(control)
         .with_context(|| format!("--control {control:?} is not a URL; write http://HOST:PORT"))?;
     let host = url
@@ -137,7 +149,10 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> anyhow::Resu
         pg_version: host.pg_version.clone(),
         majors: host.majors.clone(), // backups branch: every installed major
     };
-    let control = Client::new(config.control.clone(), config.token.clone());
+    // Several replicas (comma-separated): a heartbeat must get past a dead
+    // one well within its own timeout.
+    let control =
+        Client::new(config.control.clone(), config.token.clone()).with_connect_timeout(HEARTBEAT);
     control
         .register_host(&registration)
         .await
@@ -275,5 +290,13 @@ mod tests {
         );
         let e = address_towards("not a url").await.unwrap_err().to_string();
         assert!(e.contains("is not a URL"), "{e}");
+        // A list: the first replica that accepts.
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_url = format!("http://{}", dead.local_addr().unwrap());
+        drop(dead);
+        assert_eq!(
+            address_towards(&format!("{dead_url},{url}")).await.unwrap(),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
     }
 }

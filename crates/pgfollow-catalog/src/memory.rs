@@ -87,6 +87,6 @@ mod tests {
 
     #[test]
     fn leases() {
-        crate::contract::leases(&MemoryCatalog::new());
+        crate::contract::leases(&MemoryCatalog::new(), Duration::from_millis(1));
     }
 }

@@ -158,7 +158,10 @@ mod tests {
     #[test]
     fn leases() {
         let dir = tempfile::tempdir().unwrap();
-        crate::contract::leases(&SqliteCatalog::open(&dir.path().join("c.db")).unwrap());
+        crate::contract::leases(
+            &SqliteCatalog::open(&dir.path().join("c.db")).unwrap(),
+            Duration::from_millis(1),
+        );
     }
 
     #[test]

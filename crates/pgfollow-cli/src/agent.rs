@@ -21,7 +21,8 @@ pub struct AgentArgs {
     /// The zone this host is in; followers go to another zone when they can
     #[arg(long, value_name = "ZONE")]
     pub zone: Option<String>,
-    /// The control plane's API, e.g. http://127.0.0.1:7480
+    /// The control plane's API, e.g. http://127.0.0.1:7480; several
+    /// replicas comma-separated (the first that answers is used)
     #[arg(long, value_name = "URL", env = "PGFOLLOW_API")]
     pub control: String,
     /// The control plane's API token (from its api.json)

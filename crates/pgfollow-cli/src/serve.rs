@@ -1,6 +1,8 @@
 //! `serve`: runs the control plane (with its embedded agent) in the
 //! foreground until SIGTERM or SIGINT. Logs go to stderr (RUST_LOG, default
-//! `info`); the control plane prints where its API listens.
+//! `info`); the control plane prints where its API listens. With `--etcd`
+//! it is one replica of a control plane whose catalog is in etcd, and runs
+//! no embedded agent.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,7 +11,9 @@ use std::str::FromStr;
 
 use clap::Args;
 use pgfollow_client::default_data_dir;
-use pgfollow_control::config::{DEFAULT_LISTEN, DEFAULT_PG_PORTS};
+use pgfollow_control::config::{
+    DEFAULT_ETCD_PREFIX, DEFAULT_LEADER_TTL, DEFAULT_LISTEN, DEFAULT_PG_PORTS,
+};
 use pgfollow_control::ServeConfig;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +43,52 @@ pub struct ServeArgs {
     /// Ports handed to databases, inclusive
     #[arg(long, value_name = "FIRST-LAST", default_value_t = PortRange(DEFAULT_PG_PORTS.0, DEFAULT_PG_PORTS.1))]
     pub pg_ports: PortRange,
+    /// Keep the catalog in etcd (its client URLs, comma-separated) and run
+    /// as one of several control plane replicas, without an embedded agent
+    #[arg(long, value_name = "URLS")]
+    pub etcd: Option<String>,
+    /// Where in etcd this control plane's keys are
+    #[arg(long, value_name = "PREFIX", default_value = DEFAULT_ETCD_PREFIX)]
+    pub etcd_prefix: String,
+    /// This replica's name, unique among the replicas (default HOSTNAME:PORT)
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// TTL of the leader lease in seconds: a dead leader is replaced within it
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LEADER_TTL.as_secs())]
+    pub leader_ttl: u64,
+}
+
+/// The etcd URLs of `--etcd`, or one line saying what is wrong: an empty
+/// list, or a flag that configures the embedded agent, which a replica on
+/// etcd does not run.
+pub fn etcd_urls(args: &ServeArgs) -> Result<Vec<String>, String> {
+    let Some(list) = &args.etcd else {
+        return Ok(Vec::new());
+    };
+    let urls = pgfollow_client::client::parse_urls(list);
+    if urls.is_empty() {
+        return Err(format!(
+            "--etcd {list:?} names no etcd member; give their client URLs, such as --etcd http://10.0.0.1:2379,http://10.0.0.2:2379"
+        ));
+    }
+    let agent_flags = [
+        ("--pg-bin", !args.pg_bin.is_empty()),
+        ("--os-user", args.os_user != "postgres"),
+        ("--pg-listen", args.pg_listen != "127.0.0.1"),
+    ];
+    if let Some((flag, _)) = agent_flags.iter().find(|(_, given)| *given) {
+        return Err(format!(
+            "{flag} configures serve's embedded agent, which does not run with --etcd; give it to `pgfollow agent` on each host instead"
+        ));
+    }
+    if args.leader_ttl == 0 || args.leader_ttl > 60 {
+        return Err(format!(
+            "--leader-ttl {} is out of range; give 1 to 60 seconds (default {})",
+            args.leader_ttl,
+            DEFAULT_LEADER_TTL.as_secs()
+        ));
+    }
+    Ok(urls)
 }
 
 /// An inclusive port range, written `FIRST-LAST`.
@@ -107,8 +157,13 @@ pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
 }
 
 pub async fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let etcd = etcd_urls(&args).map_err(anyhow::Error::msg)?;
     init_tracing();
     let config = ServeConfig {
+        etcd,
+        etcd_prefix: args.etcd_prefix,
+        name: args.name,
+        leader_ttl: std::time::Duration::from_secs(args.leader_ttl),
         data_dir: data_dir.unwrap_or_else(default_data_dir),
         listen: args.listen,
         pg_bin: args.pg_bin,
@@ -149,6 +204,41 @@ pub async fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(line: &str) -> ServeArgs {
+        #[derive(clap::Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        use clap::Parser;
+        Cmd::try_parse_from(std::iter::once("serve").chain(line.split_whitespace()))
+            .unwrap()
+            .serve
+    }
+
+    #[test]
+    fn etcd_lists_and_what_they_refuse() {
+        assert!(etcd_urls(&args("")).unwrap().is_empty());
+        assert_eq!(
+            etcd_urls(&args("--etcd http://a:2379,b:2379")).unwrap(),
+            ["http://a:2379", "http://b:2379"]
+        );
+        let e = etcd_urls(&args("--etcd ,")).unwrap_err();
+        assert!(e.contains("names no etcd member"), "{e}");
+        let e = etcd_urls(&args(
+            "--etcd http://a:2379 --pg-bin /usr/lib/postgresql/15/bin",
+        ))
+        .unwrap_err();
+        assert!(
+            e.starts_with("--pg-bin configures serve's embedded agent"),
+            "{e}"
+        );
+        let e = etcd_urls(&args("--etcd http://a:2379 --leader-ttl 0")).unwrap_err();
+        assert!(e.contains("1 to 60 seconds"), "{e}");
+        // Without --etcd the agent's flags are the embedded agent's.
+        assert!(etcd_urls(&args("--pg-bin /x")).unwrap().is_empty());
+    }
 
     #[test]
     fn port_ranges() {

@@ -2,8 +2,14 @@
 //! Every request carries `Authorization: Bearer <token>`; path segments (app
 //! names, database references such as `other::DATABASE_URL`) are
 //! percent-encoded, and the server resolves database references itself.
+//! A client may be given several control plane replicas (`http://a,http://b`):
+//! it tries them in order, remembers the one that answered, and moves on to
+//! the next only when a request could not have reached the server (no
+//! connection; for reads also a timeout), so a write is never sent twice.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -32,44 +38,87 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// How long to wait for a TCP connection before calling the API unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same, per replica, when there are several to try.
+const CONNECT_TIMEOUT_EACH: Duration = Duration::from_secs(2);
 /// Upper bound of one request, answer included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// A client of one control plane.
+/// A client of one control plane (one or several replicas of it).
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base_url: String,
+    /// Every replica's base URL, in the order given.
+    bases: Arc<Vec<String>>,
+    /// The replica that answered last.
+    current: Arc<AtomicUsize>,
     token: String,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("base_url", &self.base_url)
+            .field("base_url", &self.base_url())
             .finish_non_exhaustive()
     }
 }
 
+/// The base URLs in `list` (`http://a:1,b:2`): trimmed, without a trailing
+/// `/`, a bare `host:port` with `http://`, empty entries skipped.
+pub fn parse_urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|u| u.trim().trim_end_matches('/'))
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            if u.contains("://") {
+                u.to_string()
+            } else {
+                format!("http://{u}")
+            }
+        })
+        .collect()
+}
+
+fn http_client(connect: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(connect)
+        .timeout(REQUEST_TIMEOUT)
+        .user_agent(concat!("pgfollow/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
 impl Client {
     /// A client of the API at `base_url` (`http://127.0.0.1:7480`; a bare
-    /// `host:port` gets `http://`).
+    /// `host:port` gets `http://`), or of several replicas of it, given
+    /// comma-separated.
     pub fn new(base_url: impl Into<String>, token: impl Into<String>) -> Self {
-        let mut base_url: String = base_url.into().trim().trim_end_matches('/').to_string();
-        if !base_url.contains("://") {
-            base_url = format!("http://{base_url}");
+        let mut bases = parse_urls(&base_url.into());
+        if bases.is_empty() {
+            bases.push(String::new());
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("pgfollow/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+        let connect = if bases.len() > 1 {
+            CONNECT_TIMEOUT_EACH
+        } else {
+            CONNECT_TIMEOUT
+        };
         Self {
-            http,
-            base_url,
+            http: http_client(connect),
+            bases: Arc::new(bases),
+            current: Arc::default(),
             token: token.into(),
         }
+    }
+
+    /// The same client with another bound on each TCP connection (an
+    /// agent's heartbeat must move on to the next replica quickly).
+    pub fn with_connect_timeout(mut self, connect: Duration) -> Self {
+        self.http = http_client(connect);
+        self
+    }
+
+    /// Every replica's base URL, in the order given.
+    pub fn base_urls(&self) -> &[String] {
+        &self.bases
     }
 
     /// Finds the API the way every CLI command does: PGFOLLOW_API and
@@ -81,9 +130,10 @@ impl Client {
         Ok(Self::new(found.url, found.token))
     }
 
-    /// The base URL requests go to.
+    /// The base URL requests go to: the replica that answered last.
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        let i = self.current.load(Ordering::Relaxed);
+        self.bases.get(i).unwrap_or(&self.bases[0])
     }
 
     /// `GET /v1/status`.
@@ -450,7 +500,7 @@ impl Client {
 
     /// The URL of a path whose segments are percent-encoded one by one.
     pub fn url(&self, segments: &[&str]) -> String {
-        let mut url = self.base_url.clone();
+        let mut url = self.base_url().to_string();
         for s in segments {
             url.push('/');
             url.extend(utf8_percent_encode(s, SEGMENT));
@@ -477,8 +527,58 @@ impl Client {
         self.send(self.request(method, segments).json(body)).await
     }
 
+    /// Sends `req` to the replica that answered last, and on to the next
+    /// ones while it could not have reached one.
+    async fn execute(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let (http, req) = req.build_split();
+        let req = req.map_err(|e| self.transport_error(e))?;
+        let first = self.current.load(Ordering::Relaxed);
+        let from = self.base_url().to_string();
+        let n = self.bases.len();
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let Some(mut attempt) = req.try_clone() else {
+                return http.execute(req).await.map_err(|e| self.transport_error(e));
+            };
+            if i != first {
+                let moved = rebase(attempt.url().as_str(), &from, &self.bases[i]);
+                match reqwest::Url::parse(&moved) {
+                    Ok(u) => *attempt.url_mut() = u,
+                    Err(_) => continue,
+                }
+            }
+            match http.execute(attempt).await {
+                Ok(resp) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    let unsent = e.is_connect()
+                        || (req.method() == Method::GET && (e.is_timeout() || e.is_request()));
+                    let err = self.transport_error_at(e, &self.bases[i]);
+                    if !unsent || n == 1 {
+                        return Err(err);
+                    }
+                    last = Some(err);
+                }
+            }
+        }
+        Err(match last {
+            Some(ClientError::Unreachable { cause, .. }) => ClientError::Unreachable {
+                url: self.bases.join(","),
+                cause,
+            },
+            Some(other) => other,
+            None => ClientError::Unreachable {
+                url: self.bases.join(","),
+                cause: "no usable URL".into(),
+            },
+        })
+    }
+
     async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
-        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let resp = self.execute(req).await?;
         let status = resp.status();
         let url = resp.url().to_string();
         let body = resp.bytes().await.map_err(|e| self.transport_error(e))?;
@@ -492,6 +592,11 @@ impl Client {
     }
 
     fn transport_error(&self, e: reqwest::Error) -> ClientError {
+        let base = self.base_url().to_string();
+        self.transport_error_at(e, &base)
+    }
+
+    fn transport_error_at(&self, e: reqwest::Error, base: &str) -> ClientError {
         let cause = root_cause(&e);
         if e.is_connect() || e.is_timeout() {
             let cause = if e.is_timeout() && !e.is_connect() {
@@ -500,15 +605,23 @@ impl Client {
                 cause
             };
             ClientError::Unreachable {
-                url: self.base_url.clone(),
+                url: base.to_string(),
                 cause,
             }
         } else {
             ClientError::Http {
-                url: self.base_url.clone(),
+                url: base.to_string(),
                 cause,
             }
         }
+    }
+}
+
+/// `url` (which starts with `from`) with `from` replaced by `to`.
+fn rebase(url: &str, from: &str, to: &str) -> String {
+    match url.strip_prefix(from) {
+        Some(rest) => format!("{to}{rest}"),
+        None => url.to_string(),
     }
 }
 
@@ -617,6 +730,40 @@ mod tests {
             )),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn url_lists_are_parsed() {
+        assert_eq!(
+            parse_urls(" http://a:1/, b:2 ,,https://c "),
+            ["http://a:1", "http://b:2", "https://c"]
+        );
+        assert_eq!(parse_urls("127.0.0.1:7480"), ["http://127.0.0.1:7480"]);
+        assert!(parse_urls(" , ").is_empty());
+        assert_eq!(
+            rebase("http://a:1/v1/apps?x=1", "http://a:1", "http://b:2"),
+            "http://b:2/v1/apps?x=1"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dead_replica_is_passed_over_and_the_live_one_remembered() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = listener.local_addr().unwrap();
+        drop(listener);
+        let router = Router::new().route("/v1/plans", get(|| async { Json(Vec::<Plan>::new()) }));
+        let live = serve(router).await;
+        let client = Client::new(format!("http://{dead},{live}"), "t");
+        assert_eq!(client.base_url(), format!("http://{dead}"));
+        assert!(client.plans().await.unwrap().is_empty());
+        assert_eq!(client.base_url(), live);
+        // A copy shares what was learnt.
+        assert_eq!(client.clone().base_url(), live);
+        assert!(client.plans().await.unwrap().is_empty());
+
+        let all_dead = Client::new(format!("http://{dead},http://{dead}"), "t");
+        let e = all_dead.plans().await.unwrap_err().to_string();
+        assert!(e.contains(&format!("http://{dead},http://{dead}")), "{e}");
     }
 
     #[test]

@@ -55,6 +55,17 @@ impl std::error::Error for ApiErr {}
 
 impl From<pgfollow_catalog::CatalogError> for ApiErr {
     fn from(e: pgfollow_catalog::CatalogError) -> Self {
+        match e {
+            // A deposed leader: the client tries again, on another replica.
+            pgfollow_catalog::CatalogError::NotHolder(_) => {
+                return ApiErr::unavailable(format!("{e}; try again"))
+            }
+            pgfollow_catalog::CatalogError::Unreachable(_) => {
+                tracing::error!("catalog: {e}");
+                return ApiErr::unavailable(e.to_string());
+            }
+            _ => {}
+        }
         tracing::error!("catalog: {e}");
         ApiErr::internal(format!("{e}"))
     }

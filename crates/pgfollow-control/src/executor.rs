@@ -49,6 +49,10 @@ pub struct Executor {
     busy: Arc<Mutex<HashSet<String>>>,
     backoff: Mutex<HashMap<String, Instant>>,
     pub(crate) last_sentence: Mutex<HashMap<String, String>>,
+    /// On etcd: whether this replica's leadership is still confirmed; a
+    /// tick that finds it is not starts nothing (the process may have been
+    /// frozen past its lease and not know it yet).
+    still_leads: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 /// Keys (database ids, `ha:<id>`, `endpoint:<app>`, ...) that a task is
@@ -80,7 +84,14 @@ impl Executor {
             busy: Arc::default(),
             backoff: Mutex::default(),
             last_sentence: Mutex::default(),
+            still_leads: None,
         }
+    }
+
+    /// Ticks only while `check` says this replica still leads.
+    pub fn with_leadership(mut self, check: Arc<dyn Fn() -> bool + Send + Sync>) -> Self {
+        self.still_leads = Some(check);
+        self
     }
 
     /// Refuse failovers to a standby more than `bytes` behind.
@@ -145,6 +156,9 @@ impl Executor {
     }
 
     async fn tick(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<(), ApiErr> {
+        if self.still_leads.as_ref().is_some_and(|leads| !leads()) {
+            return Ok(());
+        }
         let state = Arc::new(self.store.read()?);
         // Failovers first: their runs claim the primary and the standby
         // before anything else here may touch them.

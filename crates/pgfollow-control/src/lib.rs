@@ -1,6 +1,7 @@
 //! The pgfollow control plane: the public HTTP API, the catalog of apps,
 //! databases and operations, and the loop that plans and executes each
-//! operation through the agents. `serve` runs it all with an embedded agent.
+//! operation through the agents. `serve` runs it all with an embedded agent,
+//! or, with its catalog in etcd, as one of several replicas of which one leads.
 
 pub mod api;
 mod backups;
@@ -16,6 +17,8 @@ mod lag;
 pub mod metrics;
 mod monitor;
 mod provision;
+mod replica;
+mod replicated;
 mod resolve;
 mod server;
 mod store;

@@ -1,6 +1,7 @@
 //! `pgfollow serve`: lock the data directory, open the catalog, start the
 //! embedded agent, the executor and the HTTP API; on shutdown stop them in
-//! order and stop the databases.
+//! order and stop the databases. With `--etcd` it is one replica of a
+//! control plane on etcd instead (`replicated.rs`).
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
@@ -39,6 +40,9 @@ pub async fn serve(
     make_agent: MakeAgent,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if !config.etcd.is_empty() {
+        return crate::replicated::serve_replicated(config, shutdown).await;
+    }
     let data_dir = &config.data_dir;
     prepare_data_dir(data_dir)?;
     let _lock = lock_data_dir(data_dir)?;
@@ -106,6 +110,7 @@ pub async fn serve(
         endpoints: endpoints.clone(),
         ha_max_lag_bytes: config.ha_max_lag_mb * 1024 * 1024,
         backups,
+        replica: None,
     });
     let executor = Arc::new(
         Executor::new(store, hosts, endpoints, wake)
@@ -149,7 +154,7 @@ pub async fn serve(
 pub const METRICS_TOKEN_FILE: &str = "metrics.token";
 
 /// The metrics token from `metrics.token` (mode 0600), made at first start.
-fn metrics_token(dir: &Path) -> anyhow::Result<String> {
+pub(crate) fn metrics_token(dir: &Path) -> anyhow::Result<String> {
     let path = dir.join(METRICS_TOKEN_FILE);
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
@@ -180,7 +185,7 @@ fn metrics_token(dir: &Path) -> anyhow::Result<String> {
 
 /// Creates the data directory: mode 0711, so the OS user postgres runs as
 /// can reach its clusters but not list or read anything else.
-fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     if !dir.is_dir() {
@@ -195,7 +200,7 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// One `serve` per data directory: an exclusive lock held while it runs.
-fn lock_data_dir(dir: &Path) -> anyhow::Result<Flock<File>> {
+pub(crate) fn lock_data_dir(dir: &Path) -> anyhow::Result<Flock<File>> {
     let path = dir.join("serve.lock");
     let file = File::options()
         .create(true)

@@ -36,7 +36,16 @@ impl AgentProcess {
         name: &str,
         zone: Option<&str>,
     ) -> anyhow::Result<Self> {
-        Self::start_full(bin, server, name, zone, None)
+        let ports = server.ports();
+        Self::start_full(
+            bin,
+            &server.url,
+            &server.token(),
+            Some(ports),
+            name,
+            zone,
+            None,
+        )
     }
 
     /// Starts the agent on `host` (a network namespace), listening on every
@@ -48,12 +57,47 @@ impl AgentProcess {
         zone: Option<&str>,
         host: &crate::NetHost,
     ) -> anyhow::Result<Self> {
-        Self::start_full(bin, server, name, zone, Some(host.clone()))
+        Self::start_full(
+            bin,
+            &server.url,
+            &server.token(),
+            None,
+            name,
+            zone,
+            Some(host.clone()),
+        )
     }
 
+    /// Starts `bin agent` registered with the control plane at `control`
+    /// (several replicas: comma-separated).
+    pub fn start_with_control(
+        bin: &Path,
+        control: &str,
+        token: &str,
+        name: &str,
+        zone: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        Self::start_full(bin, control, token, None, name, zone, None)
+    }
+
+    /// [`AgentProcess::start_with_control`] on `host` (a network namespace).
+    pub fn start_with_control_on(
+        bin: &Path,
+        control: &str,
+        token: &str,
+        name: &str,
+        host: &crate::NetHost,
+    ) -> anyhow::Result<Self> {
+        Self::start_full(bin, control, token, None, name, None, Some(host.clone()))
+    }
+
+    /// `ports`: the agent's `--pg-ports` (agents on loopback share its
+    /// ports: a test gives them its own range).
     fn start_full(
         bin: &Path,
-        server: &Server,
+        control: &str,
+        token: &str,
+        ports: Option<(u16, u16)>,
         name: &str,
         zone: Option<&str>,
         host: Option<crate::NetHost>,
@@ -67,9 +111,9 @@ impl AgentProcess {
             "--name".into(),
             name.into(),
             "--control".into(),
-            server.url.clone(),
+            control.to_string(),
             "--token".into(),
-            server.token(),
+            token.to_string(),
             "--listen".into(),
             if host.is_some() {
                 "0.0.0.0:0"
@@ -78,10 +122,7 @@ impl AgentProcess {
             }
             .into(),
         ];
-        if host.is_none() {
-            // Hosts on loopback share its ports: this test's range, which
-            // no concurrent test uses.
-            let (lo, hi) = server.ports();
+        if let Some((lo, hi)) = ports {
             args.extend(["--pg-ports".to_string(), format!("{lo}-{hi}")]);
         }
         if let Some(z) = zone {

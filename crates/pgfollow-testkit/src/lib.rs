@@ -3,15 +3,18 @@
 //! the `pgfollow` CLI against it, and on drop stops the server and every
 //! PostgreSQL it started and removes the directory, also when a test fails.
 //! [`drivers`] runs real client drivers (tokio-postgres, psycopg 3, pgbench)
-//! against a database or an endpoint.
+//! against a database or an endpoint. [`EtcdCluster`] starts a three-member
+//! etcd cluster for the control plane on etcd.
 
 mod agent;
 pub mod drivers;
+mod etcd;
 mod netns;
 mod ports;
 mod server;
 
 pub use agent::AgentProcess;
+pub use etcd::EtcdCluster;
 pub use netns::{NetHost, Network};
 pub use ports::PortSlot;
 pub use server::{run_bounded, CliOutput, Server};

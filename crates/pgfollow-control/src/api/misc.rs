@@ -72,14 +72,24 @@ pub async fn register_host(
         majors: reg.majors.clone(),
     };
     let was_up = ctx.hosts.is_up(&reg.name);
-    ctx.hosts.register(&reg)?;
-    if ctx.store.read()?.hosts.get(&reg.name) != Some(&record) {
-        ctx.store.update(|state| {
-            state.hosts.insert(record.name.clone(), record.clone());
-            Ok(())
-        })?;
+    match &ctx.replica {
+        // With etcd every replica answers heartbeats (so a leader change
+        // silences no host): recorded in etcd, where all of them watch.
+        Some(replica) => replica.heartbeat(&reg).await?,
+        None => ctx.hosts.register(&reg)?,
     }
-    if !was_up {
+    if ctx.store.read()?.hosts.get(&reg.name) != Some(&record) {
+        match &ctx.replica {
+            // The leader writes the host's record, at a heartbeat it gets
+            // (forwarded, or a later one when nobody leads right now).
+            Some(replica) if !replica.is_leader() => replica.forward_registration(&reg).await,
+            _ => ctx.store.update(|state| {
+                state.hosts.insert(record.name.clone(), record.clone());
+                Ok(())
+            })?,
+        }
+    }
+    if !was_up && ctx.replica.is_none() {
         tracing::info!(
             "host {} ({}) is up: agent at {}, PostgreSQL {}",
             reg.name,

@@ -41,6 +41,8 @@ pub struct Ctx {
     pub ha_max_lag_bytes: u64,
     /// Logical backups: their directory and loop.
     pub backups: Arc<crate::backups::Backups>,
+    /// This replica, when the catalog is in etcd (`serve --etcd`).
+    pub replica: Option<Arc<crate::replica::Replica>>,
 }
 
 pub type Shared = State<Arc<Ctx>>;
@@ -164,6 +166,10 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
         .nest("/v1", v1)
         .route("/openapi.json", get(|| async { Json(openapi_json()) }))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            crate::replica::forward_writes,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
             require_token,

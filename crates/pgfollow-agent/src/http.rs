@@ -165,6 +165,12 @@ pub async fn dispatch(agent: &Agent, call: AgentCall) -> Result<serde_json::Valu
         } => json(agent.restore(major, &target, &file).await?),
         AgentCall::RestoreProgress { file } => json(agent.restore_progress(&file)),
         AgentCall::Probe { id } => json(agent.probe(&id).await?),
+        // observe branch
+        AgentCall::Extras {
+            id,
+            database,
+            report,
+        } => json(agent.cluster(&id)?.extras(&database, report).await?),
     }
 }
 

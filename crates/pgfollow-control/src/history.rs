@@ -83,8 +83,15 @@ impl LagSamples {
                 .filter(|d| d.is_live() && d.is_follower() && d.state == DatabaseState::Available)
                 .cloned()
                 .collect();
-            let ids: Vec<String> = followers.iter().map(|d| d.id.clone()).collect();
-            self.retain(&ids);
+            // A promoted follower keeps its samples for the window; a
+            // destroyed database's go.
+            let live: Vec<String> = state
+                .databases
+                .values()
+                .filter(|d| d.is_live())
+                .map(|d| d.id.clone())
+                .collect();
+            self.retain(&live);
             // Side by side, each bounded: one slow host holds no other.
             let state = Arc::new(state);
             let mut tasks = tokio::task::JoinSet::new();

@@ -10,6 +10,7 @@ mod apps_and_config;
 mod backups;
 mod bad_input;
 mod changeover;
+mod dashboard;
 mod databases;
 mod drivers;
 mod durability;

@@ -180,11 +180,29 @@ function niceTop(max) {
   return 10 * p;
 }
 
+// The time axis: the last hour, or less when the samples cover less
+// (at least MIN_SPAN_MS), so a young chart is not a line at its right edge.
+const MIN_SPAN_MS = 2 * 60 * 1000;
+function timeSpan(points, now) {
+  const oldest = points.length ? Date.parse(points[0].at) : now;
+  return Math.min(WINDOW_MS, Math.max(MIN_SPAN_MS, now - oldest));
+}
+
+function ago(ms) {
+  const s = Math.round(ms / 1000);
+  if (s === 0) return "now";
+  if (s < 60) return `-${s}s`;
+  const m = Math.floor(s / 60), r = s % 60;
+  return r ? `-${m}m ${String(r).padStart(2, "0")}s` : `-${m} min`;
+}
+
 function chart(f, markers, now) {
   const W = 900, H = 180, L = 46, R = 46, T = 12, B = 22;
-  const x0 = now - WINDOW_MS;
-  const x = (t) => L + ((t - x0) / WINDOW_MS) * (W - L - R);
-  const pts = f.points.filter((p) => Date.parse(p.at) >= x0);
+  const inWindow = f.points.filter((p) => Date.parse(p.at) >= now - WINDOW_MS);
+  const span = timeSpan(inWindow, now);
+  const x0 = now - span;
+  const x = (t) => L + ((t - x0) / span) * (W - L - R);
+  const pts = inWindow.filter((p) => Date.parse(p.at) >= x0);
   const topC = niceTop(Math.max(0, ...pts.map((p) => p.commits)));
   const topS = niceTop(Math.max(0, ...pts.map((p) => p.seconds)));
   const yC = (v) => T + (1 - v / topC) * (H - T - B);
@@ -202,9 +220,9 @@ function chart(f, markers, now) {
     svg.append(el("svg:text", { x: L - 4, y: y + 3, "text-anchor": "end" }, String(+(topC * (1 - frac)).toPrecision(3))));
     svg.append(el("svg:text", { x: W - R + 4, y: y + 3 }, (topS * (1 - frac)).toPrecision(2) + " s"));
   }
-  for (const m of [60, 45, 30, 15, 0]) {
-    const t = now - m * 60000;
-    svg.append(el("svg:text", { x: x(t), y: H - 6, "text-anchor": "middle" }, m ? `-${m} min` : "now"));
+  for (const frac of [1, 0.75, 0.5, 0.25, 0]) {
+    const t = now - frac * span;
+    svg.append(el("svg:text", { x: x(t), y: H - 6, "text-anchor": "middle" }, ago(frac * span)));
   }
   const line = (cls, y, key) =>
     el("svg:polyline", {
@@ -230,9 +248,15 @@ function chart(f, markers, now) {
   svg.append(dots);
   for (const m of markers.filter((m) => m.app === f.app && Date.parse(m.at) >= x0)) {
     const mx = x(Date.parse(m.at));
+    // The label on the side with room for it.
+    const left = mx > W / 2;
     svg.append(
       el("svg:line", { class: "marker", x1: mx, x2: mx, y1: T, y2: H - B, "data-kind": m.kind, "data-at": m.at, "data-database": m.database }),
-      el("svg:text", { class: "marker", x: mx + 3, y: T + 9 }, `${m.kind} ${m.database}${m.state === "failed" ? " (failed)" : ""}`),
+      el(
+        "svg:text",
+        { class: "marker", x: left ? mx - 4 : mx + 4, y: T + 9, "text-anchor": left ? "end" : "start" },
+        `${m.kind} ${m.database}${m.state === "failed" ? " (failed)" : ""}`,
+      ),
     );
   }
   const last = pts[pts.length - 1];

@@ -12,6 +12,7 @@ mod bad_input;
 mod changeover;
 mod dashboard;
 mod databases;
+mod diagnose;
 mod drivers;
 mod durability;
 mod followers;

@@ -435,6 +435,7 @@ mod tests {
             ("logging_collector", "off"),
             ("log_statement", "'none'"),
             ("log_min_error_statement", "panic"),
+            ("shared_preload_libraries", "'pg_stat_statements'"),
         ] {
             assert_eq!(setting(&conf, name), Some(want), "{name} in\n{conf}");
         }

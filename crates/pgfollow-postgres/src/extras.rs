@@ -94,21 +94,20 @@ pub fn report_sql(report: ExtrasReport) -> String {
              pg_size_pretty((greatest(relpages - expected, 0) * current_setting('block_size')::numeric)::bigint) AS waste \
              FROM est ORDER BY waste_bytes DESC, schema, object"
         ),
-        ExtrasReport::VacuumStats => format!(
-            "SELECT n.nspname AS schema, c.relname AS table, \
+        ExtrasReport::VacuumStats =>             "SELECT n.nspname AS schema, c.relname AS table, \
              to_char(s.last_vacuum, 'YYYY-MM-DD HH24:MI') AS last_vacuum, \
              to_char(s.last_autovacuum, 'YYYY-MM-DD HH24:MI') AS last_autovacuum, \
              s.n_live_tup AS rows, s.n_dead_tup AS dead_rows, \
              (current_setting('autovacuum_vacuum_threshold')::numeric \
                + current_setting('autovacuum_vacuum_scale_factor')::numeric * greatest(c.reltuples, 0))::bigint AS autovacuum_threshold, \
-             CASE WHEN coalesce(c.reloptions::text[], '{{}}') @> ARRAY['autovacuum_enabled=false'] THEN 'disabled' \
+             CASE WHEN coalesce(c.reloptions::text[], '{}') @> ARRAY['autovacuum_enabled=false'] THEN 'disabled' \
                WHEN s.n_dead_tup > current_setting('autovacuum_vacuum_threshold')::numeric \
                  + current_setting('autovacuum_vacuum_scale_factor')::numeric * greatest(c.reltuples, 0) THEN 'yes' \
                ELSE 'no' END AS expect_autovacuum \
              FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              ORDER BY s.n_dead_tup DESC, schema, c.relname"
-        ),
+            .to_string(),
         ExtrasReport::IndexUsage => "SELECT s.schemaname AS schema, s.relname AS table, \
              CASE WHEN s.seq_scan + coalesce(s.idx_scan, 0) = 0 THEN NULL \
                ELSE round(100.0 * coalesce(s.idx_scan, 0) / (s.seq_scan + coalesce(s.idx_scan, 0)), 1) END AS index_use_percent, \

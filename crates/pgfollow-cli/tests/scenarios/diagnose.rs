@@ -83,6 +83,11 @@ fn json_rows(s: &Server, command: &str) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// Whether a report's text cell is process id `pid`.
+fn is_pid(v: &serde_json::Value, pid: i32) -> bool {
+    v.as_str().and_then(|s| s.parse().ok()) == Some(pid)
+}
+
 fn check<'a>(d: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     d["checks"]
         .as_array()
@@ -140,8 +145,7 @@ fn diagnose_and_the_extras_report_the_conditions_made() {
         "pg:blocking shows the wait",
         || {
             json_rows(&s, "pg:blocking").iter().any(|r| {
-                r["blocked_pid"] == blocked.pid.to_string()
-                    && r["blocking_pid"] == holder.pid.to_string()
+                is_pid(&r["blocked_pid"], blocked.pid) && is_pid(&r["blocking_pid"], holder.pid)
             })
         },
     );
@@ -159,11 +163,11 @@ fn diagnose_and_the_extras_report_the_conditions_made() {
     assert!(
         locks
             .iter()
-            .any(|l| l["pid"] == blocked.pid.to_string() && l["granted"] == "f"),
+            .any(|l| is_pid(&l["pid"], blocked.pid) && l["granted"] == "f"),
         "{locks:?}"
     );
     assert!(
-        locks.iter().any(|l| l["pid"] == holder.pid.to_string()
+        locks.iter().any(|l| is_pid(&l["pid"], holder.pid)
             && l["relation"] == "public.acct"
             && l["mode"] == "RowExclusiveLock"
             && l["granted"] == "t"),

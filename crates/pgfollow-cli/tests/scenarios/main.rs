@@ -22,6 +22,7 @@ mod lag;
 mod metrics;
 mod openapi;
 mod pool_modes;
+mod progress;
 mod promotion;
 mod security;
 mod spellings;

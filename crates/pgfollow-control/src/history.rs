@@ -30,7 +30,7 @@ pub const MAX_POINTS: usize = (WINDOW.as_secs() / INTERVAL.as_secs()) as usize +
 
 /// How long one follower's measurement may take before the sample is
 /// skipped.
-const MEASURE_LIMIT: Duration = Duration::from_secs(1);
+const MEASURE_LIMIT: Duration = Duration::from_secs(3);
 
 /// The samples of every follower, by database id.
 #[derive(Debug, Default)]
@@ -80,7 +80,8 @@ impl LagSamples {
             let followers: Vec<_> = state
                 .databases
                 .values()
-                .filter(|d| d.is_live() && d.is_follower() && d.state == DatabaseState::Available)
+                .filter(|d| d.is_live() && d.is_follower() && !d.hidden)
+                .filter(|d| d.state == DatabaseState::Available)
                 .cloned()
                 .collect();
             // A promoted follower keeps its samples for the window; a

@@ -148,7 +148,10 @@ pub async fn changeover(client: &Client, args: ChangeoverArgs) -> anyhow::Result
                     line.clear()?;
                     break answer?;
                 }
-                _ = tokio::time::sleep(Duration::from_millis(300)) => {
+                // Once a second, and not at all in the usual changeover of
+                // tens of milliseconds: pg:info's measurement must not
+                // compete with the freeze it shows.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     let lag = client.database(app, &args.db).await.ok().and_then(|d| d.behind_by);
                     line.show(&changeover_line(&args.db, lag.as_ref(), started.elapsed()))?;
                 }

@@ -20,7 +20,7 @@ const POLL: Duration = Duration::from_millis(250);
 pub fn operation_doing(op: &Operation) -> String {
     let mut doing = match op.step.as_str() {
         "pending" => "starting".to_string(),
-        step => format!("done {step}"),
+        step => format!("{step} done"),
     };
     if let Some(c) = op.copy {
         doing.push_str(&format!(
@@ -35,7 +35,7 @@ pub fn operation_doing(op: &Operation) -> String {
     doing
 }
 
-/// `Unfollowing CHARCOAL... done promote (3s)`; without the time when
+/// `Unfollowing CHARCOAL... promote done (3s)`; without the time when
 /// `waited` is `None` (plain lines, which repeat only on change).
 pub fn operation_line(what: &str, op: &Operation, waited: Option<Duration>) -> String {
     match waited {
@@ -179,7 +179,7 @@ mod tests {
                 &op("promote"),
                 Some(Duration::from_secs(3))
             ),
-            "Unfollowing CHARCOAL... done promote (3s)"
+            "Unfollowing CHARCOAL... promote done (3s)"
         );
         let mut copying = op("create-slot");
         copying.progress_percent = Some(50);
@@ -189,7 +189,7 @@ mod tests {
         });
         assert_eq!(
             operation_doing(&copying),
-            "done create-slot, copying 5 MB of 10 MB, 50%"
+            "create-slot done, copying 5 MB of 10 MB, 50%"
         );
     }
 
@@ -198,11 +198,11 @@ mod tests {
         let mut plain = LiveLine::new(Vec::new(), false);
         plain.show("a... starting").unwrap();
         plain.show("a... starting").unwrap();
-        plain.show("a... done promote").unwrap();
+        plain.show("a... promote done").unwrap();
         plain.finish("a... done").unwrap();
         assert_eq!(
             String::from_utf8(plain.into_inner()).unwrap(),
-            "a... starting\na... done promote\na... done\n"
+            "a... starting\na... promote done\na... done\n"
         );
         let mut live = LiveLine::new(Vec::new(), true);
         live.show("a... starting (0s)").unwrap();

@@ -228,11 +228,11 @@ pub fn live_line(
         ),
         None => String::new(),
     };
-    // A copy's own bytes give the percentage when the server has none yet.
-    let percent = percent.or_else(|| {
-        copy.and_then(|c| (c.done_bytes.min(c.total_bytes) * 100).checked_div(c.total_bytes))
-            .map(|p| p as u8)
-    });
+    // A copy's bytes are fresher than the recorded percentage.
+    let percent = copy
+        .and_then(|c| (c.done_bytes.min(c.total_bytes) * 100).checked_div(c.total_bytes))
+        .map(|p| p as u8)
+        .or(percent);
     match percent {
         Some(p) => {
             let p = p.min(100);
@@ -399,9 +399,9 @@ mod tests {
                 copy(12 * MB, 28 * MB),
                 Duration::from_secs(9)
             ),
-            "Waiting for database X... preparing [########------------]  43% (copying 12 MB of 28 MB, 9s)"
+            "Waiting for database X... preparing [########------------]  42% (copying 12 MB of 28 MB, 9s)"
         );
-        // No percentage from the server yet: the bytes give it.
+        // No percentage recorded yet: the bytes give it.
         assert_eq!(
             live_line("X", DatabaseState::Preparing, None, copy(7 * MB, 28 * MB), Duration::ZERO),
             "Waiting for database X... preparing [#####---------------]  25% (copying 7 MB of 28 MB, 0s)"

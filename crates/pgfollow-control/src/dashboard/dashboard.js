@@ -159,7 +159,7 @@ function renderOperations(ops) {
       { "data-operation": o.id, "data-kind": o.kind },
       el("td", {}, o.kind),
       el("td", {}, o.app ? `${o.app} ${o.color}` : o.database),
-      el("td", {}, o.state + (o.step !== "pending" ? `, after ${o.step}` : "")),
+      el("td", {}, o.state + (o.step !== "pending" ? `, ${o.step} done` : "")),
       el(
         "td",
         {},

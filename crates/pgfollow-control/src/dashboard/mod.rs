@@ -149,6 +149,8 @@ async fn style() -> Response {
 
 #[derive(Deserialize)]
 struct LoginForm {
+    /// Missing or empty: refused like a wrong one.
+    #[serde(default)]
     token: String,
 }
 

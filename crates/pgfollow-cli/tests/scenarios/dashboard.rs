@@ -113,6 +113,12 @@ impl Browser {
             dom.contains("data-state=\"ready\""),
             "the dashboard did not load its data:\n{dom}"
         );
+        // It redraws itself every 2 s, without a reload.
+        let refreshes: u32 = attributes(&dom, "data-refreshes")
+            .first()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(refreshes >= 2, "the page drew itself {refreshes} times");
         dom
     }
 

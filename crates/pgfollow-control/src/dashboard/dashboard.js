@@ -286,6 +286,8 @@ function render(data) {
   $("updated").textContent = "updated " + new Date(now).toISOString().slice(11, 19) + " UTC";
   $("updated").setAttribute("data-generated-at", data.generated_at);
   document.body.setAttribute("data-state", "ready");
+  // How many times the page redrew itself since it loaded.
+  document.body.setAttribute("data-refreshes", Number(document.body.getAttribute("data-refreshes") || 0) + 1);
 }
 
 function showLogin() {

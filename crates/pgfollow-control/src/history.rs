@@ -28,6 +28,10 @@ pub const WINDOW: Duration = Duration::from_secs(3600);
 /// room for a slow tick.
 pub const MAX_POINTS: usize = (WINDOW.as_secs() / INTERVAL.as_secs()) as usize + 60;
 
+/// `PGFOLLOW_LAG_HISTORY=off` in `serve`'s environment stops the sampling
+/// (each sample costs the follower's and the leader's agents a call).
+pub const OFF_ENV: &str = "PGFOLLOW_LAG_HISTORY";
+
 /// How long one follower's measurement may take before the sample is
 /// skipped.
 const MEASURE_LIMIT: Duration = Duration::from_secs(3);
@@ -69,8 +73,13 @@ impl LagSamples {
             .unwrap_or_default()
     }
 
-    /// Samples every follower every [`INTERVAL`] until cancelled.
+    /// Samples every follower every [`INTERVAL`] until cancelled; not at
+    /// all when [`OFF_ENV`] is `off` (the charts then stay empty).
     pub async fn run(self: Arc<Self>, store: Store, hosts: Hosts, cancel: CancellationToken) {
+        if std::env::var(OFF_ENV).is_ok_and(|v| v == "off") {
+            tracing::info!("{OFF_ENV}=off: followers' lag is not sampled for the dashboard");
+            return;
+        }
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,

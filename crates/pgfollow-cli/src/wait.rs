@@ -12,8 +12,9 @@
 //!   Waiting for database PGFOLLOW_POSTGRESQL_AMBER_URL... available
 //!   ```
 //! - on a terminal, one line redrawn in place
-//!   (`Waiting for database X... preparing [########------------]  43% (12s)`)
-//!   that ends as `Waiting for database X... available`.
+//!   (`Waiting for database X... preparing [########------------]  42% (copying 12 MB of 28 MB, 12s)`,
+//!   the bytes while a follower's copy runs) that ends as
+//!   `Waiting for database X... available`.
 //!
 //! Databases are shown one after the other, in the server's order. Errors
 //! (exit 1): `database X failed: <detail>` as soon as any of them fails, and

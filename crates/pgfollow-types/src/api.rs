@@ -761,3 +761,31 @@ pub struct Diagnosis {
     pub database: String,
     pub checks: Vec<Check>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_is_named_in_urls_as_in_json() {
+        for r in ExtrasReport::ALL {
+            let json = serde_json::to_value(r).unwrap();
+            assert_eq!(json, r.as_str(), "{r:?}");
+            assert_eq!(ExtrasReport::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(ExtrasReport::parse("vacuum_stats"), None);
+    }
+
+    #[test]
+    fn report_cells_are_read_by_column() {
+        let t = ExtrasTable {
+            columns: vec!["pid".into(), "secs".into()],
+            rows: vec![vec![Some("42".into()), None]],
+        };
+        assert_eq!(t.cell(0, "pid"), Some("42"));
+        assert_eq!(t.number(0, "pid"), Some(42.0));
+        assert_eq!(t.cell(0, "secs"), None);
+        assert_eq!(t.cell(0, "nope"), None);
+        assert_eq!(t.cell(1, "pid"), None);
+    }
+}

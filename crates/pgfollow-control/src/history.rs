@@ -215,6 +215,98 @@ mod tests {
         assert_eq!(commits, [2, 3, 4]);
     }
 
+    fn db(id: &str, app: &str, color: &str) -> pgfollow_types::model::DatabaseRecord {
+        let plan = pgfollow_types::PlanCatalog::default()
+            .get("standard-0")
+            .unwrap()
+            .clone();
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": format!("postgresql-calm-{id}"), "app": app, "color": color,
+            "plan": plan, "host": "local", "port": 5432, "database": "d1",
+            "owner": {"name": "u", "password": "p"},
+            "replication": {"name": "r", "password": "p"},
+            "pg_major": 15, "created_at": at(0), "desired": "running",
+            "state": "available", "status_detail": null, "pg_version": null,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn markers_are_finished_failovers_and_changeovers_of_the_hour() {
+        use pgfollow_types::model::{OperationRecord, OperationState};
+        let mut state = State::default();
+        for d in [db("a", "sushi", "AMBER"), db("b", "ramen", "BLUE")] {
+            state.databases.insert(d.id.clone(), d);
+        }
+        let rows = [
+            (
+                "1",
+                OperationKind::Changeover,
+                "a",
+                OperationState::Done,
+                3000,
+                true,
+            ),
+            (
+                "2",
+                OperationKind::Failover,
+                "a",
+                OperationState::Failed,
+                3500,
+                true,
+            ),
+            (
+                "3",
+                OperationKind::Changeover,
+                "a",
+                OperationState::Running,
+                3500,
+                false,
+            ),
+            (
+                "4",
+                OperationKind::Unfollow,
+                "a",
+                OperationState::Done,
+                3500,
+                false,
+            ),
+            (
+                "5",
+                OperationKind::Changeover,
+                "a",
+                OperationState::Done,
+                100,
+                false,
+            ),
+            (
+                "6",
+                OperationKind::Changeover,
+                "b",
+                OperationState::Done,
+                3500,
+                false,
+            ),
+        ];
+        for (id, kind, db, st, secs, _) in rows {
+            let mut op = OperationRecord::new(id, kind, db, at(secs));
+            op.state = st;
+            state.operations.insert(id.to_string(), op);
+        }
+        let now = at(4000);
+        let got: Vec<(String, String)> = markers(&state, Some("sushi"), now)
+            .into_iter()
+            .map(|m| (m.kind, m.state))
+            .collect();
+        let want: Vec<(String, String)> = rows
+            .iter()
+            .filter(|r| r.5)
+            .map(|r| (r.1.as_str().to_string(), r.3.as_str().to_string()))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(markers(&state, None, now).len(), 3, "every app's");
+    }
+
     #[test]
     fn the_ring_is_bounded_in_count() {
         let mut ring = VecDeque::new();

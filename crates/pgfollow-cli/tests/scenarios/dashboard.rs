@@ -324,3 +324,103 @@ fn the_dashboard_shows_pg_info_and_a_live_lag_chart_in_chromium() {
         std::fs::write(&docs, &bytes).unwrap();
     }
 }
+
+/// The `pg_basebackup` processes copying into `data_dir`.
+fn basebackups(data_dir: &Path) -> Vec<nix::unistd::Pid> {
+    let dir = data_dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| {
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    comm.trim() == "pg_basebackup" && String::from_utf8_lossy(&cmd).contains(&dir)
+                })
+                .map(nix::unistd::Pid::from_raw)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Stops a follower's copy (SIGSTOP) and lets it go on when dropped.
+struct HeldCopy(Vec<nix::unistd::Pid>);
+
+impl HeldCopy {
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(*pid, sig);
+        }
+    }
+}
+
+impl Drop for HeldCopy {
+    fn drop(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn a_followers_copy_shows_its_progress_on_the_dashboard() {
+    use nix::sys::signal::Signal;
+    let s = server();
+    app_with_database(&s, "sushi", "standard-0");
+    psql(
+        &s,
+        "sushi",
+        "WHITE",
+        "create table t as select g as id, repeat('x', 500) as pad from generate_series(1, 200000) g",
+    );
+    add_follower(&s, "sushi", "standard-0", "WHITE");
+    // Catch the copy as it starts and hold it.
+    let mut pids = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pids.is_empty() && Instant::now() < deadline {
+        pids = basebackups(&s.data_dir());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!pids.is_empty(), "no pg_basebackup was seen");
+    let held = HeldCopy(pids);
+    held.signal(Signal::SIGSTOP);
+    // pg_basebackup reports its progress when a new second has begun: let
+    // it run a moment in each new second until the agent has a report.
+    let copy = || {
+        info(&s, "sushi")
+            .into_iter()
+            .find(|d| d["color"] == "CHARCOAL")
+            .map(|d| d["copy"].clone())
+            .unwrap_or_default()
+    };
+    for _ in 0..30 {
+        if !copy().is_null() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        held.signal(Signal::SIGCONT);
+        std::thread::sleep(Duration::from_millis(20));
+        held.signal(Signal::SIGSTOP);
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    let c = copy();
+    assert!(c["total_bytes"].as_u64().is_some_and(|t| t > 0), "{c}");
+    let done = c["done_bytes"].as_u64().unwrap();
+    assert!(
+        done < c["total_bytes"].as_u64().unwrap(),
+        "the copy was held before its end: {c}"
+    );
+
+    let token = token(&s);
+    let mut browser = Browser::new(&s.url, &token);
+    let dom = browser.dom();
+    let ops = section(&dom, "<div id=\"operations\">", "</section>");
+    let row = section(ops, "data-kind=\"provision\"", "</tr>");
+    assert!(row.contains("<progress max=\"100\" value="), "{row}");
+    assert!(row.contains(" of "), "the copy's bytes: {row}");
+    let card = card(&dom, "CHARCOAL");
+    assert!(field(card, "Status").starts_with("preparing"), "{card}");
+    assert!(card.contains("<progress"), "{card}");
+
+    drop(held);
+    wait_available(&s, "sushi");
+}

@@ -97,6 +97,12 @@ function infoRows(db) {
   return rows;
 }
 
+// A copy's bytes are fresher than the recorded percentage.
+function percentOf(recorded, copy) {
+  if (copy && copy.total_bytes > 0) return Math.floor((100 * Math.min(copy.done_bytes, copy.total_bytes)) / copy.total_bytes);
+  return recorded;
+}
+
 function copyText(copy) {
   return copy ? ` ${humanBytes(copy.done_bytes)} of ${humanBytes(copy.total_bytes)}` : "";
 }
@@ -114,8 +120,9 @@ function databaseCard(db) {
   );
   const status = card.querySelector('[data-field="Status"] td');
   status.className = "status-" + db.state;
-  if (db.state === "preparing" && db.progress_percent != null) {
-    status.append(" ", el("progress", { max: 100, value: db.progress_percent }), copyText(db.copy));
+  const pct = percentOf(db.progress_percent, db.copy);
+  if (db.state === "preparing" && pct != null) {
+    status.append(" ", el("progress", { max: 100, value: pct }), copyText(db.copy));
   }
   return card;
 }
@@ -153,7 +160,7 @@ function renderHosts(hosts) {
 function renderOperations(ops) {
   if (!ops.length) return el("p", { class: "muted" }, "Nothing under way.");
   const rows = ops.map((o) => {
-    const pct = o.progress_percent;
+    const pct = percentOf(o.progress_percent, o.copy);
     return el(
       "tr",
       { "data-operation": o.id, "data-kind": o.kind },

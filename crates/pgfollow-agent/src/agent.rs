@@ -102,6 +102,8 @@ pub struct AgentConfig {
     /// `--pg-bin`, once per major version; empty: find every installed one.
     pub pg_bin: Vec<PathBuf>,
     pub os_user: String,
+    /// The ports its databases and endpoints get, inclusive.
+    pub ports: (u16, u16),
 }
 
 pub struct Agent {
@@ -118,6 +120,7 @@ pub struct Agent {
     user: Arc<OsUser>,
     /// PgBouncer, for app endpoints; else why there is none to use.
     bouncer: Result<Arc<pgfollow_pgbouncer::BouncerBinary>, String>,
+    ports: crate::ports::PortBook,
 }
 
 pub(crate) fn valid_id(id: &str) -> bool {
@@ -170,7 +173,22 @@ impl Agent {
             bins: bins.into_iter().map(Arc::new).collect(),
             user: Arc::new(user),
             bouncer: discover_bouncer(),
+            ports: crate::ports::PortBook::new(config.ports),
         })
+    }
+
+    /// Up to `count` free ports of this host for new databases and
+    /// endpoints; none (with the reason logged) when the range is used up.
+    pub fn offer_ports(&self, count: u16) -> Vec<u16> {
+        let ports = self.ports.offer(&self.address, usize::from(count));
+        if ports.is_empty() {
+            let (lo, hi) = self.ports.range();
+            tracing::warn!(
+                "no free port left in {lo}-{hi} on {}: destroy unused databases or restart the agent with a wider --pg-ports",
+                self.address
+            );
+        }
+        ports
     }
 
     pub fn name(&self) -> &str {

@@ -165,6 +165,7 @@ pub async fn dispatch(agent: &Agent, call: AgentCall) -> Result<serde_json::Valu
         } => json(agent.restore(major, &target, &file).await?),
         AgentCall::RestoreProgress { file } => json(agent.restore_progress(&file)),
         AgentCall::Probe { id } => json(agent.probe(&id).await?),
+        AgentCall::OfferPorts { count } => json(agent.offer_ports(count)),
         // observe branch
         AgentCall::Extras {
             id,

@@ -7,9 +7,11 @@
 mod agent;
 mod backups;
 mod endpoints;
+mod ports;
 pub mod http;
 mod run;
 
 pub use agent::{Agent, AgentConfig, AgentError};
+pub use ports::DEFAULT_PORTS;
 pub use pgfollow_pgbouncer::{EndpointSpec, EndpointStatus, Target as EndpointTarget};
 pub use run::{run, versions_line, RunConfig, FENCE_AFTER, HEARTBEAT};

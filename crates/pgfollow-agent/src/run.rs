@@ -2,7 +2,7 @@
 //! with the control plane and keeps doing so as its heartbeat; on SIGTERM it
 //! stops its databases.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,8 +30,45 @@ pub struct RunConfig {
     /// `--pg-bin`, once per major version; empty: find every installed one.
     pub pg_bin: Vec<PathBuf>,
     pub os_user: String,
-    /// The address apps use to reach this host's databases.
-    pub pg_listen: String,
+    /// The address everyone else reaches this host at; none: the address
+    /// this host reaches the control plane from.
+    pub advertise: Option<IpAddr>,
+    /// `listen_addresses` of the databases; none: the advertised address.
+    pub pg_listen: Option<String>,
+    /// The ports of this host's databases and endpoints, inclusive.
+    pub pg_ports: (u16, u16),
+}
+
+/// The address this host reaches `control` (a URL) from: the local end of
+/// a TCP connection to it.
+async fn address_towards(control: &str) -> anyhow::Result<IpAddr> {
+    let url = url::Url::parse(control)
+        .with_context(|| format!("--control {control:?} is not a URL; write http://HOST:PORT"))?;
+    let host = url
+        .host_str()
+        .with_context(|| format!("--control {control:?} names no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let stream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the control plane at {control} did not answer within 5 s"))?
+    .with_context(|| format!("cannot reach the control plane at {control}"))?;
+    Ok(stream.local_addr()?.ip())
+}
+
+/// The address to advertise: `asked`, else the listening address when it
+/// is a specific one, else the one the control plane is reached from.
+fn advertised(asked: Option<IpAddr>, listen: SocketAddr, towards_control: IpAddr) -> IpAddr {
+    asked.unwrap_or(if listen.ip().is_unspecified() {
+        towards_control
+    } else {
+        listen.ip()
+    })
 }
 
 fn valid_host_name(name: &str) -> bool {
@@ -56,10 +93,23 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> anyhow::Resu
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o711))?;
     }
+    let advertise = match config.advertise {
+        Some(a) => a,
+        None => advertised(None, config.listen, address_towards(&config.control).await?),
+    };
+    if advertise.is_unspecified() {
+        anyhow::bail!(
+            "--advertise {advertise} is not an address others can reach; give this host's own address"
+        );
+    }
     let agent = Arc::new(Agent::new(AgentConfig {
         name: config.name.clone(),
         zone: config.zone.clone(),
-        address: config.pg_listen.clone(),
+        address: config
+            .pg_listen
+            .clone()
+            .unwrap_or_else(|| advertise.to_string()),
+        ports: config.pg_ports,
         clusters_dir: config.data_dir.join("clusters"),
         pg_bin: config.pg_bin.clone(),
         os_user: config.os_user.clone(),
@@ -72,7 +122,10 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> anyhow::Resu
                 config.listen
             )
         })?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let url = format!(
+        "http://{}",
+        SocketAddr::new(advertise, listener.local_addr()?.port())
+    );
     let host = agent.host_record();
     let registration = AgentRegistration {
         name: host.name.clone(),
@@ -185,4 +238,37 @@ pub fn versions_line(host: &pgfollow_types::model::HostRecord) -> String {
         .map(|i| i.version.clone())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_advertised_address_is_asked_listened_on_or_towards_the_control_plane() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let sock = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let towards = ip("10.231.0.5");
+        let cases = [
+            ("asked wins", Some(ip("10.0.0.9")), sock("0.0.0.0:0"), "10.0.0.9"),
+            ("wildcard listen", None, sock("0.0.0.0:7000"), "10.231.0.5"),
+            ("specific listen", None, sock("127.0.0.1:0"), "127.0.0.1"),
+            ("v6 wildcard", None, sock("[::]:0"), "10.231.0.5"),
+        ];
+        for (name, asked, listen, want) in cases {
+            assert_eq!(advertised(asked, listen, towards), ip(want), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_address_towards_a_listener_is_the_local_end() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        assert_eq!(
+            address_towards(&url).await.unwrap(),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        let e = address_towards("not a url").await.unwrap_err().to_string();
+        assert!(e.contains("is not a URL"), "{e}");
+    }
 }

@@ -9,7 +9,9 @@ use clap::Args;
 use pgfollow_agent::RunConfig;
 use pgfollow_client::default_data_dir;
 
-use crate::serve::{init_tracing, shutdown_on_signals};
+use pgfollow_agent::DEFAULT_PORTS;
+
+use crate::serve::{init_tracing, shutdown_on_signals, PortRange};
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -40,9 +42,18 @@ pub struct AgentArgs {
     /// OS user that runs PostgreSQL when pgfollow runs as root
     #[arg(long, value_name = "NAME", default_value = "postgres")]
     pub os_user: String,
-    /// The address apps reach this host's databases at (`listen_addresses`)
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
-    pub pg_listen: String,
+    /// The address the control plane, the other hosts and apps reach this
+    /// host at (its API's and its databases' URLs). Default: the address
+    /// this host reaches the control plane from
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<std::net::IpAddr>,
+    /// `listen_addresses` of this host's databases and endpoints (default:
+    /// the advertised address)
+    #[arg(long, value_name = "ADDR")]
+    pub pg_listen: Option<String>,
+    /// Ports this host gives its databases and endpoints, inclusive
+    #[arg(long, value_name = "FIRST-LAST", default_value_t = PortRange(DEFAULT_PORTS.0, DEFAULT_PORTS.1))]
+    pub pg_ports: PortRange,
 }
 
 pub async fn agent(args: AgentArgs, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
@@ -57,7 +68,9 @@ pub async fn agent(args: AgentArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         listen: args.listen,
         pg_bin: args.pg_bin,
         os_user: args.os_user,
+        advertise: args.advertise,
         pg_listen: args.pg_listen,
+        pg_ports: (args.pg_ports.0, args.pg_ports.1),
     };
     let shutdown = shutdown_on_signals()?;
     let result = pgfollow_agent::run(config, shutdown.clone()).await;

@@ -122,9 +122,10 @@ pub async fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Result
         config.pg_listen.clone(),
         config.pg_bin.clone(),
         config.os_user.clone(),
+        config.pg_ports,
     );
     let make_agent: pgfollow_control::MakeAgent = Box::new(move |clusters_dir| {
-        let (address, pg_bin, os_user) = agent_config;
+        let (address, pg_bin, os_user, ports) = agent_config;
         let agent = pgfollow_agent::Agent::new(pgfollow_agent::AgentConfig {
             name: pgfollow_control::LOCAL_HOST.to_string(),
             zone: None,
@@ -132,6 +133,7 @@ pub async fn serve(args: ServeArgs, data_dir: Option<PathBuf>) -> anyhow::Result
             clusters_dir: clusters_dir.to_path_buf(),
             pg_bin,
             os_user,
+            ports,
         })?;
         Ok(std::sync::Arc::new(agent)
             as std::sync::Arc<

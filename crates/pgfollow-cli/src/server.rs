@@ -63,6 +63,7 @@ pub fn hosts_table(hosts: &[HostSummary]) -> String {
             vec![
                 h.name.clone(),
                 h.zone.clone().unwrap_or_else(|| "-".into()),
+                if h.address.is_empty() { "-".into() } else { h.address.clone() },
                 if h.reachable { "up" } else { "down" }.to_string(),
                 if h.pg_versions.is_empty() {
                     h.pg_version.clone()
@@ -73,7 +74,7 @@ pub fn hosts_table(hosts: &[HostSummary]) -> String {
             ]
         })
         .collect();
-    table(&["NAME", "ZONE", "AGENT", "PG", "DATABASES"], &rows)
+    table(&["NAME", "ZONE", "ADDRESS", "AGENT", "PG", "DATABASES"], &rows)
 }
 
 pub fn plans_table(plans: &[Plan]) -> String {
@@ -118,6 +119,7 @@ mod tests {
         let h = HostSummary {
             name: "local".into(),
             zone: None,
+            address: "10.231.0.2".into(),
             pg_bin: "/opt/pgfollow/postgresql/18/bin".into(),
             pg_version: "18.6".into(),
             pg_versions: vec!["18.6".into(), "15.18".into()],
@@ -126,8 +128,8 @@ mod tests {
         };
         assert_eq!(
             hosts_table(&[h]),
-            "NAME   ZONE  AGENT  PG           DATABASES\n\
-             local  -     up     18.6, 15.18  -\n"
+            "NAME   ZONE  ADDRESS     AGENT  PG           DATABASES\n\
+             local  -     10.231.0.2  up     18.6, 15.18  -\n"
         );
     }
 
@@ -138,6 +140,7 @@ mod tests {
             hosts: vec![HostSummary {
                 name: "local".into(),
                 zone: None,
+                address: "127.0.0.1".into(),
                 pg_bin: "/usr/lib/postgresql/15/bin".into(),
                 pg_version: "15".into(),
                 pg_versions: vec![],
@@ -151,8 +154,8 @@ mod tests {
              API:    http://127.0.0.1:7480\n\
              Hosts:  1\n\
              \n\
-             NAME   ZONE  AGENT  PG  DATABASES\n\
-             local  -     up     15  -\n"
+             NAME   ZONE  ADDRESS    AGENT  PG  DATABASES\n\
+             local  -     127.0.0.1  up     15  -\n"
         );
     }
 }

@@ -43,7 +43,6 @@ pub struct Executor {
     pub(crate) store: Store,
     pub(crate) hosts: Hosts,
     pub(crate) endpoints: Arc<Endpoints>,
-    pub(crate) port_range: (u16, u16),
     pub(crate) wake: Arc<Notify>,
     pub(crate) ha: HaMemory,
     pub(crate) ha_max_lag_bytes: u64,
@@ -74,14 +73,12 @@ impl Executor {
         store: Store,
         hosts: Hosts,
         endpoints: Arc<Endpoints>,
-        port_range: (u16, u16),
         wake: Arc<Notify>,
     ) -> Self {
         Self {
             store,
             hosts,
             endpoints,
-            port_range,
             wake,
             ha: HaMemory::default(),
             ha_max_lag_bytes: ha::HA_MAX_LAG_BYTES,
@@ -330,7 +327,7 @@ impl Executor {
             Action::Start => {
                 if let Err(e) = agent.start(&spec).await {
                     if let Some(port) = e.port_in_use() {
-                        let moved = self.move_port(db)?;
+                        let moved = self.move_port(db).await?;
                         return Err(ApiErr::unavailable(format!(
                             "port {port} was taken by another program; moved the database to port {moved}"
                         )));
@@ -519,15 +516,18 @@ impl Executor {
         }
     }
 
-    fn move_port(&self, db: &DatabaseRecord) -> Result<u16, ApiErr> {
-        let range = self.port_range;
+    /// Moves `db` to a port its host's agent offers now.
+    async fn move_port(&self, db: &DatabaseRecord) -> Result<u16, ApiErr> {
+        let ports: Vec<u16> = self
+            .hosts
+            .agent(&db.host)?
+            .call(pgfollow_types::agent::AgentCall::OfferPorts {
+                count: crate::provision::OFFERS_PER_HOST,
+            })
+            .await?;
+        let offers = crate::provision::PortOffers([(db.host.clone(), ports)].into());
         self.store.update(|state| {
-            let address = state
-                .hosts
-                .get(&db.host)
-                .map(|h| h.address.clone())
-                .unwrap_or_else(|| "127.0.0.1".into());
-            let port = pick_port(state, range, &address)?;
+            let port = pick_port(state, &offers, &db.host)?;
             if let Some(d) = state.databases.get_mut(&db.id) {
                 d.port = port;
             }

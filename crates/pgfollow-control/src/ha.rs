@@ -8,6 +8,7 @@
 //! has no standby (it became one by a changeover, an unfollow or a
 //! promotion) gets one.
 
+use crate::provision::PortOffers;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -304,7 +305,7 @@ pub fn lacks_standby(state: &State, db: &DatabaseRecord) -> bool {
 fn build_standby(
     state: &mut State,
     hosts: &Hosts,
-    port_range: (u16, u16),
+    ports: &PortOffers,
     primary: &DatabaseRecord,
 ) -> Result<pgfollow_types::model::HostRecord, ApiErr> {
     let host = crate::provision::choose_host(state, Some(primary), &|h| hosts.is_up(h))?;
@@ -314,7 +315,7 @@ fn build_standby(
             app: primary.app.as_str(),
             plan: &primary.plan,
             host: &host,
-            port_range,
+            ports,
             now: Utc::now(),
             leader: Some(primary),
             sync: false,
@@ -328,7 +329,7 @@ fn build_standby(
 pub fn add_standby(
     store: &Store,
     hosts: &Hosts,
-    port_range: (u16, u16),
+    ports: &PortOffers,
     primary_id: &str,
 ) -> Result<String, ApiErr> {
     store.update(|state| {
@@ -338,7 +339,7 @@ pub fn add_standby(
         if !lacks_standby(state, &primary) {
             return Ok(format!("{} already has its standby", primary.color));
         }
-        let host = build_standby(state, hosts, port_range, &primary)?;
+        let host = build_standby(state, hosts, ports, &primary)?;
         Ok(format!(
             "HA: {} ({} of {}) is a {} primary without a standby; building one on host {}",
             primary.color, primary.name, primary.app, primary.plan.name, host.name
@@ -363,7 +364,7 @@ pub fn rejoin_hopeless(state: &State, hosts: &Hosts, standby: &DatabaseRecord) -
 pub fn replace_standby(
     store: &Store,
     hosts: &Hosts,
-    port_range: (u16, u16),
+    ports: &PortOffers,
     primary_id: &str,
     old_id: &str,
 ) -> Result<String, ApiErr> {
@@ -374,7 +375,7 @@ pub fn replace_standby(
             .cloned()
             .ok_or_else(|| ApiErr::not_found("the primary vanished"))?;
         crate::provision::remove_database(state, old_id, Utc::now())?;
-        let host = build_standby(state, hosts, port_range, &primary)?;
+        let host = build_standby(state, hosts, ports, &primary)?;
         Ok(format!(
             "{}: its old primary's host is still down after {} s; building a new standby on host {}",
             primary.color,

@@ -140,6 +140,46 @@ impl Hosts {
     pub fn is_up(&self, host: &str) -> bool {
         self.get(host).is_some()
     }
+
+    /// The names of every host whose agent is up.
+    pub fn up(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.local.iter().map(|a| a.name().to_string()).collect();
+        names.extend(
+            self.remotes()
+                .iter()
+                .filter(|(_, r)| r.last_seen.elapsed() < HOST_LEASE)
+                .map(|(n, _)| n.clone()),
+        );
+        names
+    }
+
+    /// Asks every host that is up for `count` free ports of its own, all at
+    /// once; a host that does not answer offers none.
+    pub async fn port_offers(&self, count: u16) -> crate::provision::PortOffers {
+        let mut asks = tokio::task::JoinSet::new();
+        for name in self.up() {
+            let Some(agent) = self.get(&name) else {
+                continue;
+            };
+            asks.spawn(async move {
+                let ports: Vec<u16> = agent
+                    .call(AgentCall::OfferPorts { count })
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!("host {name} offered no ports: {e}");
+                        Vec::new()
+                    });
+                (name, ports)
+            });
+        }
+        let mut offers = crate::provision::PortOffers::default();
+        while let Some(done) = asks.join_next().await {
+            if let Ok((name, ports)) = done {
+                offers.0.insert(name, ports);
+            }
+        }
+        offers
+    }
 }
 
 /// One agent, embedded or remote. Every call is an [`AgentCall`]: the

@@ -30,7 +30,7 @@ impl Executor {
     pub(crate) async fn tick_ha(self: &Arc<Self>, state: &Arc<State>, tasks: &mut JoinSet<()>) {
         self.recover_changeovers(state, tasks);
         self.release_orphaned_holds(state, tasks);
-        self.add_missing_standbys(state);
+        self.add_missing_standbys(state).await;
         self.clear_stale_sync(state, tasks);
         for (primary, standby) in ha::primaries(state) {
             // Every primary is judged every tick: what measures or
@@ -38,10 +38,14 @@ impl Executor {
             // own, and never holds the verdict up.
             let key = format!("ha:{}", primary.id);
             if ha::rejoin_hopeless(state, &self.hosts, standby) {
+                let ports = self
+                    .hosts
+                    .port_offers(crate::provision::OFFERS_PER_HOST)
+                    .await;
                 match ha::replace_standby(
                     &self.store,
                     &self.hosts,
-                    self.port_range,
+                    &ports,
                     &primary.id,
                     &standby.id,
                 ) {
@@ -280,12 +284,21 @@ impl Executor {
     }
 
     /// Gives a standby to every premium or enterprise primary without one.
-    fn add_missing_standbys(&self, state: &State) {
+    async fn add_missing_standbys(&self, state: &State) {
+        let mut ports = None;
         for db in state.databases.values() {
             if !ha::lacks_standby(state, db) || self.is_busy(&db.id) {
                 continue;
             }
-            match ha::add_standby(&self.store, &self.hosts, self.port_range, &db.id) {
+            if ports.is_none() {
+                ports = Some(
+                    self.hosts
+                        .port_offers(crate::provision::OFFERS_PER_HOST)
+                        .await,
+                );
+            }
+            let Some(ports) = &ports else { continue };
+            match ha::add_standby(&self.store, &self.hosts, ports, &db.id) {
                 Ok(sentence) => {
                     tracing::info!("{sentence}");
                     self.wake.notify_one();

@@ -1,7 +1,7 @@
 //! Adding a database to the state: names, port, secrets, attachments, the
 //! billing record and its provision operation, all in one catalog write.
 
-use std::net::TcpListener;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use pgfollow_types::agent::{ClusterSpec, PgSettings, RoleSecret, Upstream};
@@ -41,26 +41,45 @@ fn addon_name(state: &State) -> String {
     }
 }
 
-/// A port in `range` that no database in the state uses and that nothing
-/// listens on at `address` right now.
-pub fn pick_port(state: &State, range: (u16, u16), address: &str) -> Result<u16, ApiErr> {
-    let (lo, hi) = range;
-    let span = u32::from(hi - lo) + 1;
-    let start = rand::thread_rng().gen_range(0..span);
-    for i in 0..span {
-        let port = lo + ((start + i) % span) as u16;
-        let used = state.databases.values().any(|d| d.port == port)
-            || state
-                .apps
-                .values()
-                .any(|a| a.endpoint.as_ref().is_some_and(|e| e.port == port));
-        if !used && TcpListener::bind((address, port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err(ApiErr::unavailable(format!(
-        "no free port left in {lo}-{hi} on {address}; destroy unused databases or restart `pgfollow serve` with a wider --pg-ports"
-    )))
+/// Free ports that each host's agent offered (`OfferPorts`), by host name:
+/// the agent of a host owns its ports; the control plane only picks among
+/// what it was offered, never tests a port on its own machine.
+#[derive(Debug, Clone, Default)]
+pub struct PortOffers(pub BTreeMap<String, Vec<u16>>);
+
+/// Ports a provision asks each host for: a database, its standby and an
+/// endpoint may land on one host in one change.
+pub const OFFERS_PER_HOST: u16 = 4;
+
+/// The first port `host`'s agent offered that no database or endpoint in
+/// the state uses at that host's address (hosts that share an address, as
+/// agents on one machine do, share its ports).
+pub fn pick_port(state: &State, offers: &PortOffers, host: &str) -> Result<u16, ApiErr> {
+    let address = host_address(state, host);
+    let here = |h: &str| h == host || host_address(state, h) == address;
+    let used = |port: u16| {
+        state
+            .databases
+            .values()
+            .any(|d| d.port == port && here(&d.host))
+            || state.apps.values().any(|a| {
+                a.endpoint
+                    .as_ref()
+                    .is_some_and(|e| e.port == port && here(&e.host))
+            })
+    };
+    offers
+        .0
+        .get(host)
+        .into_iter()
+        .flatten()
+        .copied()
+        .find(|p| !used(*p))
+        .ok_or_else(|| {
+            ApiErr::unavailable(format!(
+                "host {host} offered no free port (its agent did not answer, or its port range is used up); destroy unused databases there or restart its agent with a wider --pg-ports"
+            ))
+        })
 }
 
 /// The major version of a new leader when none is asked for: the newest
@@ -195,7 +214,8 @@ pub struct NewDatabase<'a> {
     pub app: &'a str,
     pub plan: &'a Plan,
     pub host: &'a HostRecord,
-    pub port_range: (u16, u16),
+    /// The free ports the hosts' agents offered.
+    pub ports: &'a PortOffers,
     pub now: DateTime<Utc>,
     /// The database the new one follows, for a follower.
     pub leader: Option<&'a DatabaseRecord>,
@@ -236,7 +256,7 @@ pub fn add_database_of_major(
             ))
         })?,
     };
-    let port = pick_port(state, new.port_range, &new.host.address)?;
+    let port = pick_port(state, new.ports, &new.host.name)?;
     state.next_serial += 1;
     let serial = state.next_serial;
     let id = format!("db-{serial:06}-{}", &hex::encode(rand::random::<[u8; 2]>()));
@@ -343,17 +363,16 @@ fn attach_and_bill(
             .insert(MAIN_ATTACHMENT.to_string(), id.clone());
     }
     if needs_endpoint {
-        add_endpoint(state, app.name.as_str(), new.port_range)?;
+        add_endpoint(state, app.name.as_str(), new.ports)?;
     }
     Ok(())
 }
 
 /// Gives `app` its endpoint on the control plane's host: a port, and a
 /// directory name.
-fn add_endpoint(state: &mut State, app: &str, range: (u16, u16)) -> Result<(), ApiErr> {
+fn add_endpoint(state: &mut State, app: &str, offers: &PortOffers) -> Result<(), ApiErr> {
     let host = crate::server::LOCAL_HOST.to_string();
-    let address = host_address(state, &host);
-    let port = pick_port(state, range, &address)?;
+    let port = pick_port(state, offers, &host)?;
     let id = format!("ep-{app}");
     if let Some(a) = state.apps.get_mut(app) {
         a.endpoint = Some(pgfollow_types::model::EndpointRecord {
@@ -489,17 +508,33 @@ mod tests {
         assert!(u[1..].chars().all(|c| c.is_ascii_hexdigit()));
     }
 
+    fn offers(ports: &[(&str, &[u16])]) -> PortOffers {
+        PortOffers(
+            ports
+                .iter()
+                .map(|(h, p)| (h.to_string(), p.to_vec()))
+                .collect(),
+        )
+    }
+
     #[test]
-    fn ports_in_use_are_skipped() {
-        let held = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = held.local_addr().unwrap().port();
-        let r = pick_port(&State::default(), (port, port), "127.0.0.1");
-        assert!(r.is_err());
-        drop(held);
-        assert_eq!(
-            pick_port(&State::default(), (port, port), "127.0.0.1").unwrap(),
-            port
-        );
+    fn a_port_is_picked_from_its_hosts_offers_and_not_used_there() {
+        let a = host("a", None, 15);
+        let mut state = state_with(&[a.clone(), host("b", None, 15)]);
+        let o = offers(&[("a", &[40000, 40001]), ("b", &[40000])]);
+        assert_eq!(pick_port(&state, &o, "a").unwrap(), 40000);
+        let d = leader_on_with(&mut state, &a, &o);
+        assert_eq!(d.port, 40000);
+        // The leader took 40000 on a (its endpoint is on the control
+        // plane's host).
+        assert_eq!(pick_port(&state, &o, "a").unwrap(), 40001);
+        // Another host on the same address may not use the same number;
+        // one with an address of its own may.
+        assert_eq!(pick_port(&state, &o, "b").unwrap_err().status.as_u16(), 503);
+        state.hosts.get_mut("b").unwrap().address = "10.231.0.3".into();
+        assert_eq!(pick_port(&state, &o, "b").unwrap(), 40000);
+        let e = pick_port(&state, &o, "c").unwrap_err();
+        assert!(e.message.contains("host c offered no free port"), "{e}");
     }
 
     fn host(name: &str, zone: Option<&str>, major: u32) -> HostRecord {
@@ -536,14 +571,23 @@ mod tests {
     }
 
     fn leader_on(state: &mut State, host: &HostRecord) -> DatabaseRecord {
+        let o = offers(&[(&host.name, &[40000, 40001, 40002]), (LOCAL, &[41000])]);
+        leader_on_with(state, host, &o)
+    }
+
+    const LOCAL: &str = crate::server::LOCAL_HOST;
+
+    fn leader_on_with(state: &mut State, host: &HostRecord, o: &PortOffers) -> DatabaseRecord {
         let plan = pgfollow_types::plan::builtin_plans()[2].clone();
+        let mut o = o.clone();
+        o.0.entry(LOCAL.to_string()).or_insert_with(|| vec![41000]);
         let (id, _) = add_database(
             state,
             &NewDatabase {
                 app: "sushi",
                 plan: &plan,
                 host,
-                port_range: (40000, 40999),
+                ports: &o,
                 now: Utc::now(),
                 leader: None,
                 sync: false,
@@ -667,7 +711,7 @@ mod tests {
                 app: "sushi",
                 plan: &pgfollow_types::plan::builtin_plans()[2].clone(),
                 host: &a,
-                port_range: (40000, 40999),
+                ports: &offers(&[("a", &[40000]), (LOCAL, &[41000])]),
                 now: Utc::now(),
                 leader: None,
                 sync: false,
@@ -704,37 +748,24 @@ mod tests {
     fn the_endpoint_and_the_database_never_share_a_port() {
         let a = host("a", None, 15);
         let plan = pgfollow_types::plan::builtin_plans()[2].clone();
-        // Two free ports only: the two must take one each.
-        let free = |_: ()| {
-            TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
+        // The control plane's host runs both, and offered the same two
+        // ports for each: they must take one each.
+        let mut a = a;
+        a.name = LOCAL.to_string();
+        let mut state = state_with(std::slice::from_ref(&a));
+        let o = offers(&[(LOCAL, &[40000, 40001])]);
+        let new = NewDatabase {
+            app: "sushi",
+            plan: &plan,
+            host: &a,
+            ports: &o,
+            now: Utc::now(),
+            leader: None,
+            sync: false,
+            hidden: false,
         };
-        let first = free(());
-        let range = if first < 65535 {
-            (first, first + 1)
-        } else {
-            (first - 1, first)
-        };
-        for _ in 0..20 {
-            let mut state = state_with(std::slice::from_ref(&a));
-            let new = NewDatabase {
-                app: "sushi",
-                plan: &plan,
-                host: &a,
-                port_range: range,
-                now: Utc::now(),
-                leader: None,
-                sync: false,
-                hidden: false,
-            };
-            let Ok((id, _)) = add_database(&mut state, &new) else {
-                continue; // the other port of the pair was taken meanwhile
-            };
-            let ep = state.apps["sushi"].endpoint.clone().unwrap();
-            assert_ne!(ep.port, state.databases[&id].port);
-        }
+        let (id, _) = add_database(&mut state, &new).unwrap();
+        let ep = state.apps["sushi"].endpoint.clone().unwrap();
+        assert_eq!((state.databases[&id].port, ep.port), (40000, 40001));
     }
 }

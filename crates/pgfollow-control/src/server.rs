@@ -108,7 +108,6 @@ pub async fn serve(
         plans,
         token,
         metrics_token,
-        port_range: config.pg_ports,
         wake: wake.clone(),
         endpoints: endpoints.clone(),
         ha_max_lag_bytes: config.ha_max_lag_mb * 1024 * 1024,
@@ -117,7 +116,7 @@ pub async fn serve(
         dashboard_sessions: Default::default(),
     });
     let executor = Arc::new(
-        Executor::new(store, hosts, endpoints, config.pg_ports, wake)
+        Executor::new(store, hosts, endpoints, wake)
             .with_ha_max_lag(config.ha_max_lag_mb * 1024 * 1024),
     );
     let exec_cancel = shutdown.child_token();

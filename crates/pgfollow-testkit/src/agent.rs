@@ -17,6 +17,8 @@ use crate::server::{
 /// A running `pgfollow agent`.
 pub struct AgentProcess {
     bin: PathBuf,
+    /// The network namespace it runs in, if not the test's own.
+    host: Option<crate::NetHost>,
     root: tempfile::TempDir,
     args: Vec<String>,
     child: Option<Child>,
@@ -33,6 +35,28 @@ impl AgentProcess {
         name: &str,
         zone: Option<&str>,
     ) -> anyhow::Result<Self> {
+        Self::start_full(bin, server, name, zone, None)
+    }
+
+    /// Starts the agent on `host` (a network namespace), listening on every
+    /// address there and advertising the one it reaches `server` from.
+    pub fn start_on(
+        bin: &Path,
+        server: &Server,
+        name: &str,
+        zone: Option<&str>,
+        host: &crate::NetHost,
+    ) -> anyhow::Result<Self> {
+        Self::start_full(bin, server, name, zone, Some(host.clone()))
+    }
+
+    fn start_full(
+        bin: &Path,
+        server: &Server,
+        name: &str,
+        zone: Option<&str>,
+        host: Option<crate::NetHost>,
+    ) -> anyhow::Result<Self> {
         let root = tempfile::Builder::new()
             .prefix("pgfollow-agent-")
             .tempdir_in("/tmp")?;
@@ -46,13 +70,20 @@ impl AgentProcess {
             "--token".into(),
             server.token(),
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            if host.is_some() { "0.0.0.0:0" } else { "127.0.0.1:0" }.into(),
         ];
+        if host.is_none() {
+            // Hosts on loopback share its ports: this test's range, which
+            // no concurrent test uses.
+            let (lo, hi) = server.ports();
+            args.extend(["--pg-ports".to_string(), format!("{lo}-{hi}")]);
+        }
         if let Some(z) = zone {
             args.extend(["--zone".to_string(), z.to_string()]);
         }
         let mut agent = Self {
             bin: bin.to_path_buf(),
+            host,
             root,
             args,
             child: None,
@@ -80,7 +111,11 @@ impl AgentProcess {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let mut child = Command::new(&self.bin)
+        let mut child = match &self.host {
+            Some(h) => h.command(&self.bin),
+            None => Command::new(&self.bin),
+        };
+        let mut child = child
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(&self.args)

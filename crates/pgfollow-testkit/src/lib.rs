@@ -7,9 +7,11 @@
 
 mod agent;
 pub mod drivers;
+mod netns;
 mod ports;
 mod server;
 
 pub use agent::AgentProcess;
+pub use netns::{NetHost, Network};
 pub use ports::PortSlot;
 pub use server::{run_bounded, CliOutput, Server};

@@ -75,6 +75,8 @@ pub struct Server {
     extra_args: Vec<String>,
     /// Extra environment of `serve` (fault injection), from the next start.
     env: Vec<(String, String)>,
+    /// The network namespace `serve` runs in, if not the test's own.
+    host: Option<crate::NetHost>,
 }
 
 impl Server {
@@ -97,7 +99,26 @@ impl Server {
         Self::start_inner(bin, extra_args, &[])
     }
 
+    /// As [`Server::start_with`], on `host` (a network namespace): its API
+    /// and its embedded agent's databases listen on the host's address.
+    pub fn start_on(
+        bin: &Path,
+        host: &crate::NetHost,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_full(bin, extra_args, &[], Some(host.clone()))
+    }
+
     fn start_inner(bin: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_full(bin, extra_args, env, None)
+    }
+
+    fn start_full(
+        bin: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        host: Option<crate::NetHost>,
+    ) -> anyhow::Result<Self> {
         let root = tempfile::Builder::new()
             .prefix("pgfollow-test-")
             .tempdir_in("/tmp")?;
@@ -114,6 +135,7 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            host,
         };
         server.spawn()?;
         Ok(server)
@@ -145,11 +167,21 @@ impl Server {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match &self.host {
+            Some(h) => h.command(&self.bin),
+            None => Command::new(&self.bin),
+        };
+        let address = self
+            .host
+            .as_ref()
+            .map_or("127.0.0.1", |h| h.address.as_str());
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(self.data_dir())
-            .args(["--listen", "127.0.0.1:0"]);
+            .args(["--listen", &format!("{address}:0")]);
+        if self.host.is_some() && !self.extra_args.iter().any(|a| a == "--pg-listen") {
+            cmd.args(["--pg-listen", address]);
+        }
         if !self.extra_args.iter().any(|a| a == "--pg-ports") {
             cmd.args(["--pg-ports", &self.ports.arg()]);
         }

@@ -341,6 +341,12 @@ pub enum AgentCall {
     Probe {
         id: String,
     },
+    /// Up to `count` ports of the agent's range that nothing on its host
+    /// listens on and that it has not offered in the last minute: the
+    /// agent owns its host's ports, the control plane picks among these.
+    OfferPorts {
+        count: u16,
+    },
     EndpointStatus {
         id: String,
     },
@@ -457,6 +463,7 @@ impl AgentCall {
             AgentCall::SetUpstream { .. } => "set_upstream",
             AgentCall::Fence { .. } => "fence",
             AgentCall::Probe { .. } => "probe",
+            AgentCall::OfferPorts { .. } => "offer_ports",
             AgentCall::EndpointStatus { .. } => "endpoint_status",
             AgentCall::EndpointApply { .. } => "endpoint_apply",
             AgentCall::EndpointHold { .. } => "endpoint_hold",

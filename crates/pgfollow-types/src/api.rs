@@ -30,6 +30,9 @@ pub struct ServerStatus {
 pub struct HostSummary {
     pub name: String,
     pub zone: Option<String>,
+    /// The address the other hosts and apps reach it at.
+    #[serde(default)]
+    pub address: String,
     /// The PostgreSQL binaries the agent uses.
     pub pg_bin: String,
     /// Their major version, `15`.

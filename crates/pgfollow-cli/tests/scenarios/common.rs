@@ -134,6 +134,8 @@ pub fn token(s: &Server) -> String {
 pub struct WriterReport {
     /// Ids whose INSERT was acknowledged, in order.
     pub acked: Vec<i64>,
+    /// When each of `acked` was acknowledged.
+    pub acked_at: Vec<Instant>,
     pub errors: Vec<String>,
     /// The longest single INSERT.
     pub longest: Duration,
@@ -149,9 +151,24 @@ pub struct Writer {
 
 impl Writer {
     pub fn start(url: &str, table: &str, limit: Duration) -> Writer {
+        Self::start_from(None, url, table, limit)
+    }
+
+    /// As [`Writer::start`], from a client on `host` (its network
+    /// namespace).
+    pub fn start_from(
+        host: Option<&pgfollow_testkit::NetHost>,
+        url: &str,
+        table: &str,
+        limit: Duration,
+    ) -> Writer {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (url, table, flag) = (url.to_string(), table.to_string(), stop.clone());
+        let host = host.cloned();
         let handle = std::thread::spawn(move || {
+            if let Some(h) = host {
+                h.enter().expect("the writer enters its host's namespace");
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -223,6 +240,7 @@ async fn write_loop(
             Ok(_) => {
                 report.longest = report.longest.max(started.elapsed());
                 report.acked.push(next);
+                report.acked_at.push(Instant::now());
                 next += 1;
             }
             Err(e) => {

@@ -13,7 +13,7 @@ use super::{changed, Shared};
 use crate::error::ApiErr;
 use crate::provision::{
     add_database, add_database_of_major, choose_host, choose_host_for, choose_major,
-    remove_database, NewDatabase,
+    remove_database, NewDatabase, OFFERS_PER_HOST,
 };
 use crate::resolve::{find_app, resolve_db};
 use crate::views;
@@ -57,6 +57,9 @@ pub async fn create(
             plan.name, plan.tier
         )));
     }
+    // Each host's agent chooses its own ports: asked first, picked from in
+    // the change.
+    let ports = ctx.hosts.port_offers(OFFERS_PER_HOST).await;
     let (id, op, mode_changed) = changed(
         &ctx,
         ctx.store.update(|state| {
@@ -84,7 +87,7 @@ pub async fn create(
                     app: &app,
                     plan,
                     host: &host,
-                    port_range: ctx.port_range,
+                    ports: &ports,
                     now,
                     leader: leader.as_ref(),
                     sync: req.sync || req.sync_strict,
@@ -108,7 +111,7 @@ pub async fn create(
                         app: &app,
                         plan,
                         host: &standby_host,
-                        port_range: ctx.port_range,
+                        ports: &ports,
                         now,
                         leader: Some(&primary),
                         sync: false,

@@ -31,6 +31,7 @@ pub(crate) fn host_summaries(ctx: &super::Ctx, state: &Catalog) -> Vec<HostSumma
         .map(|h| HostSummary {
             name: h.name.clone(),
             zone: h.zone.clone(),
+            address: h.address.clone(),
             pg_bin: h.pg_bin.clone(),
             pg_version: h.pg_version.clone(),
             pg_versions: h.installs().into_iter().map(|i| i.version).collect(),
@@ -96,6 +97,7 @@ pub async fn register_host(
     Ok(Json(HostSummary {
         name: record.name.clone(),
         zone: record.zone.clone(),
+        address: record.address.clone(),
         pg_bin: record.pg_bin.clone(),
         pg_version: record.pg_version.clone(),
         pg_versions: record.installs().into_iter().map(|i| i.version).collect(),

@@ -35,7 +35,6 @@ pub struct Ctx {
     pub token: String,
     /// The read-only token of `GET /metrics`.
     pub metrics_token: String,
-    pub port_range: (u16, u16),
     /// Wakes the executor after a write that gives it work.
     pub wake: Arc<Notify>,
     pub endpoints: Arc<crate::endpoints::Endpoints>,

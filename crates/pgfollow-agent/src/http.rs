@@ -166,6 +166,12 @@ pub async fn dispatch(agent: &Agent, call: AgentCall) -> Result<serde_json::Valu
         AgentCall::RestoreProgress { file } => json(agent.restore_progress(&file)),
         AgentCall::Probe { id } => json(agent.probe(&id).await?),
         AgentCall::OfferPorts { count } => json(agent.offer_ports(count)),
+        // observe branch
+        AgentCall::Extras {
+            id,
+            database,
+            report,
+        } => json(agent.cluster(&id)?.extras(&database, report).await?),
     }
 }
 

@@ -15,9 +15,11 @@ mod child;
 mod config;
 mod confirm;
 mod credentials;
+mod diagnose;
 mod maintenance;
 mod output;
 mod pg;
+mod progress;
 mod promotion;
 mod psql;
 mod run;
@@ -30,6 +32,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pgfollow_client::Client;
+use pgfollow_types::api::ExtrasReport;
 
 use crate::args::JsonArg;
 
@@ -109,6 +112,27 @@ pub enum Command {
     /// End every connection to a database
     #[command(name = "pg:killall")]
     PgKillall(pg::KillAllArgs),
+    /// Check a database: connections, long queries, locks, bloat, indexes, lag, ...
+    #[command(name = "pg:diagnose")]
+    PgDiagnose(diagnose::DiagnoseArgs),
+    /// Show the locks held or awaited on a database
+    #[command(name = "pg:locks")]
+    PgLocks(diagnose::ExtrasArgs),
+    /// Show queries waiting for a lock and who holds it
+    #[command(name = "pg:blocking")]
+    PgBlocking(diagnose::ExtrasArgs),
+    /// Show the statements that took the most time (pg_stat_statements)
+    #[command(name = "pg:outliers")]
+    PgOutliers(diagnose::ExtrasArgs),
+    /// Show estimated table and index bloat
+    #[command(name = "pg:bloat")]
+    PgBloat(diagnose::ExtrasArgs),
+    /// Show dead rows and (auto)vacuum of each table
+    #[command(name = "pg:vacuum-stats")]
+    PgVacuumStats(diagnose::ExtrasArgs),
+    /// Show how often each table is read through an index
+    #[command(name = "pg:index-usage")]
+    PgIndexUsage(diagnose::ExtrasArgs),
     /// Stop a follower following: it becomes a writable fork
     #[command(name = "pg:unfollow")]
     PgUnfollow(promotion::UnfollowArgs),
@@ -240,6 +264,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::PgPs(a) => pg::ps(c, a).await?,
         Command::PgKill(a) => pg::kill(c, a).await?,
         Command::PgKillall(a) => pg::killall(c, a).await?,
+        Command::PgDiagnose(a) => diagnose::diagnose(c, a).await?,
+        Command::PgLocks(a) => diagnose::extras(c, a, ExtrasReport::Locks).await?,
+        Command::PgBlocking(a) => diagnose::extras(c, a, ExtrasReport::Blocking).await?,
+        Command::PgOutliers(a) => diagnose::extras(c, a, ExtrasReport::Outliers).await?,
+        Command::PgBloat(a) => diagnose::extras(c, a, ExtrasReport::Bloat).await?,
+        Command::PgVacuumStats(a) => diagnose::extras(c, a, ExtrasReport::VacuumStats).await?,
+        Command::PgIndexUsage(a) => diagnose::extras(c, a, ExtrasReport::IndexUsage).await?,
         Command::PgCredentialsUrl(a) => credentials::url(c, a).await?,
         Command::PgCredentialsRotate(a) => credentials::rotate(c, a).await?,
         Command::PgBackups(a) => backups::list(c, a).await?,
@@ -316,6 +347,14 @@ mod tests {
             "pg:kill 42 WHITE -a sushi --force",
             "pg:kill 42 -a sushi",
             "pg:killall -a sushi",
+            "pg:diagnose -a sushi --json",
+            "pg:diagnose CHARCOAL -a sushi",
+            "pg:locks -a sushi",
+            "pg:blocking WHITE -a sushi --json",
+            "pg:outliers -a sushi",
+            "pg:bloat -a sushi",
+            "pg:vacuum-stats -a sushi",
+            "pg:index-usage -a sushi",
             "pg:credentials:url -a sushi --json",
             "pg:credentials:rotate WHITE -a sushi --confirm sushi",
         ] {
@@ -401,6 +440,13 @@ mod tests {
             "pg:ps",
             "pg:kill",
             "pg:killall",
+            "pg:diagnose",
+            "pg:locks",
+            "pg:blocking",
+            "pg:outliers",
+            "pg:bloat",
+            "pg:vacuum-stats",
+            "pg:index-usage",
             "pg:credentials:url",
             "pg:credentials:rotate",
         ] {

@@ -7,17 +7,22 @@
 //!   it means for clients; `maintenance:off`: `Disabling maintenance mode for APP... done`.
 //! - `pg:changeover DB`: one line per step with its duration,
 //!   `  freeze      0.4 ms  new transactions wait at the endpoint`, then
-//!   `Writes were held for 52.3 ms.` and the server's message.
+//!   `Writes were held for 52.3 ms.` and the server's message. Before it,
+//!   on a terminal only, a line redrawn while the server works:
+//!   `Changing over to AMBER... AMBER is 3 commits behind (2 kB of WAL) (1s)`.
 //! - `pg:endpoint:mode`: `transaction` or `session`; with a mode,
 //!   `Setting the endpoint of APP to session pooling... done` and what it
 //!   means for clients.
 
 use clap::Args;
 use pgfollow_client::Client;
-use pgfollow_types::api::ChangeoverReport;
+use std::time::{Duration, Instant};
+
+use pgfollow_types::api::{ChangeoverReport, Lag};
 
 use crate::args::{AppArg, JsonArg};
-use crate::output::print_json;
+use crate::output::{human_bytes, human_secs, print_json};
+use crate::progress::LiveLine;
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
@@ -127,12 +132,56 @@ pub async fn changeover(client: &Client, args: ChangeoverArgs) -> anyhow::Result
         no_kill: args.no_kill,
         leader_lost: args.leader_lost,
     };
-    let report = client.changeover(&args.app.app, &args.db, &request).await?;
+    let app = &args.app.app;
+    let out = std::io::stdout();
+    let live = std::io::IsTerminal::is_terminal(&out) && !args.json.json && !args.dry_run;
+    let call = client.changeover(app, &args.db, &request);
+    let report = if live {
+        // While the server works (mostly: waiting for the follower to
+        // catch up), a line says how far behind the follower is.
+        let mut line = LiveLine::new(out, true);
+        let started = Instant::now();
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                answer = &mut call => {
+                    line.clear()?;
+                    break answer?;
+                }
+                // Once a second, and not at all in the usual changeover of
+                // tens of milliseconds: pg:info's measurement must not
+                // compete with the freeze it shows.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let lag = client.database(app, &args.db).await.ok().and_then(|d| d.behind_by);
+                    line.show(&changeover_line(&args.db, lag.as_ref(), started.elapsed()))?;
+                }
+            }
+        }
+    } else {
+        call.await?
+    };
     if args.json.json {
         return print_json(&report);
     }
     print!("{}", report_text(&report));
     Ok(())
+}
+
+/// The live line of a changeover in progress:
+/// `Changing over to AMBER... AMBER is 3 commits behind (2s)`.
+pub fn changeover_line(db: &str, lag: Option<&Lag>, waited: Duration) -> String {
+    let behind = match lag {
+        Some(l) => format!(
+            "{db} is {} behind ({} of WAL)",
+            l.commits_label(),
+            human_bytes(l.bytes)
+        ),
+        None => "holding writes and catching up".to_string(),
+    };
+    format!(
+        "Changing over to {db}... {behind} ({})",
+        human_secs(waited.as_secs())
+    )
 }
 
 /// The steps, their durations, the pause and the message.
@@ -164,6 +213,25 @@ pub fn report_text(r: &ChangeoverReport) -> String {
 mod tests {
     use super::*;
     use pgfollow_types::api::ChangeoverStep;
+
+    #[test]
+    fn the_live_line_says_how_far_behind() {
+        let lag = Lag {
+            commits: 3,
+            more_than: false,
+            bytes: 2048,
+            seconds: 0.2,
+            streaming: true,
+        };
+        assert_eq!(
+            changeover_line("AMBER", Some(&lag), Duration::from_secs(2)),
+            "Changing over to AMBER... AMBER is 3 commits behind (2 kB of WAL) (2s)"
+        );
+        assert_eq!(
+            changeover_line("AMBER", None, Duration::ZERO),
+            "Changing over to AMBER... holding writes and catching up (0s)"
+        );
+    }
 
     #[test]
     fn a_report_lists_steps_with_durations() {

@@ -12,8 +12,9 @@
 //!   Waiting for database PGFOLLOW_POSTGRESQL_AMBER_URL... available
 //!   ```
 //! - on a terminal, one line redrawn in place
-//!   (`Waiting for database X... preparing [########------------]  43% (12s)`)
-//!   that ends as `Waiting for database X... available`.
+//!   (`Waiting for database X... preparing [########------------]  42% (copying 12 MB of 28 MB, 12s)`,
+//!   the bytes while a follower's copy runs) that ends as
+//!   `Waiting for database X... available`.
 //!
 //! Databases are shown one after the other, in the server's order. Errors
 //! (exit 1): `database X failed: <detail>` as soon as any of them fails, and
@@ -27,10 +28,10 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::Args;
 use pgfollow_client::{Client, ClientError};
-use pgfollow_types::api::{DatabaseInfo, DatabaseState};
+use pgfollow_types::api::{CopyProgress, DatabaseInfo, DatabaseState};
 
 use crate::args::AppArg;
-use crate::output::{human_secs, status_label};
+use crate::output::{human_bytes, human_secs, status_label};
 
 /// How long polling goes on while the API does not answer.
 const UNREACHABLE_GRACE: Duration = Duration::from_secs(30);
@@ -210,25 +211,40 @@ pub fn failure(d: &DatabaseInfo) -> String {
 }
 
 /// The line shown on a terminal while waiting: a bar when there is a
-/// percentage, and how long this database has been waited on.
+/// percentage, the bytes copied when a copy runs, and how long this
+/// database has been waited on.
 pub fn live_line(
     label: &str,
     state: DatabaseState,
     percent: Option<u8>,
+    copy: Option<CopyProgress>,
     waited: Duration,
 ) -> String {
     let waited = human_secs(waited.as_secs());
+    let copied = match copy {
+        Some(c) => format!(
+            "copying {} of {}, ",
+            human_bytes(c.done_bytes),
+            human_bytes(c.total_bytes)
+        ),
+        None => String::new(),
+    };
+    // A copy's bytes are fresher than the recorded percentage.
+    let percent = copy
+        .and_then(|c| (c.done_bytes.min(c.total_bytes) * 100).checked_div(c.total_bytes))
+        .map(|p| p as u8)
+        .or(percent);
     match percent {
         Some(p) => {
             let p = p.min(100);
             let filled = usize::from(p) * BAR_WIDTH / 100;
             format!(
-                "Waiting for database {label}... {state} [{}{}] {p:>3}% ({waited})",
+                "Waiting for database {label}... {state} [{}{}] {p:>3}% ({copied}{waited})",
                 "#".repeat(filled),
                 "-".repeat(BAR_WIDTH - filled)
             )
         }
-        None => format!("Waiting for database {label}... {state} ({waited})"),
+        None => format!("Waiting for database {label}... {state} ({copied}{waited})"),
     }
 }
 
@@ -265,7 +281,7 @@ impl<W: Write> Progress<W> {
                 .as_ref()
                 .map(|c| c.1.elapsed())
                 .unwrap_or_default();
-            live_line(label, d.state, d.progress_percent, since)
+            live_line(label, d.state, d.progress_percent, d.copy, since)
         } else {
             format!("Waiting for database {label}... {}", info_status(d))
         };
@@ -356,8 +372,50 @@ mod tests {
             "database PGFOLLOW_POSTGRESQL_WHITE_URL failed: out of disk"
         );
         assert_eq!(
-            live_line("X", DatabaseState::Preparing, None, Duration::from_secs(75)),
+            live_line(
+                "X",
+                DatabaseState::Preparing,
+                None,
+                None,
+                Duration::from_secs(75)
+            ),
             "Waiting for database X... preparing (1m 15s)"
+        );
+    }
+
+    #[test]
+    fn a_copy_shows_its_bytes_and_percent() {
+        const MB: u64 = 1024 * 1024;
+        let copy = |done, total| {
+            Some(CopyProgress {
+                done_bytes: done,
+                total_bytes: total,
+            })
+        };
+        assert_eq!(
+            live_line(
+                "X",
+                DatabaseState::Preparing,
+                Some(43),
+                copy(12 * MB, 28 * MB),
+                Duration::from_secs(9)
+            ),
+            "Waiting for database X... preparing [########------------]  42% (copying 12 MB of 28 MB, 9s)"
+        );
+        // No percentage recorded yet: the bytes give it.
+        assert_eq!(
+            live_line("X", DatabaseState::Preparing, None, copy(7 * MB, 28 * MB), Duration::ZERO),
+            "Waiting for database X... preparing [#####---------------]  25% (copying 7 MB of 28 MB, 0s)"
+        );
+        assert_eq!(
+            live_line(
+                "X",
+                DatabaseState::Preparing,
+                None,
+                copy(0, 0),
+                Duration::ZERO
+            ),
+            "Waiting for database X... preparing (copying 0 bytes of 0 bytes, 0s)"
         );
     }
 }

@@ -221,6 +221,43 @@ impl Client {
         self.get(&["v1", "apps", app, "databases", db]).await
     }
 
+    /// `GET /v1/apps/{app}/databases/{db}/diagnose`.
+    pub async fn diagnose(
+        &self,
+        app: &str,
+        db: &str,
+    ) -> Result<pgfollow_types::api::Diagnosis, ClientError> {
+        self.get(&["v1", "apps", app, "databases", db, "diagnose"])
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/databases/{db}/extras/{report}`.
+    pub async fn extras(
+        &self,
+        app: &str,
+        db: &str,
+        report: pgfollow_types::api::ExtrasReport,
+    ) -> Result<pgfollow_types::api::ExtrasTable, ClientError> {
+        self.get(&[
+            "v1",
+            "apps",
+            app,
+            "databases",
+            db,
+            "extras",
+            report.as_str(),
+        ])
+        .await
+    }
+
+    /// `GET /v1/apps/{app}/lag-history`.
+    pub async fn lag_history(
+        &self,
+        app: &str,
+    ) -> Result<pgfollow_types::api::LagHistory, ClientError> {
+        self.get(&["v1", "apps", app, "lag-history"]).await
+    }
+
     /// `GET /v1/apps/{app}/databases/{db}/ps`.
     pub async fn ps(&self, app: &str, db: &str) -> Result<Vec<Backend>, ClientError> {
         self.get(&["v1", "apps", app, "databases", db, "ps"]).await

@@ -96,6 +96,14 @@ pub async fn serve_replicated(
         hosts.clone(),
         data_dir,
     ));
+    // Every replica keeps its own hour of lag samples (reads only): the
+    // dashboard works on whichever replica it is opened on.
+    let lag_samples = Arc::new(crate::history::LagSamples::default());
+    let history = tokio::spawn(lag_samples.clone().run(
+        store.clone(),
+        hosts.clone(),
+        shutdown.clone(),
+    ));
     let ctx = Arc::new(Ctx {
         store: store.clone(),
         hosts: hosts.clone(),
@@ -107,6 +115,8 @@ pub async fn serve_replicated(
         ha_max_lag_bytes: config.ha_max_lag_mb * 1024 * 1024,
         backups: backups.clone(),
         replica: Some(replica.clone()),
+        lag_samples,
+        dashboard_sessions: Default::default(),
     });
 
     // Each term of leadership gets a fresh executor (its memory of steps
@@ -164,6 +174,7 @@ pub async fn serve_replicated(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();
+    let _ = history.await;
     if let Err(e) = leading.await {
         tracing::warn!("the leadership loop ended badly: {e}");
     }

@@ -100,6 +100,12 @@ pub async fn serve(
     ));
     let backups_cancel = shutdown.child_token();
     let backups_task = tokio::spawn(backups.clone().run(backups_cancel.clone()));
+    let lag_samples = Arc::new(crate::history::LagSamples::default());
+    let history_task = tokio::spawn(lag_samples.clone().run(
+        store.clone(),
+        hosts.clone(),
+        backups_cancel.clone(),
+    ));
     let ctx = Arc::new(Ctx {
         store: store.clone(),
         hosts: hosts.clone(),
@@ -111,6 +117,8 @@ pub async fn serve(
         ha_max_lag_bytes: config.ha_max_lag_mb * 1024 * 1024,
         backups,
         replica: None,
+        lag_samples,
+        dashboard_sessions: Default::default(),
     });
     let executor = Arc::new(
         Executor::new(store, hosts, endpoints, wake)
@@ -138,6 +146,7 @@ pub async fn serve(
     tracing::info!("shutting down: stopping the executor");
     exec_cancel.cancel();
     backups_cancel.cancel();
+    let _ = history_task.await;
     if let Err(e) = backups_task.await {
         tracing::warn!("backups loop ended badly: {e}");
     }

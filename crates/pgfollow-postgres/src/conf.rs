@@ -94,6 +94,9 @@ pub fn render_conf(spec: &ClusterSpec, socket_dir: &Path, passfile: &Path) -> St
         // A failed ALTER ROLE ... PASSWORD must never land in the log.
         ("log_min_error_statement", "panic".into()),
         ("log_line_prefix", quote("%m [%p] %q%u@%d ")),
+        // `pg:outliers` reads it; loaded at start, so a running cluster
+        // gets it at its next restart.
+        ("shared_preload_libraries", quote("pg_stat_statements")),
     ];
     let mut out = String::from(
         "# Written by pgfollow from the cluster's spec; every change here is overwritten.\n",
@@ -432,6 +435,7 @@ mod tests {
             ("logging_collector", "off"),
             ("log_statement", "'none'"),
             ("log_min_error_statement", "panic"),
+            ("shared_preload_libraries", "'pg_stat_statements'"),
         ] {
             assert_eq!(setting(&conf, name), Some(want), "{name} in\n{conf}");
         }

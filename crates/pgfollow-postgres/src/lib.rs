@@ -22,6 +22,7 @@
 //! - [`walcount`]: exact commits behind at any distance, with a per-segment cache, and the age of the oldest.
 //! - [`basebackup`]: a follower's data directory from `pg_basebackup`.
 //! - [`dump`]: logical backups, `pg_dump -Fc` into a file and `pg_restore` from one.
+//! - [`extras`]: read-only reports (locks, blocking, outliers, bloat, ...) for `pg:diagnose` and the pg-extras commands.
 //! - [`error`]: [`PgError`], the one error type.
 
 pub mod basebackup;
@@ -30,6 +31,7 @@ pub mod cluster;
 pub mod conf;
 pub mod dump;
 pub mod error;
+pub mod extras;
 pub mod fence;
 pub mod files;
 pub mod pidfile;

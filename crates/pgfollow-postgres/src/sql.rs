@@ -152,6 +152,7 @@ impl Cluster {
             "restricting schema public",
         )
         .await?;
+        crate::extras::create_statements_extension(&app).await?;
         Ok(())
     }
 

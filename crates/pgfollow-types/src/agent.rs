@@ -426,6 +426,14 @@ pub enum AgentCall {
     RestoreProgress {
         file: String,
     },
+    // observe branch
+    /// One read-only report (`pg:locks`, a check of `pg:diagnose`, ...) of
+    /// `database`.
+    Extras {
+        id: String,
+        database: String,
+        report: crate::api::ExtrasReport,
+    },
 }
 
 impl AgentCall {
@@ -471,6 +479,7 @@ impl AgentCall {
             AgentCall::Dump { .. } => "dump",
             AgentCall::Restore { .. } => "restore",
             AgentCall::RestoreProgress { .. } => "restore_progress",
+            AgentCall::Extras { .. } => "extras",
         }
     }
 }

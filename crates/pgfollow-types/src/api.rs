@@ -233,6 +233,18 @@ pub struct DatabaseInfo {
     /// `b003 (2026-12-01 22:10 UTC, 1.2 MB)`.
     #[serde(default)]
     pub last_backup: Option<LastBackup>,
+    /// While a follower's copy (`pg_basebackup`) runs: bytes copied of
+    /// the total.
+    #[serde(default)]
+    pub copy: Option<CopyProgress>,
+}
+
+/// How far a copy of a database's files has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CopyProgress {
+    pub done_bytes: u64,
+    pub total_bytes: u64,
 }
 
 /// The newest completed backup of a database, for `pg:info`.
@@ -541,4 +553,242 @@ pub struct Operation {
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The app of the database it works on.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// The colour of the database it works on.
+    #[serde(default)]
+    pub color: Option<String>,
+    /// While it copies a database's files: bytes copied of the total.
+    #[serde(default)]
+    pub copy: Option<CopyProgress>,
+}
+
+/// One measurement of a follower's Behind By.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LagPoint {
+    pub at: DateTime<Utc>,
+    pub commits: u64,
+    pub seconds: f64,
+    pub bytes: u64,
+}
+
+/// A follower's Behind By over the last hour, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FollowerLag {
+    pub app: String,
+    pub color: Color,
+    /// Add-on name.
+    pub name: String,
+    /// The leader's colour.
+    pub leader: String,
+    pub points: Vec<LagPoint>,
+}
+
+/// A finished failover or changeover, drawn on the lag charts of its app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LagMarker {
+    pub at: DateTime<Utc>,
+    /// `failover` or `changeover`.
+    pub kind: String,
+    pub app: String,
+    /// The colour of the database the operation was on.
+    pub database: String,
+    /// `done` or `failed`.
+    pub state: String,
+}
+
+/// `GET /v1/apps/{app}/lag-history`: Behind By of each follower of the app,
+/// sampled by the control plane every few seconds for the last hour, and
+/// the failovers and changeovers of that hour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LagHistory {
+    /// Seconds between two samples.
+    pub interval_secs: u64,
+    pub followers: Vec<FollowerLag>,
+    pub markers: Vec<LagMarker>,
+}
+
+/// What `pg:locks`, `pg:blocking`, `pg:outliers`, `pg:bloat`,
+/// `pg:vacuum-stats`, `pg:index-usage` and the checks of `pg:diagnose` read
+/// from a database (one SQL query each, run by the database's agent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum ExtrasReport {
+    /// Locks held or awaited by the database's sessions.
+    Locks,
+    /// Queries waiting for a lock, and the sessions holding it.
+    Blocking,
+    /// The statements that took the most time (pg_stat_statements).
+    Outliers,
+    /// Estimated table and index bloat.
+    Bloat,
+    /// Dead rows and (auto)vacuum per table.
+    VacuumStats,
+    /// How often each table is read through an index.
+    IndexUsage,
+    /// Client connections of the whole server.
+    Connections,
+    /// Active queries, oldest first.
+    LongRunning,
+    /// Sessions idle inside a transaction, oldest first.
+    IdleInTransaction,
+    /// Indexes never scanned (unique ones excepted), largest first.
+    UnusedIndexes,
+    /// Indexes left invalid (a failed `CREATE INDEX CONCURRENTLY`).
+    InvalidIndexes,
+    /// Buffer cache hit rates of tables and indexes.
+    CacheHit,
+    /// How much of each sequence's range is used.
+    Sequences,
+    /// Transaction ID age of each database.
+    Wraparound,
+    /// Replication slots and the WAL each holds.
+    Slots,
+}
+
+impl ExtrasReport {
+    pub const ALL: [ExtrasReport; 15] = [
+        ExtrasReport::Locks,
+        ExtrasReport::Blocking,
+        ExtrasReport::Outliers,
+        ExtrasReport::Bloat,
+        ExtrasReport::VacuumStats,
+        ExtrasReport::IndexUsage,
+        ExtrasReport::Connections,
+        ExtrasReport::LongRunning,
+        ExtrasReport::IdleInTransaction,
+        ExtrasReport::UnusedIndexes,
+        ExtrasReport::InvalidIndexes,
+        ExtrasReport::CacheHit,
+        ExtrasReport::Sequences,
+        ExtrasReport::Wraparound,
+        ExtrasReport::Slots,
+    ];
+
+    /// Its name in URLs: `vacuum-stats`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExtrasReport::Locks => "locks",
+            ExtrasReport::Blocking => "blocking",
+            ExtrasReport::Outliers => "outliers",
+            ExtrasReport::Bloat => "bloat",
+            ExtrasReport::VacuumStats => "vacuum-stats",
+            ExtrasReport::IndexUsage => "index-usage",
+            ExtrasReport::Connections => "connections",
+            ExtrasReport::LongRunning => "long-running",
+            ExtrasReport::IdleInTransaction => "idle-in-transaction",
+            ExtrasReport::UnusedIndexes => "unused-indexes",
+            ExtrasReport::InvalidIndexes => "invalid-indexes",
+            ExtrasReport::CacheHit => "cache-hit",
+            ExtrasReport::Sequences => "sequences",
+            ExtrasReport::Wraparound => "wraparound",
+            ExtrasReport::Slots => "slots",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A report's answer: column names, then rows of text cells (`None` for
+/// SQL NULL), as PostgreSQL printed each value.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExtrasTable {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl ExtrasTable {
+    /// Cell `column` of row `row`, if the column exists and is not NULL.
+    pub fn cell(&self, row: usize, column: &str) -> Option<&str> {
+        let i = self.columns.iter().position(|c| c == column)?;
+        self.rows.get(row)?.get(i)?.as_deref()
+    }
+
+    /// Cell `column` of row `row` as a number.
+    pub fn number(&self, row: usize, column: &str) -> Option<f64> {
+        self.cell(row, column)?.trim().parse().ok()
+    }
+}
+
+/// A check's verdict, as `pg:diagnose` colours it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Green,
+    Yellow,
+    Red,
+    /// The check could not run (the reason is its message).
+    Skipped,
+}
+
+impl CheckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Green => "green",
+            CheckStatus::Yellow => "yellow",
+            CheckStatus::Red => "red",
+            CheckStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// One check of `pg:diagnose`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Check {
+    /// `connections`, `idle-in-transaction`, ...
+    pub name: String,
+    pub status: CheckStatus,
+    /// One sentence: what was found.
+    pub message: String,
+    /// What it found, one item per line (a session, an index, ...).
+    #[serde(default)]
+    pub details: Vec<String>,
+}
+
+/// `GET /v1/apps/{app}/databases/{db}/diagnose`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Diagnosis {
+    /// The database's colour.
+    pub database: String,
+    pub checks: Vec<Check>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_is_named_in_urls_as_in_json() {
+        for r in ExtrasReport::ALL {
+            let json = serde_json::to_value(r).unwrap();
+            assert_eq!(json, r.as_str(), "{r:?}");
+            assert_eq!(ExtrasReport::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(ExtrasReport::parse("vacuum_stats"), None);
+    }
+
+    #[test]
+    fn report_cells_are_read_by_column() {
+        let t = ExtrasTable {
+            columns: vec!["pid".into(), "secs".into()],
+            rows: vec![vec![Some("42".into()), None]],
+        };
+        assert_eq!(t.cell(0, "pid"), Some("42"));
+        assert_eq!(t.number(0, "pid"), Some(42.0));
+        assert_eq!(t.cell(0, "secs"), None);
+        assert_eq!(t.cell(0, "nope"), None);
+        assert_eq!(t.cell(1, "pid"), None);
+    }
 }

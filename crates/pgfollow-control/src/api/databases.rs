@@ -24,7 +24,8 @@ use crate::views;
 /// How long `pg:info` waits for a database's own numbers.
 const STATS_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn info_of(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> DatabaseInfo {
+/// `pg:info` of one database (also what the dashboard shows).
+pub(crate) async fn info_of(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> DatabaseInfo {
     let agent = ctx.hosts.get(&db.host);
     let running = match &agent {
         Some(a) => a.status(&db.id).await.is_ok_and(|s| s.running),
@@ -106,7 +107,33 @@ async fn info_of(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> DatabaseInf
         behind_by,
         ha_status: ha_status(ctx, state, db).await,
         last_backup: super::backups::last_backup(state, db),
+        copy: match op {
+            Some(o) if status == DatabaseState::Preparing => copy_progress(ctx, &db.host, o).await,
+            _ => None,
+        },
     }
+}
+
+/// Bytes copied so far by the base backup of a follower's provision, as
+/// its agent reports them.
+pub(crate) async fn copy_progress(
+    ctx: &Ctx,
+    host: &str,
+    op: &pgfollow_types::model::OperationRecord,
+) -> Option<pgfollow_types::api::CopyProgress> {
+    if op.kind != OperationKind::Provision {
+        return None;
+    }
+    let agent = ctx.hosts.get(host)?;
+    let call = pgfollow_types::agent::AgentCall::Progress {
+        id: op.database.clone(),
+    };
+    let answer = tokio::time::timeout(STATS_TIMEOUT, agent.call::<Option<(u64, u64)>>(call));
+    let (done, total) = answer.await.ok()?.ok()??;
+    Some(pgfollow_types::api::CopyProgress {
+        done_bytes: done.min(total),
+        total_bytes: total,
+    })
 }
 
 /// `HA Status` of a premium or enterprise primary.
@@ -151,20 +178,29 @@ pub async fn info_all(
 ) -> Result<Json<Vec<DatabaseInfo>>, ApiErr> {
     let state = ctx.store.read()?;
     let a = find_app(&state, &app)?;
+    let dbs = app_databases(&state, a);
+    let mut out = Vec::with_capacity(dbs.len());
+    for d in dbs {
+        out.push(info_of(&ctx, &state, d).await);
+    }
+    Ok(Json(out))
+}
+
+/// The databases `pg:info` shows for app `a`: the main one first, then by
+/// creation.
+pub(crate) fn app_databases<'a>(
+    state: &'a Catalog,
+    a: &pgfollow_types::model::AppRecord,
+) -> Vec<&'a DatabaseRecord> {
     let mut dbs: Vec<&DatabaseRecord> = state
         .databases
         .values()
         .filter(|d| d.desired == Desired::Running && !d.hidden)
         .filter(|d| d.app == a.name || a.attachments.values().any(|id| *id == d.id))
         .collect();
-    // The main database first, then by creation.
     let main = a.attachments.get(views::MAIN_ATTACHMENT).cloned();
     dbs.sort_by_key(|d| (Some(&d.id) != main.as_ref(), d.created_at));
-    let mut out = Vec::with_capacity(dbs.len());
-    for d in dbs {
-        out.push(info_of(&ctx, &state, d).await);
-    }
-    Ok(Json(out))
+    dbs
 }
 
 /// `pg:info` of one database.
@@ -179,7 +215,7 @@ pub async fn info(
     Ok(Json(info_of(&ctx, &state, db).await))
 }
 
-fn available(db: &DatabaseRecord) -> Result<(), ApiErr> {
+pub(crate) fn available(db: &DatabaseRecord) -> Result<(), ApiErr> {
     if db.state == DatabaseState::Available {
         Ok(())
     } else {

@@ -4,8 +4,8 @@ use axum::extract::{Path, State};
 use axum::Json;
 use chrono::Utc;
 use pgfollow_types::agent::AgentRegistration;
-use pgfollow_types::api::{Billing, HostSummary, Operation, ServerStatus};
-use pgfollow_types::model::HostRecord;
+use pgfollow_types::api::{Billing, HostSummary, LagHistory, Operation, ServerStatus};
+use pgfollow_types::model::{HostRecord, OperationRecord, State as Catalog};
 use pgfollow_types::Plan;
 
 use super::Shared;
@@ -17,7 +17,15 @@ use crate::views;
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, body = ServerStatus)))]
 pub async fn status(State(ctx): Shared) -> Result<Json<ServerStatus>, ApiErr> {
     let state = ctx.store.read()?;
-    let hosts = state
+    Ok(Json(ServerStatus {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        hosts: host_summaries(&ctx, &state),
+    }))
+}
+
+/// Every host, as `status` and `hosts` show them.
+pub(crate) fn host_summaries(ctx: &super::Ctx, state: &Catalog) -> Vec<HostSummary> {
+    state
         .hosts
         .values()
         .map(|h| HostSummary {
@@ -35,11 +43,7 @@ pub async fn status(State(ctx): Shared) -> Result<Json<ServerStatus>, ApiErr> {
                 .collect(),
             reachable: ctx.hosts.is_up(&h.name),
         })
-        .collect();
-    Ok(Json(ServerStatus {
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        hosts,
-    }))
+        .collect()
 }
 
 /// An agent on another host registers, and repeats it as its heartbeat.
@@ -144,20 +148,53 @@ pub async fn operation(
         .operations
         .get(&id)
         .ok_or_else(|| ApiErr::not_found(format!("no operation {id}")))?;
-    let database = state
-        .databases
-        .get(&op.database)
-        .map(|d| d.name.clone())
-        .unwrap_or_else(|| op.database.clone());
-    Ok(Json(Operation {
+    Ok(Json(operation_view(&ctx, &state, op).await))
+}
+
+/// An operation as the API shows it; a follower's copy with its bytes.
+pub(crate) async fn operation_view(
+    ctx: &super::Ctx,
+    state: &Catalog,
+    op: &OperationRecord,
+) -> Operation {
+    let db = state.databases.get(&op.database);
+    let copy = match db {
+        Some(d) if op.state.is_active() && d.is_follower() => {
+            super::databases::copy_progress(ctx, &d.host, op).await
+        }
+        _ => None,
+    };
+    Operation {
         id: op.id.clone(),
         kind: op.kind.as_str().to_string(),
-        database,
+        database: db
+            .map(|d| d.name.clone())
+            .unwrap_or_else(|| op.database.clone()),
         state: op.state.as_str().to_string(),
         step: op.done.last().cloned().unwrap_or_else(|| "pending".into()),
         progress_percent: op.progress_percent,
         error: op.last_error.clone(),
         created_at: op.created_at,
         updated_at: op.updated_at,
-    }))
+        app: db.map(|d| d.app.to_string()),
+        color: db.map(|d| d.color.to_string()),
+        copy,
+    }
+}
+
+/// Behind By of the app's followers over the last hour, and the
+/// failovers and changeovers of that hour.
+#[utoipa::path(get, path = "/v1/apps/{app}/lag-history", params(("app" = String, Path)),
+    responses((status = 200, body = LagHistory), (status = 404, body = pgfollow_types::api::ApiError)))]
+pub async fn lag_history(
+    State(ctx): Shared,
+    Path(app): Path<String>,
+) -> Result<Json<LagHistory>, ApiErr> {
+    let state = ctx.store.read()?;
+    let a = find_app(&state, &app)?;
+    Ok(Json(ctx.lag_samples.history(
+        &state,
+        Some(a.name.as_str()),
+        Utc::now(),
+    )))
 }

@@ -5,10 +5,11 @@
 mod addons;
 mod apps;
 mod backups;
-mod databases;
+pub(crate) mod databases;
+mod diagnose;
 mod endpoint;
 mod maintenance;
-mod misc;
+pub(crate) mod misc;
 pub(crate) mod promotion;
 
 use std::sync::Arc;
@@ -43,6 +44,10 @@ pub struct Ctx {
     pub backups: Arc<crate::backups::Backups>,
     /// This replica, when the catalog is in etcd (`serve --etcd`).
     pub replica: Option<Arc<crate::replica::Replica>>,
+    /// Behind By of every follower over the last hour.
+    pub lag_samples: Arc<crate::history::LagSamples>,
+    /// Who is logged in to the web dashboard.
+    pub dashboard_sessions: crate::dashboard::Sessions,
 }
 
 pub type Shared = State<Arc<Ctx>>;
@@ -52,11 +57,12 @@ pub type Shared = State<Arc<Ctx>>;
     info(title = "pgfollow", description = "Follower databases on your own machines: the control plane API. Every request carries `Authorization: Bearer <token>`."),
     paths(
         misc::status, misc::register_host, misc::plans, misc::billing, misc::operation,
+        misc::lag_history,
         apps::list, apps::create, apps::destroy, apps::config, apps::change_config,
         addons::list, addons::create, addons::destroy,
         databases::info_all, databases::info, databases::ps, databases::kill,
         databases::kill_all, databases::credentials, databases::rotate,
-        promotion::unfollow, promotion::promote,
+        promotion::unfollow, promotion::promote, diagnose::diagnose, diagnose::extras,
         maintenance::show, maintenance::set, maintenance::changeover,
         endpoint::show, endpoint::set,
         backups::list, backups::capture, backups::show, backups::download, backups::delete,
@@ -100,6 +106,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             get(apps::config).patch(apps::change_config),
         )
         .route("/apps/{app}/billing", get(misc::billing))
+        .route("/apps/{app}/lag-history", get(misc::lag_history))
         .route("/apps/{app}/addons", get(addons::list).post(addons::create))
         .route(
             "/apps/{app}/addons/{db}",
@@ -120,6 +127,14 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route(
             "/apps/{app}/databases/{db}/credentials/rotate",
             post(databases::rotate),
+        )
+        .route(
+            "/apps/{app}/databases/{db}/diagnose",
+            get(diagnose::diagnose),
+        )
+        .route(
+            "/apps/{app}/databases/{db}/extras/{report}",
+            get(diagnose::extras),
         )
         .route(
             "/apps/{app}/databases/{db}/unfollow",
@@ -177,6 +192,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/health", get(|| async { "ok" }))
         // Its own, read-only token: not behind the admin token's check.
         .route("/metrics", get(crate::metrics::serve))
+        // Its own login and session cookie; read-only.
+        .merge(crate::dashboard::routes())
         .with_state(ctx)
 }
 

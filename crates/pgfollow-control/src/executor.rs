@@ -339,6 +339,13 @@ impl Executor {
                 }
             }
             Action::Bootstrap => agent.bootstrap(&spec).await?,
+            Action::SealArchive => self.seal_archive(state, db).await?,
+            Action::RestoreArchive => {
+                let (rollback, archive) = rollback_of(state, db)?;
+                agent
+                    .archive_restore(&spec, &archive, rollback.target)
+                    .await?
+            }
             Action::CreateSlot => {
                 let l = leader.ok_or_else(|| ApiErr::not_found("its leader is gone"))?;
                 self.hosts
@@ -492,6 +499,30 @@ impl Executor {
             | Action::GiveUp(_) => {}
         }
         Ok(Outcome::Done)
+    }
+
+    /// Before a rollback restores: the source's archive holds every commit
+    /// up to now (when the source still runs; else what was archived is
+    /// all there is).
+    async fn seal_archive(&self, state: &State, db: &DatabaseRecord) -> Result<(), ApiErr> {
+        let (rollback, archive) = rollback_of(state, db)?;
+        let source = state
+            .databases
+            .get(&rollback.source)
+            .filter(|s| s.is_live() && !s.is_follower() && s.state == DatabaseState::Available);
+        let Some(source) = source else {
+            tracing::info!(
+                "{} ({}): its source is not running; restoring from what its archive holds",
+                db.color,
+                db.name
+            );
+            return Ok(());
+        };
+        self.hosts
+            .agent(&source.host)?
+            .archive_seal(&source.id, &archive)
+            .await?;
+        Ok(())
     }
 
     /// A callback that records a base backup's progress on the operation,
@@ -656,6 +687,26 @@ enum Outcome {
     /// The step could not work; the operation goes on another way, marked
     /// by this step name.
     Fallback(&'static str, String),
+}
+
+/// The rollback that makes `db`, and its source's archive.
+fn rollback_of(
+    state: &State,
+    db: &DatabaseRecord,
+) -> Result<
+    (
+        pgfollow_types::archive::RollbackRecord,
+        pgfollow_types::archive::ArchiveSpec,
+    ),
+    ApiErr,
+> {
+    let r = state
+        .rollbacks
+        .get(&db.id)
+        .ok_or_else(|| ApiErr::not_found("the rollback's record is gone"))?;
+    let archive = crate::protection::archive_spec(state, &r.stanza)
+        .ok_or_else(|| ApiErr::not_found(format!("the archive {} is gone", r.stanza)))?;
+    Ok((r.clone(), archive))
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

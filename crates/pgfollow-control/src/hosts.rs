@@ -160,7 +160,12 @@ fn timeout_of(call: &AgentCall) -> Duration {
         AgentCall::Status { .. } => GLANCE,
         AgentCall::Probe { .. } => PROBE,
         AgentCall::Fence { .. } => FENCE,
-        AgentCall::BaseBackup { .. } | AgentCall::Dump { .. } | AgentCall::Restore { .. } => COPY,
+        AgentCall::BaseBackup { .. }
+        | AgentCall::Dump { .. }
+        | AgentCall::Restore { .. }
+        | AgentCall::ArchiveBackup { .. }
+        | AgentCall::ArchiveRestore { .. } => COPY,
+        AgentCall::ArchiveConfigure { .. } | AgentCall::ArchiveSeal { .. } => SLOW,
         AgentCall::EndpointHold { limit_ms, .. }
         | AgentCall::EndpointPauseWithin { limit_ms, .. } => {
             QUICK + Duration::from_millis(*limit_ms)
@@ -479,5 +484,60 @@ impl AgentHandle {
                 }
             }
         }
+    }
+
+    /// Continuous protection: the cluster's archive configuration (and
+    /// its stanza, on a primary).
+    pub async fn archive_configure(
+        &self,
+        id: &str,
+        archive: &pgfollow_types::archive::ArchiveSpec,
+    ) -> Result<(), AgentError> {
+        self.call(AgentCall::ArchiveConfigure {
+            id: id.into(),
+            archive: archive.clone(),
+        })
+        .await
+    }
+
+    /// A full base backup of primary `id`.
+    pub async fn archive_backup(
+        &self,
+        id: &str,
+        archive: &pgfollow_types::archive::ArchiveSpec,
+    ) -> Result<pgfollow_types::archive::ArchiveInfo, AgentError> {
+        self.call(AgentCall::ArchiveBackup {
+            id: id.into(),
+            archive: archive.clone(),
+        })
+        .await
+    }
+
+    /// Everything primary `id` committed until now is in the archive.
+    pub async fn archive_seal(
+        &self,
+        id: &str,
+        archive: &pgfollow_types::archive::ArchiveSpec,
+    ) -> Result<(), AgentError> {
+        self.call(AgentCall::ArchiveSeal {
+            id: id.into(),
+            archive: archive.clone(),
+        })
+        .await
+    }
+
+    /// Cluster `spec` made from `archive` as it was at `target`.
+    pub async fn archive_restore(
+        &self,
+        spec: &ClusterSpec,
+        archive: &pgfollow_types::archive::ArchiveSpec,
+        target: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), AgentError> {
+        self.call(AgentCall::ArchiveRestore {
+            spec: spec.clone(),
+            archive: archive.clone(),
+            target,
+        })
+        .await
     }
 }

@@ -15,6 +15,7 @@ mod hosts;
 mod lag;
 pub mod metrics;
 mod monitor;
+mod protection;
 mod provision;
 mod resolve;
 mod server;

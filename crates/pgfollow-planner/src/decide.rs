@@ -51,6 +51,12 @@ pub enum Action {
     CheckFollower,
     /// Wind an old primary back (`pg_rewind`) so it can follow its successor.
     Rewind,
+    /// Rollback: commit, switch WAL and wait until the source's archive
+    /// has everything up to now.
+    SealArchive,
+    /// Rollback: restore the source's archive as it was at the target into
+    /// this database's cluster, and wait until it has recovered.
+    RestoreArchive,
     /// Start postgres.
     Start,
     /// Create the owner and replication roles and the app's database.
@@ -92,6 +98,8 @@ impl Action {
             Action::Checkpoint => "checkpoint",
             Action::CheckFollower => "check-follower",
             Action::Rewind => "rewind",
+            Action::SealArchive => "seal-archive",
+            Action::RestoreArchive => "restore-archive",
             Action::Start => "start",
             Action::Bootstrap => "bootstrap",
             Action::MarkAvailable => "mark-available",
@@ -140,6 +148,9 @@ pub fn decide(
 ) -> Decision {
     match op.kind {
         OperationKind::Provision if db.is_follower() => decide_follower(db, op, observed, leader),
+        OperationKind::Provision if crate::protection::is_rollback(op) => {
+            decide_rollback(db, op, observed)
+        }
         OperationKind::Provision => decide_provision(db, op, observed),
         OperationKind::Destroy => decide_destroy(db, op, observed, leader),
         OperationKind::Unfollow => decide_unfollow(db, op, observed, leader),
@@ -534,6 +545,44 @@ fn decide_provision(db: &DatabaseRecord, op: &OperationRecord, observed: &Observ
     )
 }
 
+/// A rollback: a new database made from another's archive as it was at a
+/// moment, instead of `initdb`.
+fn decide_rollback(db: &DatabaseRecord, op: &OperationRecord, observed: &Observed) -> Decision {
+    let cluster = match preamble(db, op, observed, "rollback") {
+        Ok(c) => c,
+        Err(d) => return d,
+    };
+    if !op.has_done(Action::SealArchive.step()) {
+        return decision(
+            db,
+            Action::SealArchive,
+            "making sure the source's archive holds everything up to the rollback's moment",
+        );
+    }
+    if !op.has_done(Action::RestoreArchive.step()) {
+        return decision(
+            db,
+            Action::RestoreArchive,
+            "restoring the source's archive as it was at the rollback's moment",
+        );
+    }
+    if !cluster.running {
+        return decision(
+            db,
+            Action::Start,
+            "restored but not running; starting postgres",
+        );
+    }
+    if !op.has_done(Action::Bootstrap.step()) {
+        return decision(
+            db,
+            Action::Bootstrap,
+            "recovered; checking its roles and database",
+        );
+    }
+    decision(db, Action::MarkAvailable, "rolled back; it is available")
+}
+
 fn decide_destroy(
     db: &DatabaseRecord,
     op: &OperationRecord,
@@ -735,6 +784,48 @@ pub(crate) mod tests {
                 &got.action, want,
                 "done {done:?}, failures {failures}, {observed:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_rollback_restores_instead_of_initdb() {
+        use Action::*;
+        let preparing = db(DatabaseState::Preparing, Desired::Running);
+        let table: &[(&[&str], u32, Observed, Action)] = &[
+            (&[], 0, seen(false, false), SealArchive),
+            (&["seal-archive"], 0, seen(false, false), RestoreArchive),
+            // Interrupted during recovery: the restore waits for it again.
+            (&["seal-archive"], 0, seen(true, true), RestoreArchive),
+            (
+                &["seal-archive", "restore-archive"],
+                0,
+                seen(true, false),
+                Start,
+            ),
+            (
+                &["seal-archive", "restore-archive"],
+                0,
+                seen(true, true),
+                Bootstrap,
+            ),
+            (
+                &["seal-archive", "restore-archive", "bootstrap"],
+                0,
+                seen(true, true),
+                MarkAvailable,
+            ),
+            (
+                &["seal-archive"],
+                3,
+                seen(false, false),
+                Fail("initdb: boom".into()),
+            ),
+        ];
+        for (done, failures, observed, want) in table {
+            let mut o = op(OperationKind::Provision, done, *failures);
+            o.subject = Some(crate::rollback_subject("db-0"));
+            let got = decide(&preparing, &o, observed, None);
+            assert_eq!(&got.action, want, "done {done:?}, {observed:?}");
         }
     }
 

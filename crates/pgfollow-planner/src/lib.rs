@@ -9,6 +9,7 @@ mod changeover;
 mod decide;
 mod failover;
 mod ha;
+mod protection;
 mod transition;
 
 pub use backup::{
@@ -28,5 +29,10 @@ pub use failover::{
 };
 pub use ha::{
     ha_verdict, is_suspect, HaLimits, HaObservation, HaVerdict, HUNG, MAX_START_FAILURES,
+};
+pub use protection::{
+    assign_stanzas, base_backup_every, check_rollback_window, desired_stanza, is_rollback,
+    parse_by, parse_to, protection_steps, record_protection, rollback_subject, rollback_target,
+    ProtectAction, ProtectStep,
 };
 pub use transition::{end_billing, forget, step_done};

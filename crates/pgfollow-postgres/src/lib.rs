@@ -21,9 +21,11 @@
 //! - [`replication`]: slots, replay status, repointing, promotion.
 //! - [`walcount`]: exact commits behind at any distance, with a per-segment cache, and the age of the oldest.
 //! - [`basebackup`]: a follower's data directory from `pg_basebackup`.
+//! - [`archive`]: continuous protection with pgBackRest (configuration, base backups, point-in-time restore).
 //! - [`dump`]: logical backups, `pg_dump -Fc` into a file and `pg_restore` from one.
 //! - [`error`]: [`PgError`], the one error type.
 
+pub mod archive;
 pub mod basebackup;
 pub mod binaries;
 pub mod cluster;

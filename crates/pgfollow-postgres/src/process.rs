@@ -18,7 +18,13 @@ use crate::user::OsUser;
 /// `kill_on_drop` set. Callers that must let the program outlive the agent
 /// (`pg_ctl start`) turn `kill_on_drop` off again.
 pub fn command(bin: &PgBinaries, user: &OsUser, tool: &str, cwd: &Path) -> Command {
-    let mut cmd = Command::new(bin.tool(tool));
+    command_of(&bin.tool(tool), bin, user, cwd)
+}
+
+/// [`command`] for a program outside PostgreSQL's own directory (pgBackRest),
+/// with `bin`'s directory first in `PATH`.
+pub fn command_of(program: &Path, bin: &PgBinaries, user: &OsUser, cwd: &Path) -> Command {
+    let mut cmd = Command::new(program);
     let path = format!("{}:/usr/local/bin:/usr/bin:/bin", bin.bindir.display());
     cmd.env_clear()
         .env("PATH", path)

@@ -420,6 +420,34 @@ pub enum AgentCall {
     RestoreProgress {
         file: String,
     },
+    /// Continuous protection: writes the cluster's pgBackRest configuration
+    /// and its `archive_command` for `archive` (reloading a running
+    /// server), and creates the stanza when the cluster is a primary.
+    ArchiveConfigure {
+        id: String,
+        archive: crate::archive::ArchiveSpec,
+    },
+    /// Long: a full base backup of the primary `id` into its stanza
+    /// (pgBackRest then expires what retention no longer needs). Answers
+    /// the stanza's [`crate::archive::ArchiveInfo`].
+    ArchiveBackup {
+        id: String,
+        archive: crate::archive::ArchiveSpec,
+    },
+    /// Commits a transaction on the primary `id`, switches WAL and waits
+    /// until the segment is archived: everything up to now can be restored.
+    ArchiveSeal {
+        id: String,
+        archive: crate::archive::ArchiveSpec,
+    },
+    /// Long: makes cluster `spec` from `archive` as it was at `target`
+    /// (`pgbackrest restore --type=time`), starts it, and waits until it
+    /// has recovered to that moment and is writable. Idempotent.
+    ArchiveRestore {
+        spec: ClusterSpec,
+        archive: crate::archive::ArchiveSpec,
+        target: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 impl AgentCall {
@@ -464,6 +492,10 @@ impl AgentCall {
             AgentCall::Dump { .. } => "dump",
             AgentCall::Restore { .. } => "restore",
             AgentCall::RestoreProgress { .. } => "restore_progress",
+            AgentCall::ArchiveConfigure { .. } => "archive_configure",
+            AgentCall::ArchiveBackup { .. } => "archive_backup",
+            AgentCall::ArchiveSeal { .. } => "archive_seal",
+            AgentCall::ArchiveRestore { .. } => "archive_restore",
         }
     }
 }

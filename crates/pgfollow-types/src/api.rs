@@ -101,6 +101,16 @@ pub struct CreateAddon {
     /// has, or a follower's leader's.
     #[serde(default)]
     pub version: Option<u32>,
+    /// A rollback: the new database is this one (named in any form) as it
+    /// was at `to` or `by` ago, restored from its continuous protection.
+    #[serde(default)]
+    pub rollback: Option<String>,
+    /// With `rollback`: the moment (`2026-12-02 01:50:00 UTC`, RFC 3339).
+    #[serde(default)]
+    pub to: Option<String>,
+    /// With `rollback`: how long ago (`2h`, `90m`, `1d12h`).
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 /// What a database is doing, as users see it.
@@ -230,6 +240,10 @@ pub struct DatabaseInfo {
     /// `b003 (2026-12-01 22:10 UTC, 1.2 MB)`.
     #[serde(default)]
     pub last_backup: Option<LastBackup>,
+    /// Continuous protection (standard, premium, enterprise): how far back
+    /// it can be rolled.
+    #[serde(default)]
+    pub rollback: Option<crate::archive::RollbackInfo>,
 }
 
 /// The newest completed backup of a database, for `pg:info`.

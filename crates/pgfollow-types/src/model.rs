@@ -35,6 +35,15 @@ pub struct State {
     /// The last backup number given per app and kind (`sushi/b` → 3).
     #[serde(default)]
     pub backup_numbers: BTreeMap<String, u32>,
+    /// Continuous protection: each lineage's pgBackRest archive, by stanza.
+    #[serde(default)]
+    pub protection: BTreeMap<String, crate::archive::ProtectionRecord>,
+    /// The stanza each protected database archives into, by database id.
+    #[serde(default)]
+    pub archive_of: BTreeMap<String, String>,
+    /// Databases made by `--rollback`, by database id.
+    #[serde(default)]
+    pub rollbacks: BTreeMap<String, crate::archive::RollbackRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

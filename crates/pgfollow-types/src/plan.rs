@@ -32,6 +32,17 @@ impl Tier {
         }
     }
 
+    /// Days a database can be rolled back (continuous protection with
+    /// pgBackRest): none on hobby, 4 standard, 7 premium, 14 enterprise.
+    pub fn rollback_days(self) -> Option<u32> {
+        match self {
+            Tier::Hobby => None,
+            Tier::Standard => Some(4),
+            Tier::Premium => Some(7),
+            Tier::Enterprise => Some(14),
+        }
+    }
+
     /// Premium and enterprise databases get an HA standby.
     pub fn has_ha(self) -> bool {
         matches!(self, Tier::Premium | Tier::Enterprise)

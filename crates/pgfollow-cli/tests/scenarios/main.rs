@@ -21,6 +21,7 @@ mod metrics;
 mod openapi;
 mod pool_modes;
 mod promotion;
+mod rollback;
 mod security;
 mod spellings;
 mod versions;

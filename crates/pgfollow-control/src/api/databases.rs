@@ -106,6 +106,7 @@ async fn info_of(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> DatabaseInf
         behind_by,
         ha_status: ha_status(ctx, state, db).await,
         last_backup: super::backups::last_backup(state, db),
+        rollback: crate::protection::rollback_info(state, db),
     }
 }
 

@@ -77,35 +77,39 @@ pub fn assign_stanzas(state: &mut State, repo_path: &str, now: DateTime<Utc>) ->
             said.push(format!("{id} is gone: it no longer archives into {stanza}"));
         }
     }
-    let wanted: Vec<(String, String)> = state
-        .databases
-        .values()
-        .filter(|d| !state.archive_of.contains_key(&d.id))
-        .filter_map(|d| desired_stanza(state, d).map(|s| (d.id.clone(), s)))
-        .collect();
-    for (id, stanza) in wanted {
-        let d = &state.databases[&id];
-        said.push(format!(
-            "{} ({} of {}): continuous protection on, archiving into stanza {stanza}",
-            d.color, d.name, d.app
-        ));
-        state
-            .protection
-            .entry(stanza.clone())
-            .or_insert_with(|| ProtectionRecord {
-                stanza: stanza.clone(),
-                created_at: now,
-                repo_path: repo_path.to_string(),
-                repo_host: None,
-                configured: Default::default(),
-                last_full: None,
-                last_full_of: None,
-                info: None,
-                last_error: None,
-                failures: 0,
-                failed_at: None,
-            });
-        state.archive_of.insert(id, stanza);
+    // Twice: an HA standby takes its primary's stanza, which the first
+    // pass may have only just given.
+    for _ in 0..2 {
+        let wanted: Vec<(String, String)> = state
+            .databases
+            .values()
+            .filter(|d| !state.archive_of.contains_key(&d.id))
+            .filter_map(|d| desired_stanza(state, d).map(|s| (d.id.clone(), s)))
+            .collect();
+        for (id, stanza) in wanted {
+            let d = &state.databases[&id];
+            said.push(format!(
+                "{} ({} of {}): continuous protection on, archiving into stanza {stanza}",
+                d.color, d.name, d.app
+            ));
+            state
+                .protection
+                .entry(stanza.clone())
+                .or_insert_with(|| ProtectionRecord {
+                    stanza: stanza.clone(),
+                    created_at: now,
+                    repo_path: repo_path.to_string(),
+                    repo_host: None,
+                    configured: Default::default(),
+                    last_full: None,
+                    last_full_of: None,
+                    info: None,
+                    last_error: None,
+                    failures: 0,
+                    failed_at: None,
+                });
+            state.archive_of.insert(id, stanza);
+        }
     }
     said
 }
@@ -421,7 +425,18 @@ mod tests {
         );
         assert!(kinds(&st, now + Duration::minutes(5)).is_empty());
         let later = now + Duration::hours(24);
-        assert!(kinds(&st, later).contains(&("p".into(), backup.clone())));
+        // Configurations are written again first, then the daily backup.
+        assert_eq!(
+            kinds(&st, later),
+            [
+                ("p".into(), configure.clone()),
+                ("s".into(), configure.clone())
+            ]
+        );
+        let p = st.protection.get_mut("p").unwrap();
+        p.configured.insert("p".into(), later);
+        p.configured.insert("s".into(), later);
+        assert_eq!(kinds(&st, later), [("p".into(), backup.clone())]);
         // A failure waits before the next try.
         let p = st.protection.get_mut("p").unwrap();
         record_protection(p, &step, Err("no".into()), later);

@@ -518,6 +518,30 @@ pub struct Billing {
     pub lines: Vec<BillingLine>,
     /// Sum of `cost_usd`.
     pub total_usd: f64,
+    /// Backup storage per database: logical backups and its lineage's
+    /// continuous-protection archive, against what its plan includes.
+    #[serde(default)]
+    pub backup_storage: Vec<BackupStorageLine>,
+    /// Sum of `extra_usd_per_month`, charged from now on at this rate.
+    #[serde(default)]
+    pub backup_extra_usd_per_month: f64,
+}
+
+/// Backup storage of one database (its logical backups and, on a
+/// protected primary, its lineage's archive).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BackupStorageLine {
+    pub database: String,
+    pub color: Color,
+    /// Its plan, or `-` once the database is gone.
+    pub plan: String,
+    pub logical_bytes: u64,
+    pub archive_bytes: u64,
+    /// Backup storage the plan includes (as much as its data storage).
+    pub included_bytes: u64,
+    /// What the storage beyond that costs per month.
+    pub extra_usd_per_month: f64,
 }
 
 /// What one database has cost so far.

@@ -129,10 +129,18 @@ fn default_slot_wal_keep() -> u32 {
     1024
 }
 
+/// Backup storage beyond what a plan includes, per GB and month.
+pub const BACKUP_STORAGE_USD_PER_GB_MONTH: f64 = 0.02;
+
 /// Seconds in the month that prices are quoted for (30 days).
 pub const SECONDS_PER_BILLING_MONTH: i64 = 30 * 24 * 3600;
 
 impl Plan {
+    /// Backup storage included in the plan: as much as its data storage.
+    pub fn backup_storage_included_bytes(&self) -> u64 {
+        u64::from(self.storage_limit_gb) << 30
+    }
+
     /// The price of `seconds` on this plan, in US dollars.
     pub fn cost_of(&self, seconds: i64) -> f64 {
         f64::from(self.price_per_month) * seconds.max(0) as f64 / SECONDS_PER_BILLING_MONTH as f64

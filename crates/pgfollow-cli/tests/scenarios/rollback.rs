@@ -200,6 +200,15 @@ fn after_a_failover_the_new_primary_archives_into_the_same_stanza() {
         ])
         .success()
     });
+    // A moment on the new timeline, before the new primary's own base
+    // backup: the old primary's backup and WAL across the timeline switch.
+    let on_new_timeline = now_on(&s, "WHITE");
+    let base = s
+        .cli(&["pg:info", "WHITE", "--app", "sushi", "--json"])
+        .ok()
+        .json()["rollback"]["last_base_backup"]
+        .clone();
+    eprintln!("noted {on_new_timeline} on the new timeline; newest base backup then: {base}");
     // The new primary's own base backup, into the same stanza.
     eventually(
         Duration::from_secs(180),
@@ -216,6 +225,15 @@ fn after_a_failover_the_new_primary_archives_into_the_same_stanza() {
     std::thread::sleep(Duration::from_millis(300));
     psql(&s, "sushi", "WHITE", "insert into w values (40)");
 
+    let first = rollback(&s, "WHITE", &on_new_timeline);
+    assert_eq!(
+        count(&s, &first, "select count(*) from w where id = 20"),
+        "1"
+    );
+    assert_eq!(
+        count(&s, &first, "select count(*) from w where id = 30"),
+        "0"
+    );
     let back = rollback(&s, "WHITE", &noted);
     assert_eq!(
         count(&s, &back, "select count(*) from w where id in (20, 30)"),
@@ -235,7 +253,7 @@ fn after_a_failover_the_new_primary_archives_into_the_same_stanza() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    // WHITE's lineage (one stanza for both primaries), and the rollback's
-    // own once it is protected.
-    assert!(!stanzas.is_empty() && stanzas.len() <= 2, "{stanzas:?}");
+    // WHITE's lineage (one stanza for both primaries), and the rollbacks'
+    // own once they are protected.
+    assert!(!stanzas.is_empty() && stanzas.len() <= 3, "{stanzas:?}");
 }

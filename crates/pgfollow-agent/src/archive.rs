@@ -1,4 +1,4 @@
-//! Continuous protection through the agent: pgBackRest run as the agent's
+//! Continuous protection and major-version upgrades through the agent: pgBackRest run as the agent's
 //! OS user for the clusters on this host (configuration and
 //! `archive_command`, base backups, sealing the archive, point-in-time
 //! restore into a new cluster). The repository is named by the control
@@ -94,5 +94,34 @@ impl Agent {
         Ok(cluster
             .restore_from_archive(spec, archive, target, &program)
             .await?)
+    }
+}
+
+impl Agent {
+    /// `pg_upgrade` of cluster `id` (its major from `PG_VERSION`) to
+    /// `major`, in place; the milliseconds it took.
+    pub async fn upgrade(&self, id: &str, major: u32) -> Result<u64, AgentError> {
+        let new = self.binaries_of(major)?;
+        let took = self.cluster(id)?.upgrade(&new).await?;
+        Ok(took.as_millis() as u64)
+    }
+
+    /// The same on a throwaway copy.
+    pub async fn upgrade_dry_run(
+        &self,
+        id: &str,
+        major: u32,
+        host: &str,
+        replication: &pgfollow_types::agent::RoleSecret,
+    ) -> Result<pgfollow_types::agent::UpgradeReport, AgentError> {
+        let new = self.binaries_of(major)?;
+        let r = self
+            .cluster(id)?
+            .upgrade_dry_run(&new, host, replication)
+            .await?;
+        Ok(pgfollow_types::agent::UpgradeReport {
+            copy_ms: r.copy.as_millis() as u64,
+            upgrade_ms: r.upgrade.as_millis() as u64,
+        })
     }
 }

@@ -176,6 +176,17 @@ pub async fn dispatch(agent: &Agent, call: AgentCall) -> Result<serde_json::Valu
             archive,
             target,
         } => json(agent.archive_restore(&spec, &archive, target).await?),
+        AgentCall::Upgrade { id, major } => json(agent.upgrade(&id, major).await?),
+        AgentCall::UpgradeDryRun {
+            id,
+            major,
+            host,
+            replication,
+        } => json(
+            agent
+                .upgrade_dry_run(&id, major, &host, &replication)
+                .await?,
+        ),
         AgentCall::Probe { id } => json(agent.probe(&id).await?),
     }
 }

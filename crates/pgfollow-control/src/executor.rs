@@ -340,6 +340,40 @@ impl Executor {
             }
             Action::Bootstrap => agent.bootstrap(&spec).await?,
             Action::SealArchive => self.seal_archive(state, db).await?,
+            Action::Upgrade | Action::UpgradeDryRun => {
+                let op = op.ok_or_else(|| ApiErr::internal("an upgrade without its operation"))?;
+                let (major, _) = pgfollow_planner::upgrade_target(op)
+                    .ok_or_else(|| ApiErr::bad_request("the upgrade names no version"))?;
+                let report = if *action == Action::Upgrade {
+                    let ms = agent.upgrade(&db.id, major).await?;
+                    format!(
+                        "upgraded from PostgreSQL {} to {major}: pg_upgrade took {:.1} s",
+                        db.pg_major,
+                        ms as f64 / 1000.0
+                    )
+                } else {
+                    let host = crate::provision::host_address(state, &db.host);
+                    let r = agent
+                        .upgrade_dry_run(&db.id, major, &host, &db.replication)
+                        .await?;
+                    format!(
+                        "a copy of {} upgraded from PostgreSQL {} to {major} in {:.1} s (copying it took {:.1} s more); {} itself was not touched",
+                        db.color,
+                        db.pg_major,
+                        r.upgrade_ms as f64 / 1000.0,
+                        r.copy_ms as f64 / 1000.0,
+                        db.color
+                    )
+                };
+                tracing::info!("{} ({}): {report}", db.color, db.name);
+                let id = op.id.clone();
+                self.store.update(|st| {
+                    if let Some(o) = st.operations.get_mut(&id) {
+                        o.reason = Some(report.clone());
+                    }
+                    Ok(())
+                })?;
+            }
             Action::RestoreArchive => {
                 let (rollback, archive) = rollback_of(state, db)?;
                 agent

@@ -164,7 +164,9 @@ fn timeout_of(call: &AgentCall) -> Duration {
         | AgentCall::Dump { .. }
         | AgentCall::Restore { .. }
         | AgentCall::ArchiveBackup { .. }
-        | AgentCall::ArchiveRestore { .. } => COPY,
+        | AgentCall::ArchiveRestore { .. }
+        | AgentCall::Upgrade { .. }
+        | AgentCall::UpgradeDryRun { .. } => COPY,
         AgentCall::ArchiveConfigure { .. } | AgentCall::ArchiveSeal { .. } => SLOW,
         AgentCall::EndpointHold { limit_ms, .. }
         | AgentCall::EndpointPauseWithin { limit_ms, .. } => {
@@ -537,6 +539,32 @@ impl AgentHandle {
             spec: spec.clone(),
             archive: archive.clone(),
             target,
+        })
+        .await
+    }
+
+    /// `pg_upgrade` of cluster `id` to `major` in place; milliseconds.
+    pub async fn upgrade(&self, id: &str, major: u32) -> Result<u64, AgentError> {
+        self.call(AgentCall::Upgrade {
+            id: id.into(),
+            major,
+        })
+        .await
+    }
+
+    /// A dry-run upgrade on a throwaway copy of `db`'s cluster.
+    pub async fn upgrade_dry_run(
+        &self,
+        id: &str,
+        major: u32,
+        host: &str,
+        replication: &pgfollow_types::agent::RoleSecret,
+    ) -> Result<pgfollow_types::agent::UpgradeReport, AgentError> {
+        self.call(AgentCall::UpgradeDryRun {
+            id: id.into(),
+            major,
+            host: host.into(),
+            replication: replication.clone(),
         })
         .await
     }

@@ -57,6 +57,10 @@ pub enum Action {
     /// Rollback: restore the source's archive as it was at the target into
     /// this database's cluster, and wait until it has recovered.
     RestoreArchive,
+    /// `pg_upgrade` of the stopped cluster to the operation's major, in place.
+    Upgrade,
+    /// `pg_upgrade` of a throwaway copy, timed; the database keeps running.
+    UpgradeDryRun,
     /// Start postgres.
     Start,
     /// Create the owner and replication roles and the app's database.
@@ -100,6 +104,8 @@ impl Action {
             Action::Rewind => "rewind",
             Action::SealArchive => "seal-archive",
             Action::RestoreArchive => "restore-archive",
+            Action::Upgrade => "upgrade",
+            Action::UpgradeDryRun => "upgrade-dry-run",
             Action::Start => "start",
             Action::Bootstrap => "bootstrap",
             Action::MarkAvailable => "mark-available",
@@ -168,6 +174,7 @@ pub fn decide(
             "its endpoints hold new transactions while the HA monitor suspects it is lost",
         ),
         OperationKind::Changeover => decision(db, Action::Wait, "a changeover to it is under way"),
+        OperationKind::Upgrade => decide_upgrade(db, op, observed),
         // backups branch: carried out by the control plane's backups loop.
         OperationKind::Backup | OperationKind::Restore => decision(
             db,
@@ -545,6 +552,68 @@ fn decide_provision(db: &DatabaseRecord, op: &OperationRecord, observed: &Observ
     )
 }
 
+/// The major a `pg:upgrade` goes to, and whether it is a dry run.
+pub fn upgrade_target(op: &OperationRecord) -> Option<(u32, bool)> {
+    let subject = op.subject.as_deref()?;
+    let (dry, major) = match subject.split_once(':')? {
+        ("upgrade", m) => (false, m),
+        ("dry-run", m) => (true, m),
+        _ => return None,
+    };
+    Some((major.parse().ok()?, dry))
+}
+
+/// `pg:upgrade`: a dry run on a copy, or (once it follows nothing)
+/// pg_upgrade in place, start on the new major, available.
+fn decide_upgrade(db: &DatabaseRecord, op: &OperationRecord, observed: &Observed) -> Decision {
+    let cluster = match preamble(db, op, observed, "upgrade") {
+        Ok(c) => c,
+        Err(d) => return d,
+    };
+    let Some((major, dry)) = upgrade_target(op) else {
+        return decision(
+            db,
+            Action::GiveUp("the upgrade names no version".into()),
+            "the upgrade names no version; giving up",
+        );
+    };
+    if dry {
+        if !cluster.running {
+            return decision(db, Action::Wait, "waits for it to run before the dry run");
+        }
+        return decision(
+            db,
+            Action::UpgradeDryRun,
+            format!("dry run: upgrading a throwaway copy to PostgreSQL {major}"),
+        );
+    }
+    if db.is_follower() {
+        return decision(db, Action::Wait, "waits until it has stopped following");
+    }
+    if !op.has_done(Action::Upgrade.step()) {
+        return decision(
+            db,
+            Action::Upgrade,
+            format!(
+                "stopping it and upgrading it from PostgreSQL {} to {major} with pg_upgrade",
+                db.pg_major
+            ),
+        );
+    }
+    if !cluster.running {
+        return decision(
+            db,
+            Action::Start,
+            format!("upgraded; starting it on PostgreSQL {major}"),
+        );
+    }
+    decision(
+        db,
+        Action::MarkAvailable,
+        format!("running PostgreSQL {major}; it is available"),
+    )
+}
+
 /// A rollback: a new database made from another's archive as it was at a
 /// moment, instead of `initdb`.
 fn decide_rollback(db: &DatabaseRecord, op: &OperationRecord, observed: &Observed) -> Decision {
@@ -784,6 +853,50 @@ pub(crate) mod tests {
                 &got.action, want,
                 "done {done:?}, failures {failures}, {observed:?}"
             );
+        }
+    }
+
+    #[test]
+    fn an_upgrade_waits_for_the_unfollow_then_upgrades_starts_and_is_available() {
+        use Action::*;
+        let mut follower = db(DatabaseState::Preparing, Desired::Running);
+        follower.following = Some("db-0".into());
+        let fork = db(DatabaseState::Preparing, Desired::Running);
+        let table: &[(&DatabaseRecord, &str, &[&str], Observed, Action)] = &[
+            (&follower, "upgrade:18", &[], seen(true, true), Wait),
+            (&fork, "upgrade:18", &[], seen(true, true), Upgrade),
+            // Interrupted pg_upgrade: the step runs again (it starts over).
+            (&fork, "upgrade:18", &[], seen(true, false), Upgrade),
+            (&fork, "upgrade:18", &["upgrade"], seen(true, false), Start),
+            (
+                &fork,
+                "upgrade:18",
+                &["upgrade", "start"],
+                seen(true, true),
+                MarkAvailable,
+            ),
+            (&fork, "dry-run:18", &[], seen(true, true), UpgradeDryRun),
+            (
+                &follower,
+                "dry-run:18",
+                &[],
+                seen(true, true),
+                UpgradeDryRun,
+            ),
+            (&fork, "dry-run:18", &[], seen(true, false), Wait),
+            (
+                &fork,
+                "sideways:18",
+                &[],
+                seen(true, true),
+                GiveUp("the upgrade names no version".into()),
+            ),
+        ];
+        for (d, subject, done, observed, want) in table {
+            let mut o = op(OperationKind::Upgrade, done, 0);
+            o.subject = Some(subject.to_string());
+            let got = decide(d, &o, observed, None);
+            assert_eq!(&got.action, want, "{subject} {done:?} {observed:?}");
         }
     }
 

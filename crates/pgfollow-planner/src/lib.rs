@@ -20,8 +20,8 @@ pub use changeover::{
     hand_over_standby, recover_changeover, ChangeoverRecovery, CHANGEOVER_SWITCH,
 };
 pub use decide::{
-    commit_password, decide, follower_fell_off, is_caught_up, reconcile, Action, Decision,
-    Observed, CAUGHT_UP_COMMITS, MAX_STEP_FAILURES, REWIND_FAILED, SLOT_LEFT,
+    commit_password, decide, follower_fell_off, is_caught_up, reconcile, upgrade_target, Action,
+    Decision, Observed, CAUGHT_UP_COMMITS, MAX_STEP_FAILURES, REWIND_FAILED, SLOT_LEFT,
 };
 pub use failover::{
     decide_failover, is_promoted, orphaned_holds, self_fence_is_certain, switch_roles,

@@ -38,8 +38,9 @@ pub fn is_rollback(op: &OperationRecord) -> bool {
 }
 
 /// The stanza `db` should archive into: the one it has; an HA standby's
-/// primary's (the lineage goes on after a failover); its own id for a
-/// primary on a plan with a rollback window. Followers, hobby databases
+/// primary's (the lineage goes on after a failover); its own id and major
+/// (`db-000001-3f9a-pg15`: an upgrade starts a new lineage) for a primary
+/// on a plan with a rollback window. Followers, hobby databases
 /// and databases being removed have none.
 pub fn desired_stanza(state: &State, db: &DatabaseRecord) -> Option<String> {
     if !db.is_live() || db.plan.tier.rollback_days().is_none() {
@@ -55,7 +56,7 @@ pub fn desired_stanza(state: &State, db: &DatabaseRecord) -> Option<String> {
             .and_then(|l| state.archive_of.get(l))
             .cloned();
     }
-    (!db.is_follower()).then(|| db.id.clone())
+    (!db.is_follower()).then(|| format!("{}-pg{}", db.id, db.pg_major))
 }
 
 /// Gives every database the stanza it should have (a new lineage gets its
@@ -132,6 +133,15 @@ pub struct ProtectStep {
     pub sentence: String,
 }
 
+/// Whether an operation of its own (an unfollow, an upgrade, a failover)
+/// is working on database `id`: protection waits for it.
+fn is_busy(state: &State, id: &str) -> bool {
+    state
+        .operations
+        .values()
+        .any(|o| o.database == id && o.state.is_active() && !o.kind.runs_beside())
+}
+
 /// The next step for every protected database that needs one now.
 pub fn protection_steps(state: &State, now: DateTime<Utc>) -> Vec<ProtectStep> {
     let mut steps = Vec::new();
@@ -139,7 +149,7 @@ pub fn protection_steps(state: &State, now: DateTime<Utc>) -> Vec<ProtectStep> {
         let (Some(db), Some(p)) = (state.databases.get(id), state.protection.get(stanza)) else {
             continue;
         };
-        if !db.is_live() || db.state != DatabaseState::Available {
+        if !db.is_live() || db.state != DatabaseState::Available || is_busy(state, id) {
             continue;
         }
         if p.failed_at
@@ -365,19 +375,19 @@ mod tests {
             .collect();
         // The HA standby shares its primary's lineage; a plain follower,
         // a hobby database and a destroyed one archive nothing.
-        assert_eq!(got, [("p", "p"), ("s", "p")], "{said:?}");
-        assert_eq!(st.protection["p"].repo_path, "/repo");
+        assert_eq!(got, [("p", "p-pg15"), ("s", "p-pg15")], "{said:?}");
+        assert_eq!(st.protection["p-pg15"].repo_path, "/repo");
         // After a failover the roles swap but the stanza stays.
         st.databases.get_mut("s").unwrap().hidden = false;
         st.databases.get_mut("s").unwrap().following = None;
         st.databases.get_mut("p").unwrap().hidden = true;
         st.databases.get_mut("p").unwrap().following = Some("s".into());
         assert!(assign_stanzas(&mut st, "/repo", at(3, 0)).is_empty());
-        assert_eq!(st.archive_of["s"], "p");
+        assert_eq!(st.archive_of["s"], "p-pg15");
         // An unfollowed follower (a fork) starts a lineage of its own.
         st.databases.get_mut("f").unwrap().following = None;
         assign_stanzas(&mut st, "/repo", at(3, 0));
-        assert_eq!(st.archive_of["f"], "f");
+        assert_eq!(st.archive_of["f"], "f-pg15");
     }
 
     #[test]
@@ -404,9 +414,21 @@ mod tests {
                 ("s".into(), configure.clone())
             ]
         );
-        let p = st.protection.get_mut("p").unwrap();
+        let p = st.protection.get_mut("p-pg15").unwrap();
         p.configured.insert("p".into(), now);
         p.configured.insert("s".into(), now);
+        // An operation of its own (here an upgrade) comes first.
+        let mut busy = st.clone();
+        busy.operations.insert(
+            "op-9".into(),
+            pgfollow_types::model::OperationRecord::new(
+                "op-9",
+                pgfollow_types::model::OperationKind::Upgrade,
+                "p",
+                now,
+            ),
+        );
+        assert!(kinds(&busy, now).is_empty());
         // Only the primary is backed up, and only once a day.
         assert_eq!(kinds(&st, now), [("p".into(), backup.clone())]);
         let step = protection_steps(&st, now).remove(0);
@@ -418,7 +440,7 @@ mod tests {
             newest_bytes: 5,
         };
         record_protection(
-            st.protection.get_mut("p").unwrap(),
+            st.protection.get_mut("p-pg15").unwrap(),
             &step,
             Ok(Some(info)),
             now,
@@ -433,18 +455,18 @@ mod tests {
                 ("s".into(), configure.clone())
             ]
         );
-        let p = st.protection.get_mut("p").unwrap();
+        let p = st.protection.get_mut("p-pg15").unwrap();
         p.configured.insert("p".into(), later);
         p.configured.insert("s".into(), later);
         assert_eq!(kinds(&st, later), [("p".into(), backup.clone())]);
         // A failure waits before the next try.
-        let p = st.protection.get_mut("p").unwrap();
+        let p = st.protection.get_mut("p-pg15").unwrap();
         record_protection(p, &step, Err("no".into()), later);
         assert!(kinds(&st, later + Duration::seconds(10)).is_empty());
-        assert_eq!(st.protection["p"].last_error.as_deref(), Some("no"));
+        assert_eq!(st.protection["p-pg15"].last_error.as_deref(), Some("no"));
         // The new primary after a failover gets a base backup of its own.
         let mut st2 = st.clone();
-        let p = st2.protection.get_mut("p").unwrap();
+        let p = st2.protection.get_mut("p-pg15").unwrap();
         p.failed_at = None;
         p.last_full = Some(now + Duration::hours(23));
         p.last_full_of = Some("s".into());

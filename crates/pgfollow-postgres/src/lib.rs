@@ -23,6 +23,7 @@
 //! - [`basebackup`]: a follower's data directory from `pg_basebackup`.
 //! - [`archive`]: continuous protection with pgBackRest (configuration, base backups, point-in-time restore).
 //! - [`dump`]: logical backups, `pg_dump -Fc` into a file and `pg_restore` from one.
+//! - [`upgrade`]: major-version upgrades with `pg_upgrade`, in place or as a dry run on a copy.
 //! - [`error`]: [`PgError`], the one error type.
 
 pub mod archive;
@@ -39,6 +40,7 @@ pub mod process;
 pub mod replication;
 pub mod rewind;
 pub mod sql;
+pub mod upgrade;
 pub mod user;
 pub mod walcount;
 

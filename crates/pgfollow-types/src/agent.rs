@@ -448,6 +448,29 @@ pub enum AgentCall {
         archive: crate::archive::ArchiveSpec,
         target: chrono::DateTime<chrono::Utc>,
     },
+    /// Long: upgrades cluster `id` in place to PostgreSQL `major` with
+    /// `pg_upgrade --copy` and leaves it stopped. Idempotent. Answers the
+    /// milliseconds pg_upgrade took.
+    Upgrade {
+        id: String,
+        major: u32,
+    },
+    /// Long: the same on a throwaway copy (`pg_basebackup` as
+    /// `replication` from `host`); the cluster keeps running. Answers
+    /// [`UpgradeReport`].
+    UpgradeDryRun {
+        id: String,
+        major: u32,
+        host: String,
+        replication: RoleSecret,
+    },
+}
+
+/// How long a dry-run upgrade's parts took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeReport {
+    pub copy_ms: u64,
+    pub upgrade_ms: u64,
 }
 
 impl AgentCall {
@@ -496,6 +519,8 @@ impl AgentCall {
             AgentCall::ArchiveBackup { .. } => "archive_backup",
             AgentCall::ArchiveSeal { .. } => "archive_seal",
             AgentCall::ArchiveRestore { .. } => "archive_restore",
+            AgentCall::Upgrade { .. } => "upgrade",
+            AgentCall::UpgradeDryRun { .. } => "upgrade_dry_run",
         }
     }
 }

@@ -576,4 +576,34 @@ pub struct Operation {
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// What it found, when it reports something (a dry-run upgrade: how
+    /// long it took).
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// `POST /v1/apps/{app}/databases/{db}/upgrade`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UpgradeRequest {
+    /// The PostgreSQL major to upgrade to (`18`).
+    pub version: u32,
+    /// Upgrade a throwaway copy and report how long it took; the database
+    /// is not touched.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The app's name typed back (needed unless `dry_run`).
+    #[serde(default)]
+    pub confirm: Option<String>,
+}
+
+/// `POST .../upgrade` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UpgradeResponse {
+    pub name: String,
+    pub color: Color,
+    /// The upgrade (or dry run) operation; a follower's unfollow runs first.
+    pub operation: String,
+    pub message: String,
 }

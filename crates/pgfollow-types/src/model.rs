@@ -213,6 +213,10 @@ pub enum OperationKind {
     /// transactions (so clients wait rather than fail) until it is judged
     /// healthy again or a failover takes the hold over.
     Hold,
+    /// `pg:upgrade`: `pg_upgrade` to a newer major (`subject`:
+    /// `upgrade:18`), or a dry run of it on a throwaway copy
+    /// (`dry-run:18`; `reason` then says how long it took).
+    Upgrade,
 }
 
 impl OperationKind {
@@ -228,6 +232,7 @@ impl OperationKind {
             OperationKind::Rotate => "rotate",
             OperationKind::Backup => "backup",
             OperationKind::Restore => "restore",
+            OperationKind::Upgrade => "upgrade",
             OperationKind::Hold => "hold",
         }
     }

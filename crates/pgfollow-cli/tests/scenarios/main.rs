@@ -24,4 +24,5 @@ mod promotion;
 mod rollback;
 mod security;
 mod spellings;
+mod upgrade;
 mod versions;

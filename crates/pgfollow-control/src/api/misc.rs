@@ -147,5 +147,6 @@ pub async fn operation(
         error: op.last_error.clone(),
         created_at: op.created_at,
         updated_at: op.updated_at,
+        detail: op.reason.clone(),
     }))
 }

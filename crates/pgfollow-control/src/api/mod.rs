@@ -10,6 +10,7 @@ mod endpoint;
 mod maintenance;
 mod misc;
 pub(crate) mod promotion;
+mod upgrade;
 
 use std::sync::Arc;
 
@@ -55,7 +56,7 @@ pub type Shared = State<Arc<Ctx>>;
         addons::list, addons::create, addons::destroy,
         databases::info_all, databases::info, databases::ps, databases::kill,
         databases::kill_all, databases::credentials, databases::rotate,
-        promotion::unfollow, promotion::promote,
+        promotion::unfollow, promotion::promote, upgrade::upgrade,
         maintenance::show, maintenance::set, maintenance::changeover,
         endpoint::show, endpoint::set,
         backups::list, backups::capture, backups::show, backups::download, backups::delete,
@@ -128,6 +129,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             "/apps/{app}/databases/{db}/promote",
             post(promotion::promote),
         )
+        .route("/apps/{app}/databases/{db}/upgrade", post(upgrade::upgrade))
         .route(
             "/apps/{app}/databases/{db}/changeover",
             post(maintenance::changeover),

@@ -34,7 +34,7 @@ fn installed() -> Option<&'static (PathBuf, (u32, u32))> {
 impl Agent {
     /// pgBackRest, if it can protect a cluster of PostgreSQL `major`.
     fn pgbackrest_for(&self, major: u32) -> Result<PathBuf, AgentError> {
-        let refuse = |why: String| AgentError::Postgres(PgError::InvalidSpec(why));
+        let refuse = |why: String| AgentError::Postgres(PgError::Protection(why));
         let Some((path, version)) = installed() else {
             return Err(refuse(format!(
                 "pgBackRest is not installed on host {}: install Debian's `pgbackrest` package there (scripts/install-deps does) and restart its agent",

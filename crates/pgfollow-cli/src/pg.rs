@@ -205,14 +205,13 @@ pub fn info_block(db: &DatabaseInfo) -> String {
 
 /// `earliest from 2026-12-02 01:50 UTC`, else why not yet.
 fn rollback_label(r: &pgfollow_types::archive::RollbackInfo) -> String {
-    match (r.earliest, &r.detail) {
-        (Some(t), None) => format!("earliest from {}", t.format("%Y-%m-%d %H:%M:%S UTC")),
-        (Some(t), Some(d)) => format!(
-            "earliest from {} (last step failed: {d})",
-            t.format("%Y-%m-%d %H:%M:%S UTC")
-        ),
-        (None, Some(d)) => format!("not yet ({d})"),
-        (None, None) => "not yet".to_string(),
+    let at = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    match (r.earliest, &r.error, &r.detail) {
+        (Some(t), None, _) => format!("earliest from {}", at(t)),
+        (Some(t), Some(e), _) => format!("earliest from {} (its last step failed: {e})", at(t)),
+        (None, Some(e), _) => format!("unavailable: {e}"),
+        (None, None, Some(d)) => format!("not yet ({d})"),
+        (None, None, None) => "not yet".to_string(),
     }
 }
 

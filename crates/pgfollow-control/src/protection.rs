@@ -56,20 +56,20 @@ pub fn rollback_info(state: &State, db: &DatabaseRecord) -> Option<RollbackInfo>
         return Some(RollbackInfo {
             earliest: None,
             detail: Some("starting".into()),
+            error: None,
             last_base_backup: None,
             last_base_backup_bytes: None,
             repo_bytes: None,
         });
     };
     let info = p.info.as_ref();
-    let detail = match (&p.last_error, info.and_then(|i| i.earliest)) {
-        (Some(e), _) => Some(e.clone()),
-        (None, None) => Some("its first base backup is under way".into()),
-        (None, Some(_)) => None,
-    };
+    let earliest = info.and_then(|i| i.earliest);
     Some(RollbackInfo {
-        earliest: info.and_then(|i| i.earliest),
-        detail,
+        earliest,
+        detail: earliest
+            .is_none()
+            .then(|| "its first base backup is under way".to_string()),
+        error: p.last_error.clone(),
         last_base_backup: p.last_full,
         last_base_backup_bytes: info.map(|i| i.newest_bytes),
         repo_bytes: info.map(|i| i.repo_bytes),

@@ -478,7 +478,12 @@ mod tests {
     #[test]
     fn rollback_targets_from_to_and_by() {
         let now = at(3, 0);
-        let rows: &[(Option<&str>, Option<&str>, Result<DateTime<Utc>, &str>)] = &[
+        type Row<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            Result<DateTime<Utc>, &'a str>,
+        );
+        let rows: &[Row] = &[
             (None, Some("2h"), Ok(at(1, 0))),
             (None, Some("1h30m"), Ok(at(1, 30))),
             (None, Some("90s"), Ok(now - Duration::seconds(90))),
@@ -505,7 +510,8 @@ mod tests {
     #[test]
     fn the_window_runs_from_the_oldest_base_backup_to_now() {
         let now = at(3, 0);
-        let rows: &[(DateTime<Utc>, Option<DateTime<Utc>>, Option<&str>)] = &[
+        type Row<'a> = (DateTime<Utc>, Option<DateTime<Utc>>, Option<&'a str>);
+        let rows: &[Row] = &[
             (at(2, 0), Some(at(1, 0)), None),
             (at(1, 0), Some(at(1, 0)), None),
             (now, Some(at(1, 0)), None),

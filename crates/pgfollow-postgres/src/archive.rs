@@ -248,7 +248,7 @@ impl Cluster {
             .and_then(|r| r.try_get(0))
             .map_err(PgError::sql("asking archive_mode"))?;
         if mode == "off" {
-            return Err(PgError::InvalidSpec(format!(
+            return Err(PgError::Protection(format!(
                 "cluster {} runs with archive_mode off (it was started by an older pgfollow): \
                  restart it (pgfollow restarts it when its host's agent restarts) to protect it",
                 self.root().display()
@@ -299,7 +299,7 @@ impl Cluster {
         cmd.args(["--output=json", "info"]);
         let out = process::run(cmd, "pgbackrest info", QUICK).await?;
         let mut info = parse_info(&String::from_utf8_lossy(&out.stdout), &archive.stanza)
-            .map_err(PgError::InvalidSpec)?;
+            .map_err(PgError::Protection)?;
         if archive.repo_host.is_none() {
             let repo = Path::new(&archive.repo_path);
             info.repo_bytes = tree_bytes(&repo.join("archive").join(&archive.stanza))
@@ -406,7 +406,7 @@ impl Cluster {
                 }
             }
             if started.elapsed() >= RECOVERY_LIMIT {
-                return Err(PgError::InvalidSpec(format!(
+                return Err(PgError::Protection(format!(
                     "recovery of {} did not end within {} s",
                     self.root().display(),
                     RECOVERY_LIMIT.as_secs()

@@ -92,9 +92,12 @@ pub struct RollbackInfo {
     /// The earliest moment a rollback can reach; none until the first base
     /// backup is done.
     pub earliest: Option<DateTime<Utc>>,
-    /// Why there is no protection, or what it waits for.
+    /// What it waits for.
     #[serde(default)]
     pub detail: Option<String>,
+    /// Why its last step failed (it is tried again).
+    #[serde(default)]
+    pub error: Option<String>,
     /// The newest base backup's end and size.
     #[serde(default)]
     pub last_base_backup: Option<DateTime<Utc>>,

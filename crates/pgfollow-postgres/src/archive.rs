@@ -161,7 +161,11 @@ pub fn parse_info(json: &str, stanza: &str) -> Result<ArchiveInfo, String> {
     let at = |t: i64| DateTime::<Utc>::from_timestamp(t, 0);
     let newest = backups.iter().max_by_key(|b| b.0);
     Ok(ArchiveInfo {
-        earliest: backups.iter().map(|b| b.0).min().and_then(at),
+        // pgBackRest keeps stop times in whole seconds and restores to a
+        // moment only from a backup that stopped strictly before it (in
+        // whole seconds too): the second after the oldest stop is the
+        // earliest moment that works.
+        earliest: backups.iter().map(|b| b.0 + 1).min().and_then(at),
         newest: newest.and_then(|b| at(b.0)),
         backups: backups.len() as u32,
         repo_bytes: 0,
@@ -338,6 +342,8 @@ impl Cluster {
         self.prepare_dirs()?;
         let config = self.root().join(RESTORE_CONF);
         if !self.is_initialized() {
+            // A restore an earlier agent left running writes where this one will.
+            process::kill_leftovers(&["pgbackrest"], self.root());
             self.clear_leftovers()?;
             let work = self.root().join(PGBACKREST_DIR);
             files::ensure_dir(&work, 0o700, self.user())?;
@@ -503,7 +509,7 @@ mod tests {
         ]},{"name":"other","backup":[]}]"#;
         let info = parse_info(json, "s1").unwrap();
         assert_eq!(info.backups, 2);
-        assert_eq!(info.earliest.unwrap().timestamp(), 1796175534);
+        assert_eq!(info.earliest.unwrap().timestamp(), 1796175535);
         assert_eq!(info.newest.unwrap().timestamp(), 1796261934);
         assert_eq!(info.newest_bytes, 4000000);
         assert_eq!(parse_info(json, "other").unwrap().earliest, None);

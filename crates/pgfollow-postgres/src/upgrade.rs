@@ -139,7 +139,12 @@ impl Cluster {
             return Ok(Duration::ZERO);
         }
         let port = self.port()?;
+        // What an earlier agent's pg_upgrade left running goes first: the
+        // tool itself, then the servers it started (the old one is this
+        // cluster's postmaster, which `stop` ends).
+        process::kill_leftovers(&["pg_upgrade", "initdb"], self.root());
         self.stop(StopMode::Fast).await?;
+        process::kill_leftovers(&["postgres", "pg_ctl"], &staged);
         // No archiving while pg_upgrade runs the old server: the upgraded
         // database is a new lineage with a stanza of its own.
         let archive = self.root().join(conf::ARCHIVE_CONF);
@@ -190,11 +195,13 @@ impl Cluster {
         dir: &Path,
     ) -> Result<DryRun, PgError> {
         let port = self.port()?;
-        // A stopped copy left by an interrupted dry run goes first.
+        // What an interrupted dry run left running goes first.
+        process::kill_leftovers(&["pg_upgrade", "pg_basebackup", "initdb", "pg_ctl"], dir);
         let old_copy = dir.join("old");
         if self.postmaster_of(&old_copy).is_some() {
             self.ctl(&old_copy, &["stop", "-m", "immediate"]).await?;
         }
+        process::kill_leftovers(&["postgres"], dir);
         remove_tree(dir)?;
         files::ensure_dir(dir, 0o700, self.user())?;
         let started = Instant::now();

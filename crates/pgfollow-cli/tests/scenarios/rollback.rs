@@ -257,3 +257,62 @@ fn after_a_failover_the_new_primary_archives_into_the_same_stanza() {
     // own once they are protected.
     assert!(!stanzas.is_empty() && stanzas.len() <= 3, "{stanzas:?}");
 }
+
+#[test]
+fn a_rollback_interrupted_by_a_killed_serve_finishes_after_the_restart() {
+    let mut s = server();
+    s.cli(&["apps:create", "sushi"]).ok();
+    s.cli(&[
+        "addons:create",
+        "standard-0",
+        "--version",
+        "15",
+        "--app",
+        "sushi",
+    ])
+    .ok();
+    wait_available(&s, "sushi");
+    wait_protected(&s, "WHITE");
+    psql(
+        &s,
+        "sushi",
+        "WHITE",
+        "create table t (id int primary key); insert into t select generate_series(1, 500)",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let noted = now_on(&s, "WHITE");
+    std::thread::sleep(Duration::from_millis(300));
+    psql(&s, "sushi", "WHITE", "insert into t values (501)");
+    s.cli(&[
+        "addons:create",
+        "standard-0",
+        "--rollback",
+        "WHITE",
+        "--to",
+        &noted,
+        "--app",
+        "sushi",
+    ])
+    .ok();
+    eventually(Duration::from_secs(60), "the restore has started", || {
+        s.log()
+            .contains("restoring the source's archive as it was at the rollback's moment")
+    });
+    s.kill9();
+    s.restart().unwrap();
+    wait_available(&s, "sushi");
+    assert_eq!(count(&s, "CHARCOAL", "select count(*) from t"), "500");
+    assert_eq!(
+        s.running_postmasters().len(),
+        2,
+        "WHITE and CHARCOAL, nothing else"
+    );
+    let dir = cluster_dir_of(&s, "sushi", "CHARCOAL");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pgdata.") || n == "restore.pgbackrest.conf")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

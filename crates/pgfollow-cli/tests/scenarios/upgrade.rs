@@ -172,3 +172,76 @@ fn a_follower_is_upgraded_to_18_with_its_extensions_roles_and_passwords_then_pro
     )
     .ok();
 }
+
+#[test]
+fn an_upgrade_interrupted_by_a_killed_serve_finishes_after_the_restart() {
+    let mut s = two_major_server();
+    s.cli(&["apps:create", "sushi"]).ok();
+    s.cli(&[
+        "addons:create",
+        "standard-0",
+        "--version",
+        "15",
+        "--app",
+        "sushi",
+    ])
+    .ok();
+    wait_available(&s, "sushi");
+    psql(
+        &s,
+        "sushi",
+        "WHITE",
+        "create table t (id int primary key); insert into t select generate_series(1, 2000)",
+    );
+    // The CLI gives up waiting at once; the operation goes on.
+    s.cli(&[
+        "pg:upgrade",
+        "WHITE",
+        "--version",
+        "18",
+        "--timeout",
+        "0",
+        "--app",
+        "sushi",
+        "--confirm",
+        "sushi",
+    ])
+    .failed();
+    // pg_upgrade is running once its working directory is there.
+    let dir = cluster_dir_of(&s, "sushi", "WHITE");
+    eventually(
+        std::time::Duration::from_secs(60),
+        "pg_upgrade has started",
+        || dir.join("upgrade").exists(),
+    );
+    s.kill9();
+    s.restart().unwrap();
+    eventually(
+        std::time::Duration::from_secs(180),
+        "WHITE runs 18 and is available",
+        || {
+            let i = s
+                .cli(&["pg:info", "WHITE", "--app", "sushi", "--json"])
+                .ok()
+                .json();
+            i["state"] == "available" && i["pg_version"].as_str().unwrap_or("").starts_with("18")
+        },
+    );
+    let rows = psql(&s, "sushi", "WHITE", "select count(*) from t");
+    assert!(rows.contains("2000"), "{rows}");
+    for line in s
+        .log()
+        .lines()
+        .filter(|l| l.contains("left by an earlier agent"))
+    {
+        eprintln!("{line}");
+    }
+    assert_eq!(s.running_postmasters().len(), 1, "exactly one postgres");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pgdata.") || n == "upgrade")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

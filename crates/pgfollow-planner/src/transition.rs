@@ -138,6 +138,9 @@ pub fn forget(state: &mut State, id: &str, now: DateTime<Utc>) {
     for app in state.apps.values_mut() {
         app.attachments.retain(|_, d| d != id);
     }
+    // How it was made no longer matters; its lineage's archive is
+    // forgotten by the protection tick (`assign_stanzas`).
+    state.rollbacks.remove(id);
 }
 
 #[cfg(test)]

@@ -456,9 +456,18 @@ mod tests {
             ("logging_collector", "off"),
             ("log_statement", "'none'"),
             ("log_min_error_statement", "panic"),
+            ("archive_mode", "on"),
+            ("archive_command", "'/bin/true'"),
         ] {
             assert_eq!(setting(&conf, name), Some(want), "{name} in\n{conf}");
         }
+        // Protection's archive_command comes from the cluster root, which
+        // no copy of the data directory carries, and wins (included last
+        // but for a follower's own settings).
+        assert!(
+            conf.contains("\ninclude_if_exists '/srv/c/archive.conf'\n"),
+            "{conf}"
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use pgfollow_planner::{
-    assign_stanzas, protection_steps, record_protection, ProtectAction, ProtectStep,
+    assign_stanzas, orphaned_stanzas, protection_steps, record_protection, ProtectAction,
+    ProtectStep,
 };
 use pgfollow_types::archive::{ArchiveSpec, RollbackInfo};
 use pgfollow_types::model::{DatabaseRecord, State};
@@ -99,6 +100,16 @@ impl Backups {
         }
         let mut running = crate::executor::lock(&self.protecting);
         running.retain(|_, h| !h.is_finished());
+        let orphans: Vec<String> = orphaned_stanzas(&state)
+            .into_iter()
+            .filter(|s| !running.contains_key(s))
+            .collect();
+        if !orphans.is_empty() {
+            drop(running);
+            self.forget_stanzas(&orphans)?;
+            state = self.store.read()?;
+            running = crate::executor::lock(&self.protecting);
+        }
         for step in protection_steps(&state, now) {
             if running.contains_key(&step.stanza) {
                 continue;
@@ -126,6 +137,40 @@ impl Backups {
             running.insert(key, task.abort_handle());
         }
         Ok(())
+    }
+
+    /// Removes the archives of lineages nothing uses any more, then their
+    /// records. Only a repository on this host is removed here.
+    fn forget_stanzas(&self, stanzas: &[String]) -> Result<(), ApiErr> {
+        let state = self.store.read()?;
+        for stanza in stanzas {
+            let Some(p) = state.protection.get(stanza) else {
+                continue;
+            };
+            if p.repo_host.is_none() {
+                let repo = std::path::Path::new(&p.repo_path);
+                for part in ["archive", "backup"] {
+                    let dir = repo.join(part).join(stanza);
+                    match std::fs::remove_dir_all(&dir) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            tracing::warn!("cannot remove {}: {e}", dir.display());
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            tracing::info!(
+                "stanza {stanza}: no database archives into it any more; its archive is removed"
+            );
+        }
+        self.store.update(|st| {
+            for s in stanzas {
+                st.protection.remove(s);
+            }
+            Ok(())
+        })
     }
 
     async fn protect(

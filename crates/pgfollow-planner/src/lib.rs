@@ -32,7 +32,7 @@ pub use ha::{
 };
 pub use protection::{
     assign_stanzas, base_backup_every, check_rollback_window, desired_stanza, is_rollback,
-    parse_by, parse_to, protection_steps, record_protection, rollback_subject, rollback_target,
-    ProtectAction, ProtectStep,
+    orphaned_stanzas, parse_by, parse_to, protection_steps, record_protection, rollback_subject,
+    rollback_target, ProtectAction, ProtectStep,
 };
 pub use transition::{end_billing, forget, step_done};

@@ -115,6 +115,27 @@ pub fn assign_stanzas(state: &mut State, repo_path: &str, now: DateTime<Utc>) ->
     said
 }
 
+/// Stanzas no live database archives into and no rollback still restores
+/// from: their archives go (a destroyed database's history goes with it).
+pub fn orphaned_stanzas(state: &State) -> Vec<String> {
+    let restoring = |stanza: &str| {
+        state.rollbacks.iter().any(|(id, r)| {
+            r.stanza == stanza
+                && state
+                    .databases
+                    .get(id)
+                    .is_some_and(|d| d.is_live() && d.state != DatabaseState::Available)
+        })
+    };
+    state
+        .protection
+        .keys()
+        .filter(|s| !state.archive_of.values().any(|a| a == *s))
+        .filter(|s| !restoring(s))
+        .cloned()
+        .collect()
+}
+
 /// One step of continuous protection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProtectAction {
@@ -388,6 +409,30 @@ mod tests {
         st.databases.get_mut("f").unwrap().following = None;
         assign_stanzas(&mut st, "/repo", at(3, 0));
         assert_eq!(st.archive_of["f"], "f-pg15");
+    }
+
+    #[test]
+    fn a_lineage_nobody_archives_into_or_restores_from_is_orphaned() {
+        let mut st = state(vec![db("p", "standard-0")]);
+        assign_stanzas(&mut st, "/repo", at(1, 0));
+        assert!(orphaned_stanzas(&st).is_empty());
+        // Its database is gone, but a rollback from it is still restoring.
+        st.databases.get_mut("p").unwrap().desired = pgfollow_types::model::Desired::Absent;
+        let mut r = db("r", "standard-0");
+        r.state = DatabaseState::Preparing;
+        st.databases.insert("r".into(), r);
+        st.rollbacks.insert(
+            "r".into(),
+            pgfollow_types::archive::RollbackRecord {
+                stanza: "p-pg15".into(),
+                source: "p".into(),
+                target: at(1, 30),
+            },
+        );
+        assign_stanzas(&mut st, "/repo", at(2, 0));
+        assert!(!orphaned_stanzas(&st).contains(&"p-pg15".to_string()));
+        st.databases.get_mut("r").unwrap().state = DatabaseState::Available;
+        assert!(orphaned_stanzas(&st).contains(&"p-pg15".to_string()));
     }
 
     #[test]

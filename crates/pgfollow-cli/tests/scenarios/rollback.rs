@@ -33,6 +33,9 @@ fn wait_protected(s: &Server, db: &str) {
             .json();
         i["rollback"]["earliest"].is_string()
     });
+    // The window opens the second after the base backup stopped (pgBackRest
+    // counts whole seconds): a moment noted sooner would be refused.
+    std::thread::sleep(Duration::from_millis(1100));
 }
 
 fn rollback(s: &Server, db: &str, to: &str) -> String {
@@ -172,6 +175,31 @@ fn a_dropped_table_comes_back_with_a_rollback_to_the_moment_before() {
         log.contains("recovered to its target and promoted"),
         "{log}"
     );
+
+    // Destroyed, its archive goes; WHITE's stays.
+    let stanzas = || {
+        std::fs::read_dir(s.data_dir().join("pgbackrest/archive"))
+            .unwrap()
+            .flatten()
+            .count()
+    };
+    assert_eq!(stanzas(), 2);
+    s.cli(&[
+        "addons:destroy",
+        &back,
+        "--app",
+        "sushi",
+        "--confirm",
+        "sushi",
+    ])
+    .ok();
+    eventually(
+        Duration::from_secs(60),
+        "the copy's archive is removed",
+        || stanzas() == 1,
+    );
+    let text = s.cli(&["pg:info", "WHITE", "--app", "sushi"]).ok().stdout;
+    assert!(text.contains("Rollback:    earliest from 20"), "{text}");
 }
 
 #[test]

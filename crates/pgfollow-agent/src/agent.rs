@@ -274,7 +274,7 @@ impl Agent {
     }
 
     /// The cluster of `spec`, with the binaries of its `pg_major`.
-    fn cluster_for(&self, spec: &ClusterSpec) -> Result<Cluster, AgentError> {
+    pub(crate) fn cluster_for(&self, spec: &ClusterSpec) -> Result<Cluster, AgentError> {
         self.cluster_of(&spec.id, spec.pg_major)
     }
 

@@ -164,6 +164,29 @@ pub async fn dispatch(agent: &Agent, call: AgentCall) -> Result<serde_json::Valu
             file,
         } => json(agent.restore(major, &target, &file).await?),
         AgentCall::RestoreProgress { file } => json(agent.restore_progress(&file)),
+        AgentCall::ArchiveConfigure { id, archive } => {
+            json(agent.archive_configure(&id, &archive).await?)
+        }
+        AgentCall::ArchiveBackup { id, archive } => {
+            json(agent.archive_backup(&id, &archive).await?)
+        }
+        AgentCall::ArchiveSeal { id, archive } => json(agent.archive_seal(&id, &archive).await?),
+        AgentCall::ArchiveRestore {
+            spec,
+            archive,
+            target,
+        } => json(agent.archive_restore(&spec, &archive, target).await?),
+        AgentCall::Upgrade { id, major } => json(agent.upgrade(&id, major).await?),
+        AgentCall::UpgradeDryRun {
+            id,
+            major,
+            host,
+            replication,
+        } => json(
+            agent
+                .upgrade_dry_run(&id, major, &host, &replication)
+                .await?,
+        ),
         AgentCall::Probe { id } => json(agent.probe(&id).await?),
         AgentCall::OfferPorts { count } => json(agent.offer_ports(count)),
         // observe branch

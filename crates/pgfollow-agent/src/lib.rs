@@ -5,6 +5,7 @@
 //! finds its running clusters again through their `postmaster.pid`.
 
 mod agent;
+mod archive;
 mod backups;
 mod endpoints;
 pub mod http;

@@ -52,6 +52,22 @@ pub struct CreateArgs {
     /// (a follower always runs its leader's)
     #[arg(long = "version", id = "pg_major", value_name = "MAJOR")]
     pub version: Option<u32>,
+    /// Make the new database a copy of this one as it was at a moment
+    /// (`--to` or `--by`), from its continuous protection
+    #[arg(long, value_name = "DB", conflicts_with = "follow")]
+    pub rollback: Option<String>,
+    /// With --rollback: the moment, in UTC (`'2026-12-02 01:50:00 UTC'`,
+    /// or RFC 3339 with an offset)
+    #[arg(
+        long,
+        value_name = "TIME",
+        requires = "rollback",
+        conflicts_with = "by"
+    )]
+    pub to: Option<String>,
+    /// With --rollback: how long ago (`2h`, `90m`, `1d12h`)
+    #[arg(long, value_name = "DURATION", requires = "rollback")]
+    pub by: Option<String>,
     /// Then wait until the new database is available, as pg:wait does
     #[arg(long)]
     pub wait: bool,
@@ -89,6 +105,9 @@ pub async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<()> {
         sync_strict: args.sync.as_deref() == Some("strict"),
         pool_mode: args.pool_mode,
         version: args.version,
+        rollback: args.rollback.clone(),
+        to: args.to.clone(),
+        by: args.by.clone(),
     };
     let resp = client.create_addon(app, &req).await?;
     if !args.json.json {

@@ -25,6 +25,7 @@ mod psql;
 mod run;
 mod serve;
 mod server;
+mod upgrade;
 mod wait;
 
 use std::path::PathBuf;
@@ -136,6 +137,10 @@ pub enum Command {
     /// Stop a follower following: it becomes a writable fork
     #[command(name = "pg:unfollow")]
     PgUnfollow(promotion::UnfollowArgs),
+    /// Upgrade a database to a newer PostgreSQL major with pg_upgrade (a
+    /// follower is unfollowed first), or --dry-run it on a throwaway copy
+    #[command(name = "pg:upgrade", disable_version_flag = true)]
+    PgUpgrade(upgrade::UpgradeArgs),
     /// Put a database behind the app's DATABASE_URL
     #[command(name = "pg:promote")]
     PgPromote(promotion::PromoteArgs),
@@ -240,6 +245,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::PgPsql(a) => return psql::psql(c, a).await,
         Command::Status(a) => server::status(c, a).await?,
         Command::PgUnfollow(a) => promotion::unfollow(c, a).await?,
+        Command::PgUpgrade(a) => upgrade::upgrade(c, a).await?,
         Command::PgChangeover(a) => maintenance::changeover(c, a).await?,
         Command::Maintenance(a) => maintenance::show(c, a).await?,
         Command::MaintenanceOn(a) => maintenance::set(c, a, true).await?,

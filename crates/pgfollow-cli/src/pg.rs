@@ -184,9 +184,35 @@ pub fn info_block(db: &DatabaseInfo) -> String {
             ),
         ));
     }
+    if let Some(r) = &db.rollback {
+        rows.push(("Rollback", rollback_label(r)));
+        if let Some(at) = r.last_base_backup {
+            rows.push((
+                "Base Backup",
+                format!(
+                    "{} ({}; archive {})",
+                    utc_minute(at),
+                    or_unknown(r.last_base_backup_bytes.map(human_bytes)),
+                    or_unknown(r.repo_bytes.map(human_bytes))
+                ),
+            ));
+        }
+    }
     rows.push(("Host", db.host.clone()));
     rows.push(("Add-on", db.name.clone()));
     format!("=== {heading}\n{}", aligned(&rows, INFO_LABEL_WIDTH))
+}
+
+/// `earliest from 2026-12-02 01:50 UTC`, else why not yet.
+fn rollback_label(r: &pgfollow_types::archive::RollbackInfo) -> String {
+    let at = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    match (r.earliest, &r.error, &r.detail) {
+        (Some(t), None, _) => format!("earliest from {}", at(t)),
+        (Some(t), Some(e), _) => format!("earliest from {} (its last step failed: {e})", at(t)),
+        (None, Some(e), _) => format!("unavailable: {e}"),
+        (None, None, Some(d)) => format!("not yet ({d})"),
+        (None, None, None) => "not yet".to_string(),
+    }
 }
 
 /// `CHARCOAL` → `PGFOLLOW_POSTGRESQL_CHARCOAL`; anything else as it is.

@@ -385,6 +385,17 @@ impl Client {
         self.send_json(Method::POST, &path, &body).await
     }
 
+    /// `POST /v1/apps/{app}/databases/{db}/upgrade`.
+    pub async fn upgrade(
+        &self,
+        app: &str,
+        db: &str,
+        request: &pgfollow_types::api::UpgradeRequest,
+    ) -> Result<pgfollow_types::api::UpgradeResponse, ClientError> {
+        let path = ["v1", "apps", app, "databases", db, "upgrade"];
+        self.send_json(Method::POST, &path, request).await
+    }
+
     /// `GET /v1/apps/{app}/billing`.
     pub async fn billing(&self, app: &str) -> Result<Billing, ClientError> {
         self.get(&["v1", "apps", app, "billing"]).await

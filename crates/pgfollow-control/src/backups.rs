@@ -29,13 +29,15 @@ use crate::store::Store;
 const TICK: Duration = Duration::from_millis(500);
 
 pub struct Backups {
-    store: Store,
+    pub(crate) store: Store,
     /// The embedded agent (on the control plane's host) runs every dump.
-    hosts: Hosts,
+    pub(crate) hosts: Hosts,
     dir: PathBuf,
     pub wake: Arc<Notify>,
     /// Steps in flight, by operation id.
     running: Mutex<HashMap<String, AbortHandle>>,
+    /// Continuous protection steps in flight, by stanza.
+    pub(crate) protecting: Mutex<HashMap<String, AbortHandle>>,
     last_sentence: Mutex<HashMap<String, String>>,
 }
 
@@ -213,8 +215,14 @@ impl Backups {
             dir: data_dir.join("backups"),
             wake: Arc::new(Notify::new()),
             running: Mutex::default(),
+            protecting: Mutex::default(),
             last_sentence: Mutex::default(),
         }
+    }
+
+    /// The pgBackRest repository of continuous protection.
+    pub fn repo_dir(&self) -> PathBuf {
+        self.dir.with_file_name("pgbackrest")
     }
 
     /// The file of a backup.
@@ -244,8 +252,14 @@ impl Backups {
             if let Err(e) = self.tick() {
                 tracing::warn!("backups tick failed: {e}");
             }
+            if let Err(e) = self.tick_protection() {
+                tracing::warn!("continuous protection tick failed: {e}");
+            }
         }
         for (_, h) in lock(&self.running).drain() {
+            h.abort();
+        }
+        for (_, h) in lock(&self.protecting).drain() {
             h.abort();
         }
     }

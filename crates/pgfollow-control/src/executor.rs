@@ -393,6 +393,47 @@ impl Executor {
                 }
             }
             Action::Bootstrap => agent.bootstrap(&spec).await?,
+            Action::SealArchive => self.seal_archive(state, db).await?,
+            Action::Upgrade | Action::UpgradeDryRun => {
+                let op = op.ok_or_else(|| ApiErr::internal("an upgrade without its operation"))?;
+                let (major, _) = pgfollow_planner::upgrade_target(op)
+                    .ok_or_else(|| ApiErr::bad_request("the upgrade names no version"))?;
+                let report = if *action == Action::Upgrade {
+                    let ms = agent.upgrade(&db.id, major).await?;
+                    format!(
+                        "upgraded from PostgreSQL {} to {major}: pg_upgrade took {:.1} s",
+                        db.pg_major,
+                        ms as f64 / 1000.0
+                    )
+                } else {
+                    let host = crate::provision::host_address(state, &db.host);
+                    let r = agent
+                        .upgrade_dry_run(&db.id, major, &host, &db.replication)
+                        .await?;
+                    format!(
+                        "a copy of {} upgraded from PostgreSQL {} to {major} in {:.1} s (copying it took {:.1} s more); {} itself was not touched",
+                        db.color,
+                        db.pg_major,
+                        r.upgrade_ms as f64 / 1000.0,
+                        r.copy_ms as f64 / 1000.0,
+                        db.color
+                    )
+                };
+                tracing::info!("{} ({}): {report}", db.color, db.name);
+                let id = op.id.clone();
+                self.store.update(|st| {
+                    if let Some(o) = st.operations.get_mut(&id) {
+                        o.reason = Some(report.clone());
+                    }
+                    Ok(())
+                })?;
+            }
+            Action::RestoreArchive => {
+                let (rollback, archive) = rollback_of(state, db)?;
+                agent
+                    .archive_restore(&spec, &archive, rollback.target)
+                    .await?
+            }
             Action::CreateSlot => {
                 let l = leader.ok_or_else(|| ApiErr::not_found("its leader is gone"))?;
                 self.hosts
@@ -546,6 +587,30 @@ impl Executor {
             | Action::GiveUp(_) => {}
         }
         Ok(Outcome::Done)
+    }
+
+    /// Before a rollback restores: the source's archive holds every commit
+    /// up to now (when the source still runs; else what was archived is
+    /// all there is).
+    async fn seal_archive(&self, state: &State, db: &DatabaseRecord) -> Result<(), ApiErr> {
+        let (rollback, archive) = rollback_of(state, db)?;
+        let source = state
+            .databases
+            .get(&rollback.source)
+            .filter(|s| s.is_live() && !s.is_follower() && s.state == DatabaseState::Available);
+        let Some(source) = source else {
+            tracing::info!(
+                "{} ({}): its source is not running; restoring from what its archive holds",
+                db.color,
+                db.name
+            );
+            return Ok(());
+        };
+        self.hosts
+            .agent(&source.host)?
+            .archive_seal(&source.id, &archive)
+            .await?;
+        Ok(())
     }
 
     /// A callback that records a base backup's progress on the operation,
@@ -713,6 +778,26 @@ enum Outcome {
     /// The step could not work; the operation goes on another way, marked
     /// by this step name.
     Fallback(&'static str, String),
+}
+
+/// The rollback that makes `db`, and its source's archive.
+fn rollback_of(
+    state: &State,
+    db: &DatabaseRecord,
+) -> Result<
+    (
+        pgfollow_types::archive::RollbackRecord,
+        pgfollow_types::archive::ArchiveSpec,
+    ),
+    ApiErr,
+> {
+    let r = state
+        .rollbacks
+        .get(&db.id)
+        .ok_or_else(|| ApiErr::not_found("the rollback's record is gone"))?;
+    let archive = crate::protection::archive_spec(state, &r.stanza)
+        .ok_or_else(|| ApiErr::not_found(format!("the archive {} is gone", r.stanza)))?;
+    Ok((r.clone(), archive))
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -200,7 +200,14 @@ fn timeout_of(call: &AgentCall) -> Duration {
         AgentCall::Status { .. } => GLANCE,
         AgentCall::Probe { .. } => PROBE,
         AgentCall::Fence { .. } => FENCE,
-        AgentCall::BaseBackup { .. } | AgentCall::Dump { .. } | AgentCall::Restore { .. } => COPY,
+        AgentCall::BaseBackup { .. }
+        | AgentCall::Dump { .. }
+        | AgentCall::Restore { .. }
+        | AgentCall::ArchiveBackup { .. }
+        | AgentCall::ArchiveRestore { .. }
+        | AgentCall::Upgrade { .. }
+        | AgentCall::UpgradeDryRun { .. } => COPY,
+        AgentCall::ArchiveConfigure { .. } | AgentCall::ArchiveSeal { .. } => SLOW,
         AgentCall::EndpointHold { limit_ms, .. }
         | AgentCall::EndpointPauseWithin { limit_ms, .. } => {
             QUICK + Duration::from_millis(*limit_ms)
@@ -519,5 +526,86 @@ impl AgentHandle {
                 }
             }
         }
+    }
+
+    /// Continuous protection: the cluster's archive configuration (and
+    /// its stanza, on a primary).
+    pub async fn archive_configure(
+        &self,
+        id: &str,
+        archive: &pgfollow_types::archive::ArchiveSpec,
+    ) -> Result<(), AgentError> {
+        self.call(AgentCall::ArchiveConfigure {
+            id: id.into(),
+            archive: archive.clone(),
+        })
+        .await
+    }
+
+    /// A full base backup of primary `id`.
+    pub async fn archive_backup(
+        &self,
+        id: &str,
+        archive: &pgfollow_types::archive::ArchiveSpec,
+    ) -> Result<pgfollow_types::archive::ArchiveInfo, AgentError> {
+        self.call(AgentCall::ArchiveBackup {
+            id: id.into(),
+            archive: archive.clone(),
+        })
+        .await
+    }
+
+    /// Everything primary `id` committed until now is in the archive.
+    pub async fn archive_seal(
+        &self,
+        id: &str,
+        archive: &pgfollow_types::archive::ArchiveSpec,
+    ) -> Result<(), AgentError> {
+        self.call(AgentCall::ArchiveSeal {
+            id: id.into(),
+            archive: archive.clone(),
+        })
+        .await
+    }
+
+    /// Cluster `spec` made from `archive` as it was at `target`.
+    pub async fn archive_restore(
+        &self,
+        spec: &ClusterSpec,
+        archive: &pgfollow_types::archive::ArchiveSpec,
+        target: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), AgentError> {
+        self.call(AgentCall::ArchiveRestore {
+            spec: spec.clone(),
+            archive: archive.clone(),
+            target,
+        })
+        .await
+    }
+
+    /// `pg_upgrade` of cluster `id` to `major` in place; milliseconds.
+    pub async fn upgrade(&self, id: &str, major: u32) -> Result<u64, AgentError> {
+        self.call(AgentCall::Upgrade {
+            id: id.into(),
+            major,
+        })
+        .await
+    }
+
+    /// A dry-run upgrade on a throwaway copy of `db`'s cluster.
+    pub async fn upgrade_dry_run(
+        &self,
+        id: &str,
+        major: u32,
+        host: &str,
+        replication: &pgfollow_types::agent::RoleSecret,
+    ) -> Result<pgfollow_types::agent::UpgradeReport, AgentError> {
+        self.call(AgentCall::UpgradeDryRun {
+            id: id.into(),
+            major,
+            host: host.into(),
+            replication: replication.clone(),
+        })
+        .await
     }
 }

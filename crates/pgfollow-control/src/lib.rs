@@ -19,6 +19,7 @@ mod hosts;
 mod lag;
 pub mod metrics;
 mod monitor;
+mod protection;
 mod provision;
 mod replica;
 mod replicated;

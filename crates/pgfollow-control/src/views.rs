@@ -2,7 +2,9 @@
 //! add-on summaries, credentials and bills. Pure functions of a snapshot.
 
 use chrono::{DateTime, Utc};
-use pgfollow_types::api::{AddonSummary, Billing, BillingLine, ConfigVars, Credentials};
+use pgfollow_types::api::{
+    AddonSummary, BackupStorageLine, Billing, BillingLine, ConfigVars, Credentials,
+};
 use pgfollow_types::dbref::attachment_var;
 use pgfollow_types::model::{AppRecord, DatabaseRecord, State};
 
@@ -173,11 +175,66 @@ pub fn billing(state: &State, app: &str, now: DateTime<Utc>) -> Billing {
         })
         .collect();
     let total_usd = lines.iter().map(|l| l.cost_usd).sum();
+    let backup_storage = backup_storage(state, app);
     Billing {
         app: app.to_string(),
         lines,
         total_usd,
+        backup_extra_usd_per_month: backup_storage.iter().map(|l| l.extra_usd_per_month).sum(),
+        backup_storage,
     }
+}
+
+/// Backup storage of `app`, per database its backups were taken of (also
+/// one since destroyed, whose backups are kept), against its plan.
+pub fn backup_storage(state: &State, app: &str) -> Vec<BackupStorageLine> {
+    use std::collections::BTreeMap;
+    let mut by_db: BTreeMap<String, BackupStorageLine> = BTreeMap::new();
+    let line = |id: &str, name: &str, color: &pgfollow_types::Color| {
+        let plan = state.databases.get(id).map(|d| &d.plan);
+        BackupStorageLine {
+            database: name.to_string(),
+            color: color.clone(),
+            plan: plan.map_or_else(|| "-".to_string(), |p| p.name.clone()),
+            logical_bytes: 0,
+            archive_bytes: 0,
+            included_bytes: plan.map_or(0, |p| p.backup_storage_included_bytes()),
+            extra_usd_per_month: 0.0,
+        }
+    };
+    for b in state.backups.values().filter(|b| b.app.as_str() == app) {
+        by_db
+            .entry(b.database.clone())
+            .or_insert_with(|| line(&b.database, &b.database_name, &b.color))
+            .logical_bytes += b.size_bytes.unwrap_or(0);
+    }
+    for db in state
+        .databases
+        .values()
+        .filter(|d| d.app.as_str() == app && !d.hidden && !d.is_follower())
+    {
+        let archive = state
+            .archive_of
+            .get(&db.id)
+            .and_then(|s| state.protection.get(s))
+            .and_then(|p| p.info.as_ref())
+            .map_or(0, |i| i.repo_bytes);
+        if archive > 0 {
+            by_db
+                .entry(db.id.clone())
+                .or_insert_with(|| line(&db.id, &db.name, &db.color))
+                .archive_bytes += archive;
+        }
+    }
+    by_db
+        .into_values()
+        .map(|mut l| {
+            let over = (l.logical_bytes + l.archive_bytes).saturating_sub(l.included_bytes);
+            l.extra_usd_per_month = over as f64 / f64::from(1u32 << 30)
+                * pgfollow_types::plan::BACKUP_STORAGE_USD_PER_GB_MONTH;
+            l
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -216,5 +273,83 @@ mod tests {
         );
         assert!((b.lines[1].cost_usd - 3.0).abs() < 1e-9, "{:?}", b.lines[1]);
         assert!((b.total_usd - 33.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn backup_storage_counts_logical_backups_and_the_archive_against_the_plan() {
+        let plan = |name: &str| {
+            pgfollow_types::PlanCatalog::default()
+                .get(name)
+                .unwrap()
+                .clone()
+        };
+        let db: DatabaseRecord = serde_json::from_value(serde_json::json!({
+            "id": "db-1", "name": "postgresql-calm-1", "app": "sushi", "color": "WHITE",
+            "plan": plan("hobby-dev"), "host": "local", "port": 5432, "database": "d1",
+            "owner": {"name": "u", "password": "p"},
+            "replication": {"name": "r", "password": "p"},
+            "pg_major": 15, "created_at": Utc::now(), "desired": "running",
+            "state": "available", "status_detail": null, "pg_version": null,
+        }))
+        .unwrap();
+        let included = db.plan.backup_storage_included_bytes();
+        let mut state = State::default();
+        state.databases.insert(db.id.clone(), db.clone());
+        let backup = |name: &str, database: &str, size: u64| pgfollow_types::backup::BackupRecord {
+            name: name.into(),
+            app: AppName::parse("sushi").unwrap(),
+            database: database.into(),
+            color: Color::parse("WHITE").unwrap(),
+            database_name: format!("postgresql-{database}"),
+            pg_major: 15,
+            operation: "op".into(),
+            created_at: Utc::now(),
+            finished_at: Some(Utc::now()),
+            size_bytes: Some(size),
+            file: "x".into(),
+        };
+        state
+            .backups
+            .insert("sushi/b001".into(), backup("b001", "db-1", included));
+        state
+            .backups
+            .insert("sushi/b002".into(), backup("b002", "db-1", 1 << 30));
+        state
+            .backups
+            .insert("sushi/b003".into(), backup("b003", "db-gone", 10));
+        state.archive_of.insert("db-1".into(), "db-1".into());
+        state.protection.insert(
+            "db-1".into(),
+            pgfollow_types::archive::ProtectionRecord {
+                stanza: "db-1".into(),
+                created_at: Utc::now(),
+                repo_path: "/r".into(),
+                repo_host: None,
+                configured: Default::default(),
+                last_full: None,
+                last_full_of: None,
+                info: Some(pgfollow_types::archive::ArchiveInfo {
+                    earliest: None,
+                    newest: None,
+                    backups: 1,
+                    repo_bytes: 1 << 30,
+                    newest_bytes: 0,
+                }),
+                last_error: None,
+                failures: 0,
+                failed_at: None,
+            },
+        );
+        let lines = backup_storage(&state, "sushi");
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        let white = &lines[0];
+        assert_eq!(white.logical_bytes, included + (1 << 30));
+        assert_eq!(white.archive_bytes, 1 << 30);
+        // Two GB beyond what hobby-dev includes.
+        assert!((white.extra_usd_per_month - 0.04).abs() < 1e-9, "{white:?}");
+        let gone = &lines[1];
+        assert_eq!((gone.plan.as_str(), gone.included_bytes), ("-", 0));
+        assert!(gone.extra_usd_per_month > 0.0);
+        assert!(backup_storage(&state, "other").is_empty());
     }
 }

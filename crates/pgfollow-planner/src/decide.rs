@@ -51,6 +51,16 @@ pub enum Action {
     CheckFollower,
     /// Wind an old primary back (`pg_rewind`) so it can follow its successor.
     Rewind,
+    /// Rollback: commit, switch WAL and wait until the source's archive
+    /// has everything up to now.
+    SealArchive,
+    /// Rollback: restore the source's archive as it was at the target into
+    /// this database's cluster, and wait until it has recovered.
+    RestoreArchive,
+    /// `pg_upgrade` of the stopped cluster to the operation's major, in place.
+    Upgrade,
+    /// `pg_upgrade` of a throwaway copy, timed; the database keeps running.
+    UpgradeDryRun,
     /// Start postgres.
     Start,
     /// Create the owner and replication roles and the app's database.
@@ -92,6 +102,10 @@ impl Action {
             Action::Checkpoint => "checkpoint",
             Action::CheckFollower => "check-follower",
             Action::Rewind => "rewind",
+            Action::SealArchive => "seal-archive",
+            Action::RestoreArchive => "restore-archive",
+            Action::Upgrade => "upgrade",
+            Action::UpgradeDryRun => "upgrade-dry-run",
             Action::Start => "start",
             Action::Bootstrap => "bootstrap",
             Action::MarkAvailable => "mark-available",
@@ -140,6 +154,9 @@ pub fn decide(
 ) -> Decision {
     match op.kind {
         OperationKind::Provision if db.is_follower() => decide_follower(db, op, observed, leader),
+        OperationKind::Provision if crate::protection::is_rollback(op) => {
+            decide_rollback(db, op, observed)
+        }
         OperationKind::Provision => decide_provision(db, op, observed),
         OperationKind::Destroy => decide_destroy(db, op, observed, leader),
         OperationKind::Unfollow => decide_unfollow(db, op, observed, leader),
@@ -157,6 +174,7 @@ pub fn decide(
             "its endpoints hold new transactions while the HA monitor suspects it is lost",
         ),
         OperationKind::Changeover => decision(db, Action::Wait, "a changeover to it is under way"),
+        OperationKind::Upgrade => decide_upgrade(db, op, observed),
         // backups branch: carried out by the control plane's backups loop.
         OperationKind::Backup | OperationKind::Restore => decision(
             db,
@@ -534,6 +552,106 @@ fn decide_provision(db: &DatabaseRecord, op: &OperationRecord, observed: &Observ
     )
 }
 
+/// The major a `pg:upgrade` goes to, and whether it is a dry run.
+pub fn upgrade_target(op: &OperationRecord) -> Option<(u32, bool)> {
+    let subject = op.subject.as_deref()?;
+    let (dry, major) = match subject.split_once(':')? {
+        ("upgrade", m) => (false, m),
+        ("dry-run", m) => (true, m),
+        _ => return None,
+    };
+    Some((major.parse().ok()?, dry))
+}
+
+/// `pg:upgrade`: a dry run on a copy, or (once it follows nothing)
+/// pg_upgrade in place, start on the new major, available.
+fn decide_upgrade(db: &DatabaseRecord, op: &OperationRecord, observed: &Observed) -> Decision {
+    let cluster = match preamble(db, op, observed, "upgrade") {
+        Ok(c) => c,
+        Err(d) => return d,
+    };
+    let Some((major, dry)) = upgrade_target(op) else {
+        return decision(
+            db,
+            Action::GiveUp("the upgrade names no version".into()),
+            "the upgrade names no version; giving up",
+        );
+    };
+    if dry {
+        if !cluster.running {
+            return decision(db, Action::Wait, "waits for it to run before the dry run");
+        }
+        return decision(
+            db,
+            Action::UpgradeDryRun,
+            format!("dry run: upgrading a throwaway copy to PostgreSQL {major}"),
+        );
+    }
+    if db.is_follower() {
+        return decision(db, Action::Wait, "waits until it has stopped following");
+    }
+    if !op.has_done(Action::Upgrade.step()) {
+        return decision(
+            db,
+            Action::Upgrade,
+            format!(
+                "stopping it and upgrading it from PostgreSQL {} to {major} with pg_upgrade",
+                db.pg_major
+            ),
+        );
+    }
+    if !cluster.running {
+        return decision(
+            db,
+            Action::Start,
+            format!("upgraded; starting it on PostgreSQL {major}"),
+        );
+    }
+    decision(
+        db,
+        Action::MarkAvailable,
+        format!("running PostgreSQL {major}; it is available"),
+    )
+}
+
+/// A rollback: a new database made from another's archive as it was at a
+/// moment, instead of `initdb`.
+fn decide_rollback(db: &DatabaseRecord, op: &OperationRecord, observed: &Observed) -> Decision {
+    let cluster = match preamble(db, op, observed, "rollback") {
+        Ok(c) => c,
+        Err(d) => return d,
+    };
+    if !op.has_done(Action::SealArchive.step()) {
+        return decision(
+            db,
+            Action::SealArchive,
+            "making sure the source's archive holds everything up to the rollback's moment",
+        );
+    }
+    if !op.has_done(Action::RestoreArchive.step()) {
+        return decision(
+            db,
+            Action::RestoreArchive,
+            "restoring the source's archive as it was at the rollback's moment",
+        );
+    }
+    if !cluster.running {
+        return decision(
+            db,
+            Action::Start,
+            "restored but not running; starting postgres",
+        );
+    }
+    if !op.has_done(Action::Bootstrap.step()) {
+        return decision(
+            db,
+            Action::Bootstrap,
+            "recovered; checking its roles and database",
+        );
+    }
+    decision(db, Action::MarkAvailable, "rolled back; it is available")
+}
+
 fn decide_destroy(
     db: &DatabaseRecord,
     op: &OperationRecord,
@@ -735,6 +853,92 @@ pub(crate) mod tests {
                 &got.action, want,
                 "done {done:?}, failures {failures}, {observed:?}"
             );
+        }
+    }
+
+    #[test]
+    fn an_upgrade_waits_for_the_unfollow_then_upgrades_starts_and_is_available() {
+        use Action::*;
+        let mut follower = db(DatabaseState::Preparing, Desired::Running);
+        follower.following = Some("db-0".into());
+        let fork = db(DatabaseState::Preparing, Desired::Running);
+        let table: &[(&DatabaseRecord, &str, &[&str], Observed, Action)] = &[
+            (&follower, "upgrade:18", &[], seen(true, true), Wait),
+            (&fork, "upgrade:18", &[], seen(true, true), Upgrade),
+            // Interrupted pg_upgrade: the step runs again (it starts over).
+            (&fork, "upgrade:18", &[], seen(true, false), Upgrade),
+            (&fork, "upgrade:18", &["upgrade"], seen(true, false), Start),
+            (
+                &fork,
+                "upgrade:18",
+                &["upgrade", "start"],
+                seen(true, true),
+                MarkAvailable,
+            ),
+            (&fork, "dry-run:18", &[], seen(true, true), UpgradeDryRun),
+            (
+                &follower,
+                "dry-run:18",
+                &[],
+                seen(true, true),
+                UpgradeDryRun,
+            ),
+            (&fork, "dry-run:18", &[], seen(true, false), Wait),
+            (
+                &fork,
+                "sideways:18",
+                &[],
+                seen(true, true),
+                GiveUp("the upgrade names no version".into()),
+            ),
+        ];
+        for (d, subject, done, observed, want) in table {
+            let mut o = op(OperationKind::Upgrade, done, 0);
+            o.subject = Some(subject.to_string());
+            let got = decide(d, &o, observed, None);
+            assert_eq!(&got.action, want, "{subject} {done:?} {observed:?}");
+        }
+    }
+
+    #[test]
+    fn a_rollback_restores_instead_of_initdb() {
+        use Action::*;
+        let preparing = db(DatabaseState::Preparing, Desired::Running);
+        let table: &[(&[&str], u32, Observed, Action)] = &[
+            (&[], 0, seen(false, false), SealArchive),
+            (&["seal-archive"], 0, seen(false, false), RestoreArchive),
+            // Interrupted during recovery: the restore waits for it again.
+            (&["seal-archive"], 0, seen(true, true), RestoreArchive),
+            (
+                &["seal-archive", "restore-archive"],
+                0,
+                seen(true, false),
+                Start,
+            ),
+            (
+                &["seal-archive", "restore-archive"],
+                0,
+                seen(true, true),
+                Bootstrap,
+            ),
+            (
+                &["seal-archive", "restore-archive", "bootstrap"],
+                0,
+                seen(true, true),
+                MarkAvailable,
+            ),
+            (
+                &["seal-archive"],
+                3,
+                seen(false, false),
+                Fail("initdb: boom".into()),
+            ),
+        ];
+        for (done, failures, observed, want) in table {
+            let mut o = op(OperationKind::Provision, done, *failures);
+            o.subject = Some(crate::rollback_subject("db-0"));
+            let got = decide(&preparing, &o, observed, None);
+            assert_eq!(&got.action, want, "done {done:?}, {observed:?}");
         }
     }
 

@@ -9,6 +9,7 @@ mod changeover;
 mod decide;
 mod failover;
 mod ha;
+mod protection;
 mod transition;
 
 pub use backup::{
@@ -19,8 +20,8 @@ pub use changeover::{
     hand_over_standby, recover_changeover, ChangeoverRecovery, CHANGEOVER_SWITCH,
 };
 pub use decide::{
-    commit_password, decide, follower_fell_off, is_caught_up, reconcile, Action, Decision,
-    Observed, CAUGHT_UP_COMMITS, MAX_STEP_FAILURES, REWIND_FAILED, SLOT_LEFT,
+    commit_password, decide, follower_fell_off, is_caught_up, reconcile, upgrade_target, Action,
+    Decision, Observed, CAUGHT_UP_COMMITS, MAX_STEP_FAILURES, REWIND_FAILED, SLOT_LEFT,
 };
 pub use failover::{
     decide_failover, is_promoted, orphaned_holds, self_fence_is_certain, switch_roles,
@@ -28,5 +29,10 @@ pub use failover::{
 };
 pub use ha::{
     ha_verdict, is_suspect, HaLimits, HaObservation, HaVerdict, HUNG, MAX_START_FAILURES,
+};
+pub use protection::{
+    assign_stanzas, base_backup_every, check_rollback_window, desired_stanza, is_rollback,
+    orphaned_stanzas, parse_by, parse_to, protection_steps, record_protection, rollback_subject,
+    rollback_target, ProtectAction, ProtectStep,
 };
 pub use transition::{end_billing, forget, step_done};

@@ -51,6 +51,25 @@ pub fn step_done(
             }
             Some(format!("{label}: available"))
         }
+        Action::Upgrade => {
+            // The new major's binaries run it from now on; its system
+            // identifier is new, so it starts a lineage of its own.
+            let major = state
+                .operations
+                .get(op_id)
+                .and_then(crate::decide::upgrade_target)
+                .map(|(m, _)| m);
+            if let (Some(m), Some(d)) = (major, state.databases.get_mut(db_id)) {
+                d.pg_major = m;
+                d.pg_version = None;
+            }
+            state.archive_of.remove(db_id);
+            major.map(|m| format!("{label}: upgraded to PostgreSQL {m}"))
+        }
+        Action::UpgradeDryRun => {
+            end(state, OperationState::Done, None);
+            None
+        }
         Action::CommitPassword => {
             commit_password(state, db_id);
             Some(format!("{label}: rotated the owner's password"))
@@ -119,6 +138,9 @@ pub fn forget(state: &mut State, id: &str, now: DateTime<Utc>) {
     for app in state.apps.values_mut() {
         app.attachments.retain(|_, d| d != id);
     }
+    // How it was made no longer matters; its lineage's archive is
+    // forgotten by the protection tick (`assign_stanzas`).
+    state.rollbacks.remove(id);
 }
 
 #[cfg(test)]

@@ -87,6 +87,13 @@ pub fn render_conf(spec: &ClusterSpec, socket_dir: &Path, passfile: &Path) -> St
         // stops holding WAL back and HA sees a dead link quickly.
         ("wal_sender_timeout", quote("5s")),
         ("wal_receiver_timeout", quote("5s")),
+        // WAL is archived by pgBackRest once the database is protected
+        // (the cluster root's `archive.conf`, included below, says how);
+        // until then each segment is let go. `on`, not `always`: pgBackRest
+        // backs up no primary with `always`, and an HA standby starts
+        // archiving when it is promoted.
+        ("archive_mode", "on".into()),
+        ("archive_command", quote(NO_ARCHIVE_COMMAND)),
         ("fsync", "on".into()),
         ("logging_collector", "off".into()),
         ("log_destination", quote("stderr")),
@@ -111,6 +118,15 @@ pub fn render_conf(spec: &ClusterSpec, socket_dir: &Path, passfile: &Path) -> St
             quote(&format!("\"{standby}\""))
         ));
     }
+    if let Some(root) = passfile.parent() {
+        out.push_str(
+            "# Continuous protection, when on (outside the data directory, so no copy takes it).\n",
+        );
+        out.push_str(&format!(
+            "include_if_exists {}\n",
+            quote(&root.join(ARCHIVE_CONF).display().to_string())
+        ));
+    }
     if let Some(up) = &spec.upstream {
         out.push_str("# Follower: streams WAL from its leader (with `standby.signal`).\n");
         for (name, value) in [
@@ -128,6 +144,14 @@ pub fn render_conf(spec: &ClusterSpec, socket_dir: &Path, passfile: &Path) -> St
     }
     out
 }
+
+/// `archive_command` of an unprotected cluster: every segment counts as
+/// archived, so none piles up.
+pub const NO_ARCHIVE_COMMAND: &str = "/bin/true";
+
+/// The file, in the cluster root, that sets `archive_command` to
+/// pgBackRest's `archive-push` once the database is protected.
+pub const ARCHIVE_CONF: &str = "archive.conf";
 
 /// The file, in the cluster root (outside the data directory, so no base
 /// backup or rewind copies it), that holds the upstream's password for
@@ -436,9 +460,18 @@ mod tests {
             ("log_statement", "'none'"),
             ("log_min_error_statement", "panic"),
             ("shared_preload_libraries", "'pg_stat_statements'"),
+            ("archive_mode", "on"),
+            ("archive_command", "'/bin/true'"),
         ] {
             assert_eq!(setting(&conf, name), Some(want), "{name} in\n{conf}");
         }
+        // Protection's archive_command comes from the cluster root, which
+        // no copy of the data directory carries, and wins (included last
+        // but for a follower's own settings).
+        assert!(
+            conf.contains("\ninclude_if_exists '/srv/c/archive.conf'\n"),
+            "{conf}"
+        );
     }
 
     #[test]

@@ -93,6 +93,10 @@ pub enum PgError {
     #[error("invalid cluster spec: {0}")]
     InvalidSpec(String),
 
+    /// Continuous protection cannot work, saying why and what to do.
+    #[error("{0}")]
+    Protection(String),
+
     #[error("could not connect to PostgreSQL over `{}`: {source}", socket_dir.display())]
     Connect {
         socket_dir: PathBuf,

@@ -21,10 +21,13 @@
 //! - [`replication`]: slots, replay status, repointing, promotion.
 //! - [`walcount`]: exact commits behind at any distance, with a per-segment cache, and the age of the oldest.
 //! - [`basebackup`]: a follower's data directory from `pg_basebackup`.
+//! - [`archive`]: continuous protection with pgBackRest (configuration, base backups, point-in-time restore).
 //! - [`dump`]: logical backups, `pg_dump -Fc` into a file and `pg_restore` from one.
 //! - [`extras`]: read-only reports (locks, blocking, outliers, bloat, ...) for `pg:diagnose` and the pg-extras commands.
+//! - [`upgrade`]: major-version upgrades with `pg_upgrade`, in place or as a dry run on a copy.
 //! - [`error`]: [`PgError`], the one error type.
 
+pub mod archive;
 pub mod basebackup;
 pub mod binaries;
 pub mod cluster;
@@ -39,6 +42,7 @@ pub mod process;
 pub mod replication;
 pub mod rewind;
 pub mod sql;
+pub mod upgrade;
 pub mod user;
 pub mod walcount;
 

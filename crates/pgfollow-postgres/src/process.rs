@@ -18,7 +18,13 @@ use crate::user::OsUser;
 /// `kill_on_drop` set. Callers that must let the program outlive the agent
 /// (`pg_ctl start`) turn `kill_on_drop` off again.
 pub fn command(bin: &PgBinaries, user: &OsUser, tool: &str, cwd: &Path) -> Command {
-    let mut cmd = Command::new(bin.tool(tool));
+    command_of(&bin.tool(tool), bin, user, cwd)
+}
+
+/// [`command`] for a program outside PostgreSQL's own directory (pgBackRest),
+/// with `bin`'s directory first in `PATH`.
+pub fn command_of(program: &Path, bin: &PgBinaries, user: &OsUser, cwd: &Path) -> Command {
+    let mut cmd = Command::new(program);
     let path = format!("{}:/usr/local/bin:/usr/bin:/bin", bin.bindir.display());
     cmd.env_clear()
         .env("PATH", path)
@@ -69,6 +75,47 @@ pub async fn run(mut cmd: Command, what: &str, timeout: Duration) -> Result<Outp
     }
 }
 
+/// Kills (SIGKILL) what an agent that died in the middle of a step left
+/// running: processes whose program's name is one of `programs` and whose
+/// command line mentions `under`. An agent killed with SIGKILL cannot take
+/// its children along, and a step that is started again must not race
+/// them. Returns how many it killed.
+pub fn kill_leftovers(programs: &[&str], under: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let under = under.display().to_string();
+    let mut killed = 0;
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if is_leftover(&args, programs, &under) {
+            let target = nix::unistd::Pid::from_raw(pid);
+            if nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                tracing::warn!("killed {} (pid {pid}), left by an earlier agent", args[0]);
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
+
+/// Whether command line `args` is one of `programs` working under `under`.
+fn is_leftover(args: &[String], programs: &[&str], under: &str) -> bool {
+    let Some(program) = args.first().map(|a| a.rsplit('/').next().unwrap_or(a)) else {
+        return false;
+    };
+    programs.contains(&program) && args[1..].iter().any(|a| a.contains(under))
+}
+
 /// stderr, or stdout when stderr is empty, trimmed.
 pub fn output_text(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr);
@@ -108,6 +155,20 @@ pub fn has_c_utf8(locale_a: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leftovers_are_the_named_programs_working_under_the_directory() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let root = "/d/clusters/db-1";
+        let yes = args("/usr/bin/pgbackrest --config=/d/clusters/db-1/restore.pgbackrest.conf --stanza=s restore");
+        assert!(is_leftover(&yes, &["pgbackrest"], root));
+        let other =
+            args("/usr/bin/pgbackrest --config=/d/clusters/db-2/pgbackrest.conf archive-push x");
+        assert!(!is_leftover(&other, &["pgbackrest"], root));
+        let not_named = args("/usr/bin/psql -h /d/clusters/db-1/run");
+        assert!(!is_leftover(&not_named, &["pgbackrest"], root));
+        assert!(!is_leftover(&[], &["pgbackrest"], root));
+    }
 
     #[test]
     fn finds_c_utf8_in_either_spelling() {

@@ -434,6 +434,57 @@ pub enum AgentCall {
         database: String,
         report: crate::api::ExtrasReport,
     },
+    /// Continuous protection: writes the cluster's pgBackRest configuration
+    /// and its `archive_command` for `archive` (reloading a running
+    /// server), and creates the stanza when the cluster is a primary.
+    ArchiveConfigure {
+        id: String,
+        archive: crate::archive::ArchiveSpec,
+    },
+    /// Long: a full base backup of the primary `id` into its stanza
+    /// (pgBackRest then expires what retention no longer needs). Answers
+    /// the stanza's [`crate::archive::ArchiveInfo`].
+    ArchiveBackup {
+        id: String,
+        archive: crate::archive::ArchiveSpec,
+    },
+    /// Commits a transaction on the primary `id`, switches WAL and waits
+    /// until the segment is archived: everything up to now can be restored.
+    ArchiveSeal {
+        id: String,
+        archive: crate::archive::ArchiveSpec,
+    },
+    /// Long: makes cluster `spec` from `archive` as it was at `target`
+    /// (`pgbackrest restore --type=time`), starts it, and waits until it
+    /// has recovered to that moment and is writable. Idempotent.
+    ArchiveRestore {
+        spec: ClusterSpec,
+        archive: crate::archive::ArchiveSpec,
+        target: chrono::DateTime<chrono::Utc>,
+    },
+    /// Long: upgrades cluster `id` in place to PostgreSQL `major` with
+    /// `pg_upgrade --copy` and leaves it stopped. Idempotent. Answers the
+    /// milliseconds pg_upgrade took.
+    Upgrade {
+        id: String,
+        major: u32,
+    },
+    /// Long: the same on a throwaway copy (`pg_basebackup` as
+    /// `replication` from `host`); the cluster keeps running. Answers
+    /// [`UpgradeReport`].
+    UpgradeDryRun {
+        id: String,
+        major: u32,
+        host: String,
+        replication: RoleSecret,
+    },
+}
+
+/// How long a dry-run upgrade's parts took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeReport {
+    pub copy_ms: u64,
+    pub upgrade_ms: u64,
 }
 
 impl AgentCall {
@@ -480,6 +531,12 @@ impl AgentCall {
             AgentCall::Restore { .. } => "restore",
             AgentCall::RestoreProgress { .. } => "restore_progress",
             AgentCall::Extras { .. } => "extras",
+            AgentCall::ArchiveConfigure { .. } => "archive_configure",
+            AgentCall::ArchiveBackup { .. } => "archive_backup",
+            AgentCall::ArchiveSeal { .. } => "archive_seal",
+            AgentCall::ArchiveRestore { .. } => "archive_restore",
+            AgentCall::Upgrade { .. } => "upgrade",
+            AgentCall::UpgradeDryRun { .. } => "upgrade_dry_run",
         }
     }
 }

@@ -104,6 +104,16 @@ pub struct CreateAddon {
     /// has, or a follower's leader's.
     #[serde(default)]
     pub version: Option<u32>,
+    /// A rollback: the new database is this one (named in any form) as it
+    /// was at `to` or `by` ago, restored from its continuous protection.
+    #[serde(default)]
+    pub rollback: Option<String>,
+    /// With `rollback`: the moment (`2026-12-02 01:50:00 UTC`, RFC 3339).
+    #[serde(default)]
+    pub to: Option<String>,
+    /// With `rollback`: how long ago (`2h`, `90m`, `1d12h`).
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 /// What a database is doing, as users see it.
@@ -233,6 +243,10 @@ pub struct DatabaseInfo {
     /// `b003 (2026-12-01 22:10 UTC, 1.2 MB)`.
     #[serde(default)]
     pub last_backup: Option<LastBackup>,
+    /// Continuous protection (standard, premium, enterprise): how far back
+    /// it can be rolled.
+    #[serde(default)]
+    pub rollback: Option<crate::archive::RollbackInfo>,
     /// While a follower's copy (`pg_basebackup`) runs: bytes copied of
     /// the total.
     #[serde(default)]
@@ -519,6 +533,30 @@ pub struct Billing {
     pub lines: Vec<BillingLine>,
     /// Sum of `cost_usd`.
     pub total_usd: f64,
+    /// Backup storage per database: logical backups and its lineage's
+    /// continuous-protection archive, against what its plan includes.
+    #[serde(default)]
+    pub backup_storage: Vec<BackupStorageLine>,
+    /// Sum of `extra_usd_per_month`, charged from now on at this rate.
+    #[serde(default)]
+    pub backup_extra_usd_per_month: f64,
+}
+
+/// Backup storage of one database (its logical backups and, on a
+/// protected primary, its lineage's archive).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BackupStorageLine {
+    pub database: String,
+    pub color: Color,
+    /// Its plan, or `-` once the database is gone.
+    pub plan: String,
+    pub logical_bytes: u64,
+    pub archive_bytes: u64,
+    /// Backup storage the plan includes (as much as its data storage).
+    pub included_bytes: u64,
+    /// What the storage beyond that costs per month.
+    pub extra_usd_per_month: f64,
 }
 
 /// What one database has cost so far.
@@ -562,6 +600,10 @@ pub struct Operation {
     /// While it copies a database's files: bytes copied of the total.
     #[serde(default)]
     pub copy: Option<CopyProgress>,
+    /// What it found, when it reports something (a dry-run upgrade: how
+    /// long it took).
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 /// One measurement of a follower's Behind By.
@@ -763,6 +805,32 @@ pub struct Diagnosis {
     /// The database's colour.
     pub database: String,
     pub checks: Vec<Check>,
+}
+
+/// `POST /v1/apps/{app}/databases/{db}/upgrade`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UpgradeRequest {
+    /// The PostgreSQL major to upgrade to (`18`).
+    pub version: u32,
+    /// Upgrade a throwaway copy and report how long it took; the database
+    /// is not touched.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The app's name typed back (needed unless `dry_run`).
+    #[serde(default)]
+    pub confirm: Option<String>,
+}
+
+/// `POST .../upgrade` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UpgradeResponse {
+    pub name: String,
+    pub color: Color,
+    /// The upgrade (or dry run) operation; a follower's unfollow runs first.
+    pub operation: String,
+    pub message: String,
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod archive;
 pub mod backup;
 pub mod dbref;
 pub mod lsn;

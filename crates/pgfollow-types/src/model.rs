@@ -35,6 +35,15 @@ pub struct State {
     /// The last backup number given per app and kind (`sushi/b` → 3).
     #[serde(default)]
     pub backup_numbers: BTreeMap<String, u32>,
+    /// Continuous protection: each lineage's pgBackRest archive, by stanza.
+    #[serde(default)]
+    pub protection: BTreeMap<String, crate::archive::ProtectionRecord>,
+    /// The stanza each protected database archives into, by database id.
+    #[serde(default)]
+    pub archive_of: BTreeMap<String, String>,
+    /// Databases made by `--rollback`, by database id.
+    #[serde(default)]
+    pub rollbacks: BTreeMap<String, crate::archive::RollbackRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -241,6 +250,10 @@ pub enum OperationKind {
     /// transactions (so clients wait rather than fail) until it is judged
     /// healthy again or a failover takes the hold over.
     Hold,
+    /// `pg:upgrade`: `pg_upgrade` to a newer major (`subject`:
+    /// `upgrade:18`), or a dry run of it on a throwaway copy
+    /// (`dry-run:18`; `reason` then says how long it took).
+    Upgrade,
 }
 
 impl OperationKind {
@@ -256,6 +269,7 @@ impl OperationKind {
             OperationKind::Rotate => "rotate",
             OperationKind::Backup => "backup",
             OperationKind::Restore => "restore",
+            OperationKind::Upgrade => "upgrade",
             OperationKind::Hold => "hold",
         }
     }

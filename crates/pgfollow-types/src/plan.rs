@@ -32,6 +32,17 @@ impl Tier {
         }
     }
 
+    /// Days a database can be rolled back (continuous protection with
+    /// pgBackRest): none on hobby, 4 standard, 7 premium, 14 enterprise.
+    pub fn rollback_days(self) -> Option<u32> {
+        match self {
+            Tier::Hobby => None,
+            Tier::Standard => Some(4),
+            Tier::Premium => Some(7),
+            Tier::Enterprise => Some(14),
+        }
+    }
+
     /// Premium and enterprise databases get an HA standby.
     pub fn has_ha(self) -> bool {
         matches!(self, Tier::Premium | Tier::Enterprise)
@@ -118,10 +129,18 @@ fn default_slot_wal_keep() -> u32 {
     1024
 }
 
+/// Backup storage beyond what a plan includes, per GB and month.
+pub const BACKUP_STORAGE_USD_PER_GB_MONTH: f64 = 0.02;
+
 /// Seconds in the month that prices are quoted for (30 days).
 pub const SECONDS_PER_BILLING_MONTH: i64 = 30 * 24 * 3600;
 
 impl Plan {
+    /// Backup storage included in the plan: as much as its data storage.
+    pub fn backup_storage_included_bytes(&self) -> u64 {
+        u64::from(self.storage_limit_gb) << 30
+    }
+
     /// The price of `seconds` on this plan, in US dollars.
     pub fn cost_of(&self, seconds: i64) -> f64 {
         f64::from(self.price_per_month) * seconds.max(0) as f64 / SECONDS_PER_BILLING_MONTH as f64

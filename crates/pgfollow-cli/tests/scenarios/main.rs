@@ -27,6 +27,8 @@ mod openapi;
 mod pool_modes;
 mod progress;
 mod promotion;
+mod rollback;
 mod security;
 mod spellings;
+mod upgrade;
 mod versions;

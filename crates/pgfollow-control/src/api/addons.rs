@@ -57,6 +57,16 @@ pub async fn create(
             plan.name, plan.tier
         )));
     }
+    if req.rollback.is_none() && (req.to.is_some() || req.by.is_some()) {
+        return Err(ApiErr::bad_request(
+            "--to and --by go with --rollback DB: name the database to roll back",
+        ));
+    }
+    if req.rollback.is_some() && req.follow.is_some() {
+        return Err(ApiErr::bad_request(
+            "--rollback and --follow cannot be combined: roll back first, then follow the new database",
+        ));
+    }
     // Each host's agent chooses its own ports: asked first, picked from in
     // the change.
     let ports = ctx.hosts.port_offers(OFFERS_PER_HOST).await;
@@ -78,7 +88,22 @@ pub async fn create(
                 None => None,
             };
             let is_up = |h: &str| ctx.hosts.is_up(h);
-            let major = choose_major(state, leader.as_ref(), req.version, &is_up)?;
+            let rollback = match &req.rollback {
+                Some(reference) => Some(rollback_source(state, &app, reference, &req)?),
+                None => None,
+            };
+            if let (Some((source, ..)), Some(v)) = (&rollback, req.version) {
+                if v != source.pg_major {
+                    return Err(ApiErr::bad_request(format!(
+                        "a rollback runs its source's PostgreSQL {}, not {v}; leave out --version (pg:upgrade changes the version)",
+                        source.pg_major
+                    )));
+                }
+            }
+            let major = match &rollback {
+                Some((source, ..)) => source.pg_major,
+                None => choose_major(state, leader.as_ref(), req.version, &is_up)?,
+            };
             let host = choose_host_for(state, leader.as_ref(), Some(major), &is_up)?;
             let now = Utc::now();
             let (id, op) = add_database_of_major(
@@ -95,6 +120,25 @@ pub async fn create(
                 },
                 Some(major),
             )?;
+            if let Some((source, stanza, target)) = rollback {
+                // A restored copy: its roles and database are the source's.
+                if let Some(d) = state.databases.get_mut(&id) {
+                    d.database = source.database.clone();
+                    d.owner = source.owner.clone();
+                    d.replication = source.replication.clone();
+                }
+                if let Some(o) = state.operations.get_mut(&op) {
+                    o.subject = Some(pgfollow_planner::rollback_subject(&stanza));
+                }
+                state.rollbacks.insert(
+                    id.clone(),
+                    pgfollow_types::archive::RollbackRecord {
+                        stanza,
+                        source: source.id.clone(),
+                        target,
+                    },
+                );
+            }
             if req.sync_strict {
                 if let Some(d) = state.databases.get_mut(&id) {
                     d.sync_strict = true;
@@ -146,6 +190,25 @@ pub async fn create(
             );
             "The follower will be available for read-only queries once it has caught up."
                 .to_string()
+        }
+        None if state.rollbacks.contains_key(&db.id) => {
+            let r = &state.rollbacks[&db.id];
+            let source = state
+                .databases
+                .get(&r.source)
+                .map_or_else(|| r.source.clone(), |s| s.color.to_string());
+            tracing::info!(
+                "{} ({} of {app}): provisioning on plan {} on host {}, as {source} was at {}",
+                db.color,
+                db.name,
+                plan.name,
+                db.host,
+                r.target
+            );
+            format!(
+                "The database is being created as {source} was at {}.",
+                r.target.format("%Y-%m-%d %H:%M:%S UTC")
+            )
         }
         None => {
             tracing::info!(
@@ -232,6 +295,34 @@ pub async fn destroy(
         answer.name
     );
     Ok(Json(answer))
+}
+
+/// The database `reference` names, its stanza and the moment to restore,
+/// checked against its rollback window.
+fn rollback_source(
+    state: &pgfollow_types::model::State,
+    app: &str,
+    reference: &str,
+    req: &CreateAddon,
+) -> Result<(DatabaseRecord, String, chrono::DateTime<Utc>), ApiErr> {
+    let source = resolve_db(state, app, reference)?.clone();
+    let now = Utc::now();
+    let target = pgfollow_planner::rollback_target(req.to.as_deref(), req.by.as_deref(), now)
+        .map_err(ApiErr::bad_request)?;
+    let Some(stanza) = state.archive_of.get(&source.id).cloned() else {
+        return Err(ApiErr::bad_request(format!(
+            "{} has no continuous protection (only standard, premium and enterprise primaries have it); roll back a protected database",
+            source.color
+        )));
+    };
+    pgfollow_planner::check_rollback_window(
+        source.color.as_str(),
+        target,
+        crate::protection::earliest_of(state, &source.id),
+        now,
+    )
+    .map_err(ApiErr::bad_request)?;
+    Ok((source, stanza, target))
 }
 
 /// The rules a leader and a new follower's plan must meet.

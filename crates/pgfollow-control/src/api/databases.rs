@@ -111,6 +111,7 @@ pub(crate) async fn info_of(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> 
             Some(o) if status == DatabaseState::Preparing => copy_progress(ctx, &db.host, o).await,
             _ => None,
         },
+        rollback: crate::protection::rollback_info(state, db),
     }
 }
 

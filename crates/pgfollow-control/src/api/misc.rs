@@ -179,6 +179,7 @@ pub(crate) async fn operation_view(
         app: db.map(|d| d.app.to_string()),
         color: db.map(|d| d.color.to_string()),
         copy,
+        detail: op.reason.clone(),
     }
 }
 

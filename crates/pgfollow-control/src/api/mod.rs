@@ -11,6 +11,7 @@ mod endpoint;
 mod maintenance;
 pub(crate) mod misc;
 pub(crate) mod promotion;
+mod upgrade;
 
 use std::sync::Arc;
 
@@ -63,6 +64,7 @@ pub type Shared = State<Arc<Ctx>>;
         databases::info_all, databases::info, databases::ps, databases::kill,
         databases::kill_all, databases::credentials, databases::rotate,
         promotion::unfollow, promotion::promote, diagnose::diagnose, diagnose::extras,
+        upgrade::upgrade,
         maintenance::show, maintenance::set, maintenance::changeover,
         endpoint::show, endpoint::set,
         backups::list, backups::capture, backups::show, backups::download, backups::delete,
@@ -144,6 +146,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             "/apps/{app}/databases/{db}/promote",
             post(promotion::promote),
         )
+        .route("/apps/{app}/databases/{db}/upgrade", post(upgrade::upgrade))
         .route(
             "/apps/{app}/databases/{db}/changeover",
             post(maintenance::changeover),

@@ -159,7 +159,20 @@ pub async fn restore(
         .await
         .map_err(io("reading the size of", file))?
         .len();
+    // Extensions only a superuser manages (pg_stat_statements, made in
+    // every database by pgfollow) are left out: the owner that restores
+    // could neither drop nor create them, and the target has its own.
+    let toc = list(bin, user, file).await?;
+    let kept = without_superuser_extensions(&toc);
+    let list_file = if kept.len() == toc.len() {
+        None
+    } else {
+        Some(toc_file(&kept)?)
+    };
     let mut cmd = tool(bin, user, "pg_restore", target);
+    if let Some(f) = &list_file {
+        cmd.arg("-L").arg(f.path());
+    }
     cmd.args([
         "--no-password",
         "--no-owner",
@@ -264,6 +277,46 @@ pub async fn list(bin: &PgBinaries, user: &OsUser, file: &Path) -> Result<String
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Extensions that pgfollow creates as the superuser in every database.
+const SUPERUSER_EXTENSIONS: &[&str] = &["pg_stat_statements"];
+
+/// A `pg_restore -l` table of contents without the entries (the extension
+/// and its comment) of [`SUPERUSER_EXTENSIONS`]; the order is kept, so a
+/// restore from a stream can follow it.
+pub fn without_superuser_extensions(toc: &str) -> String {
+    let mut out = String::with_capacity(toc.len());
+    for line in toc.split_inclusive('\n') {
+        let of_one = SUPERUSER_EXTENSIONS.iter().any(|e| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            words.windows(2).any(|w| w[0] == "EXTENSION" && w[1] == "-") && words.last() == Some(e)
+                || words.windows(3).any(|w| w == ["COMMENT", "-", "EXTENSION"])
+                    && words.iter().any(|w| w == e)
+        });
+        if !of_one {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// `toc` in a file the OS user postgres runs as can read (a table of
+/// contents: names of objects, no data).
+fn toc_file(toc: &str) -> Result<tempfile::NamedTempFile, PgError> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir();
+    let mut f = tempfile::Builder::new()
+        .prefix("pgfollow-restore-")
+        .suffix(".list")
+        .tempfile_in(&dir)
+        .map_err(io("creating a restore list in", &dir))?;
+    f.write_all(toc.as_bytes())
+        .map_err(io("writing", f.path()))?;
+    std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644))
+        .map_err(io("setting the mode of", f.path()))?;
+    Ok(f)
+}
+
 /// The first `n` non-empty lines of `text`, joined by `; ` (one line).
 fn first_lines(text: &str, n: usize) -> String {
     text.lines()
@@ -277,6 +330,26 @@ fn first_lines(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_leaves_out_the_extensions_only_a_superuser_manages() {
+        let toc = "; Archive created at 2026-12-02\n\
+                   3; 3079 16385 EXTENSION - pg_stat_statements \n\
+                   4; 0 0 COMMENT - EXTENSION pg_stat_statements \n\
+                   5; 3079 16400 EXTENSION - hstore \n\
+                   6; 1259 16500 TABLE public t u1\n";
+        let kept = without_superuser_extensions(toc);
+        assert_eq!(
+            kept,
+            "; Archive created at 2026-12-02\n\
+             5; 3079 16400 EXTENSION - hstore \n\
+             6; 1259 16500 TABLE public t u1\n"
+        );
+        assert_eq!(
+            without_superuser_extensions("6; 1 2 TABLE public t u\n").len(),
+            24
+        );
+    }
 
     #[test]
     fn errors_are_kept_to_one_line() {

@@ -151,8 +151,9 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> anyhow::Resu
     };
     // Several replicas (comma-separated): a heartbeat must get past a dead
     // one well within its own timeout.
-    let control =
-        Client::new(config.control.clone(), config.token.clone()).with_connect_timeout(HEARTBEAT);
+    let control = Client::new(config.control.clone(), config.token.clone())
+        .with_connect_timeout(HEARTBEAT)
+        .with_attempt_timeout(HEARTBEAT);
     control
         .register_host(&registration)
         .await

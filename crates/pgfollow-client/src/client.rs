@@ -52,6 +52,10 @@ pub struct Client {
     /// The replica that answered last.
     current: Arc<AtomicUsize>,
     token: String,
+    /// How long a replica may take to answer a request that can safely be
+    /// sent again (a heartbeat) before the next one is asked, when there
+    /// are several: a replica cut off answers nothing, not even a reset.
+    attempt_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Client {
@@ -106,7 +110,16 @@ impl Client {
             bases: Arc::new(bases),
             current: Arc::default(),
             token: token.into(),
+            attempt_timeout: None,
         }
+    }
+
+    /// The same client with a bound on each replica's answer to a request
+    /// that may be sent twice (heartbeats), so that one cut off is passed
+    /// over rather than waited for.
+    pub fn with_attempt_timeout(mut self, each: Duration) -> Self {
+        self.attempt_timeout = Some(each);
+        self
     }
 
     /// The same client with another bound on each TCP connection (an
@@ -411,8 +424,12 @@ impl Client {
         &self,
         registration: &pgfollow_types::agent::AgentRegistration,
     ) -> Result<pgfollow_types::api::HostSummary, ClientError> {
-        self.send_json(Method::POST, &["v1", "hosts"], registration)
-            .await
+        // A heartbeat is the same whoever takes it, and twice is harmless.
+        let req = self
+            .request(Method::POST, &["v1", "hosts"])
+            .json(registration);
+        let resp = self.execute_as(req, true).await?;
+        self.read(resp).await
     }
 
     /// `GET /openapi.json`.
@@ -578,6 +595,17 @@ impl Client {
     /// Sends `req` to the replica that answered last, and on to the next
     /// ones while it could not have reached one.
     async fn execute(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        self.execute_as(req, false).await
+    }
+
+    /// [`Client::execute`]; a request that may be sent again (`resend`) also
+    /// moves on after a timeout, each replica but the last bounded by
+    /// `attempt_timeout`.
+    async fn execute_as(
+        &self,
+        req: RequestBuilder,
+        resend: bool,
+    ) -> Result<reqwest::Response, ClientError> {
         let (http, req) = req.build_split();
         let req = req.map_err(|e| self.transport_error(e))?;
         let first = self.current.load(Ordering::Relaxed);
@@ -589,6 +617,9 @@ impl Client {
             let Some(mut attempt) = req.try_clone() else {
                 return http.execute(req).await.map_err(|e| self.transport_error(e));
             };
+            if let (true, Some(each), true) = (resend, self.attempt_timeout, k + 1 < n) {
+                *attempt.timeout_mut() = Some(each);
+            }
             if i != first {
                 let moved = rebase(attempt.url().as_str(), &from, &self.bases[i]);
                 match reqwest::Url::parse(&moved) {
@@ -603,7 +634,8 @@ impl Client {
                 }
                 Err(e) => {
                     let unsent = e.is_connect()
-                        || (req.method() == Method::GET && (e.is_timeout() || e.is_request()));
+                        || ((resend || req.method() == Method::GET)
+                            && (e.is_timeout() || e.is_request()));
                     let err = self.transport_error_at(e, &self.bases[i]);
                     if !unsent || n == 1 {
                         return Err(err);
@@ -627,6 +659,11 @@ impl Client {
 
     async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
         let resp = self.execute(req).await?;
+        self.read(resp).await
+    }
+
+    /// A response's body as `T`, or the error it answers.
+    async fn read<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, ClientError> {
         let status = resp.status();
         let url = resp.url().to_string();
         let body = resp.bytes().await.map_err(|e| self.transport_error(e))?;

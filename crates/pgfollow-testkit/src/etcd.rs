@@ -25,6 +25,8 @@ pub struct EtcdCluster {
 
 struct Member {
     name: String,
+    /// Its address: loopback, or its host's in a network namespace.
+    address: String,
     client_port: u16,
     child: Option<Child>,
 }
@@ -44,14 +46,33 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 impl EtcdCluster {
     /// Starts three members and waits until each answers `/health`.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_full(None)
+    }
+
+    /// Starts one member on each of three `hosts` (network namespaces), on
+    /// the host's address and etcd's usual ports (2379, 2380).
+    pub fn start_on(hosts: &[crate::NetHost]) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            hosts.len() == MEMBERS,
+            "an etcd cluster takes {MEMBERS} hosts"
+        );
+        Self::start_full(Some(hosts))
+    }
+
+    fn start_full(hosts: Option<&[crate::NetHost]>) -> anyhow::Result<Self> {
         let bin = which_etcd()?;
         let root = tempfile::Builder::new()
             .prefix("pgfollow-etcd-")
             .tempdir_in("/tmp")?;
-        let ports = free_ports(MEMBERS * 2)?;
+        let ports = match hosts {
+            Some(_) => [vec![2379; MEMBERS], vec![2380; MEMBERS]].concat(),
+            None => free_ports(MEMBERS * 2)?,
+        };
+        let address =
+            |i: usize| hosts.map_or_else(|| "127.0.0.1".to_string(), |h| h[i].address.clone());
         let token = format!("pgfollow-test-{}", std::process::id());
         let initial: Vec<String> = (0..MEMBERS)
-            .map(|i| format!("m{i}=http://127.0.0.1:{}", ports[MEMBERS + i]))
+            .map(|i| format!("m{i}=http://{}:{}", address(i), ports[MEMBERS + i]))
             .collect();
         let mut cluster = Self {
             root,
@@ -61,16 +82,19 @@ impl EtcdCluster {
             let (client, peer) = (ports[i], ports[MEMBERS + i]);
             let name = format!("m{i}");
             let log = std::fs::File::create(cluster.log_path(&name))?;
-            let child = Command::new(&bin)
+            let a = address(i);
+            let mut cmd = match hosts {
+                Some(h) => h[i].command(&bin),
+                None => Command::new(&bin),
+            };
+            let child = cmd
                 .args(["--name", &name])
                 .arg("--data-dir")
                 .arg(cluster.root.path().join(&name))
-                .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-                .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
-                .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-                .arg(format!(
-                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-                ))
+                .arg(format!("--listen-client-urls=http://{a}:{client}"))
+                .arg(format!("--advertise-client-urls=http://{a}:{client}"))
+                .arg(format!("--listen-peer-urls=http://{a}:{peer}"))
+                .arg(format!("--initial-advertise-peer-urls=http://{a}:{peer}"))
                 .arg(format!("--initial-cluster={}", initial.join(",")))
                 .arg(format!("--initial-cluster-token={token}"))
                 .arg("--initial-cluster-state=new")
@@ -83,6 +107,7 @@ impl EtcdCluster {
                 .with_context(|| format!("cannot run {}", bin.display()))?;
             cluster.members.push(Member {
                 name,
+                address: a,
                 client_port: client,
                 child: Some(child),
             });
@@ -99,7 +124,7 @@ impl EtcdCluster {
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("http://{}:{}", m.address, m.client_port))
             .collect()
     }
 
@@ -130,7 +155,7 @@ impl EtcdCluster {
                         .unwrap_or_default();
                     bail!("etcd member m{i} exited ({status}); log:\n{log}");
                 }
-                if health(m.client_port) {
+                if health(&m.address, m.client_port) {
                     break;
                 }
                 if Instant::now() >= deadline {
@@ -147,7 +172,7 @@ impl EtcdCluster {
     pub fn leader(&self) -> Option<usize> {
         self.members.iter().position(|m| {
             m.child.is_some()
-                && post(m.client_port, "/v3/maintenance/status", "{}")
+                && post(&m.address, m.client_port, "/v3/maintenance/status", "{}")
                     .and_then(|a| serde_json::from_str::<serde_json::Value>(&a).ok())
                     .is_some_and(|v| {
                         v["leader"].is_string() && v["leader"] == v["header"]["member_id"]
@@ -160,7 +185,7 @@ impl EtcdCluster {
     pub fn value_len(&self, key: &str) -> Option<usize> {
         let body = format!("{{\"key\":\"{}\"}}", base64(key.as_bytes()));
         for m in self.members.iter().filter(|m| m.child.is_some()) {
-            if let Some(answer) = post(m.client_port, "/v3/kv/range", &body) {
+            if let Some(answer) = post(&m.address, m.client_port, "/v3/kv/range", &body) {
                 let v: serde_json::Value = serde_json::from_str(&answer).ok()?;
                 let value = v["kvs"][0]["value"].as_str()?;
                 let pad = value.chars().rev().take_while(|c| *c == '=').count();
@@ -183,21 +208,23 @@ fn which_etcd() -> anyhow::Result<PathBuf> {
 
 /// `GET /health` on a member answers `{"health":"true"}` once it is part of
 /// a cluster with a leader.
-fn health(port: u16) -> bool {
-    request(port, "GET /health HTTP/1.0\r\n\r\n").is_some_and(|a| a.contains("\"health\":\"true\""))
+fn health(address: &str, port: u16) -> bool {
+    request(address, port, "GET /health HTTP/1.0\r\n\r\n")
+        .is_some_and(|a| a.contains("\"health\":\"true\""))
 }
 
-fn post(port: u16, path: &str, body: &str) -> Option<String> {
+fn post(address: &str, port: u16, path: &str, body: &str) -> Option<String> {
     let req = format!(
         "POST {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let answer = request(port, &req)?;
+    let answer = request(address, port, &req)?;
     answer.split("\r\n\r\n").nth(1).map(str::to_string)
 }
 
-fn request(port: u16, text: &str) -> Option<String> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+fn request(address: &str, port: u16, text: &str) -> Option<String> {
+    let ip: std::net::IpAddr = address.parse().ok()?;
+    let addr = std::net::SocketAddr::new(ip, port);
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(text.as_bytes()).ok()?;

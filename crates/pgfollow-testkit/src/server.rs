@@ -179,7 +179,9 @@ impl Server {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--listen", &format!("{address}:0")]);
-        if self.host.is_some() && !self.extra_args.iter().any(|a| a == "--pg-listen") {
+        // A replica on etcd runs no agent of its own: no databases to listen.
+        let replica = self.extra_args.iter().any(|a| a == "--etcd");
+        if self.host.is_some() && !replica && !self.extra_args.iter().any(|a| a == "--pg-listen") {
             cmd.args(["--pg-listen", address]);
         }
         if !self.extra_args.iter().any(|a| a == "--pg-ports") {

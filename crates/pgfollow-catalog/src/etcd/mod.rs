@@ -34,6 +34,8 @@ use crate::{decode, encode, prune_finished_operations, Catalog, CatalogError, Re
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long connecting to the cluster may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 ping interval and answer deadline of each member's connection.
+const KEEP_ALIVE: Duration = Duration::from_millis(250);
 /// etcd refuses requests over 1.5 MiB by default; a state document this
 /// big is refused here, with a message, before etcd would.
 const MAX_DOCUMENT: usize = 1_400_000;
@@ -102,7 +104,12 @@ impl EtcdCatalog {
         let options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
+            // A member cut off answers nothing (no reset): HTTP/2 pings
+            // find its connection dead within half a second, well inside
+            // the leader lease's renewal deadline, and requests go to the
+            // others.
+            .with_keep_alive(KEEP_ALIVE, KEEP_ALIVE)
+            .with_keep_alive_while_idle(true);
         let connected = rt.block_on(async move {
             tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(eps, Some(options))).await
         });

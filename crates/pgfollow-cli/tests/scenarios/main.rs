@@ -19,6 +19,7 @@ mod durability;
 mod followers;
 mod ha;
 mod ha_hosts;
+mod ha_partitions;
 mod ha_safety;
 mod hosts;
 mod lag;

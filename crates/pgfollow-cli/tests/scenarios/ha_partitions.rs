@@ -1,0 +1,109 @@
+//! Partitions of the control plane on etcd, every process on a host of its
+//! own (a network namespace): three etcd members, two `serve --etcd`
+//! replicas, two agents with a premium database and its standby. One etcd
+//! member cut off (its link down) changes nothing: the lead stays, no
+//! agent fences, no database fails over, and a writer through
+//! `DATABASE_URL` is never held longer than the lease. (The leading
+//! replica's host cut off does not work yet: see the README.)
+
+use std::time::Duration;
+
+use pgfollow_testkit::{AgentProcess, EtcdCluster, NetHost, Network};
+
+use crate::common::*;
+use crate::ha::{host_of_white, wait_ha_available};
+
+/// The leader lease's TTL the replicas run with (the default).
+const TTL: Duration = Duration::from_secs(2);
+
+fn leads(s: &Server, name: &str) -> bool {
+    s.log()
+        .contains(&format!("control plane replica {name} leads"))
+}
+
+/// Fields drop in order: processes before the network.
+struct Setup {
+    agents: Vec<AgentProcess>,
+    a: Server,
+    b: Server,
+    etcd: EtcdCluster,
+    members: Vec<NetHost>,
+    net: Network,
+}
+
+fn setup() -> Setup {
+    let mut net = Network::new().expect("a test network");
+    let members: Vec<NetHost> = (1..=3)
+        .map(|i| net.add_host(&format!("e{i}")).unwrap())
+        .collect();
+    let etcd = EtcdCluster::start_on(&members).expect("etcd starts on its hosts");
+    let urls = etcd.endpoints_arg();
+    let cp1 = net.add_host("cp1").unwrap();
+    let cp2 = net.add_host("cp2").unwrap();
+    let a = Server::start_on(bin(), &cp1, &["--etcd", &urls, "--name", "a"]).unwrap();
+    eventually(Duration::from_secs(10), "a leads", || leads(&a, "a"));
+    let b = Server::start_on(bin(), &cp2, &["--etcd", &urls, "--name", "b"]).unwrap();
+    let both = format!("{},{}", a.url, b.url);
+    let mut agents = Vec::new();
+    for name in ["h1", "h2"] {
+        let h = net.add_host(name).unwrap();
+        agents
+            .push(AgentProcess::start_with_control_on(bin(), &both, &a.token(), name, &h).unwrap());
+    }
+    eventually(Duration::from_secs(10), "both hosts registered", || {
+        let out = b.cli(&["hosts", "--json"]).stdout;
+        out.contains("\"h1\"") && out.contains("\"h2\"")
+    });
+    Setup {
+        agents,
+        a,
+        b,
+        etcd,
+        members,
+        net,
+    }
+}
+
+#[test]
+fn ha_one_etcd_member_cut_off_changes_nothing() {
+    let st = setup();
+    let (a, b) = (&st.a, &st.b);
+    b.cli(&["apps:create", "sushi"]).ok();
+    b.cli(&["addons:create", "premium-0", "--app", "sushi"])
+        .ok();
+    wait_available(b, "sushi");
+    wait_ha_available(b);
+    let primary_host = host_of_white(b);
+    let app_url = config_get(b, "sushi", "DATABASE_URL");
+    psql_url(&app_url, "create table w (id bigint primary key)").ok();
+    let writer = Writer::start(&app_url, "w", Duration::from_secs(120));
+    writer.warm_up();
+
+    // One etcd member (not etcd's own leader) cut off: nothing changes.
+    let leader = st.etcd.leader().expect("etcd has a leader");
+    let member = (0..3).find(|i| *i != leader).unwrap();
+    st.net.cut(&st.members[member]).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    b.cli(&["config:set", "STEP=one-member-cut", "--app", "sushi"])
+        .ok();
+    assert!(!leads(b, "b"), "the lead did not move:\n{}", b.log());
+    st.net.heal(&st.members[member]).unwrap();
+
+    let report = writer.finish();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        report.longest < TTL,
+        "a write was held {:?}, longer than the lease",
+        report.longest
+    );
+    assert_eq!(host_of_white(b), primary_host, "nothing failed over");
+    for agent in &st.agents {
+        assert!(
+            !agent.log().contains("fencing this host's primaries"),
+            "agent {} fenced:\n{}",
+            agent.name,
+            agent.log()
+        );
+    }
+    assert!(leads(a, "a") && !leads(b, "b"), "the lead stayed with a");
+}

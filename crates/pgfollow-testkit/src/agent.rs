@@ -11,8 +11,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::server::{
-    postmaster_pids, print_postgres_logs, stop_bouncers, stop_postmasters, wait_for_listen_line,
-    Server,
+    kill_leftovers, postmaster_pids, print_postgres_logs, stop_bouncers, stop_postmasters,
+    wait_for_listen_line, Server,
 };
 
 /// A running `pgfollow agent`.
@@ -239,6 +239,7 @@ impl Drop for AgentProcess {
         }
         stop_postmasters(&self.data_dir());
         stop_bouncers(&self.data_dir());
+        kill_leftovers(self.root.path());
         if std::thread::panicking() {
             eprintln!("--- agent {} log ---\n{}", self.name, self.log());
             print_postgres_logs(&self.data_dir());

@@ -411,6 +411,25 @@ pub(crate) fn stop_bouncers(data_dir: &Path) {
     }
 }
 
+/// Kills every process still running from under `root` (its command line
+/// names a path there): a PgBouncer that was daemonizing while its agent
+/// was stopped writes its pidfile too late for [`stop_bouncers`].
+pub(crate) fn kill_leftovers(root: &Path) {
+    let needle = root.to_string_lossy().into_owned();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        if pid != std::process::id() as i32 && String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
 /// Ends every postmaster under `data_dir`: immediate shutdown (SIGQUIT),
 /// then SIGKILL for any still there after a few seconds.
 pub(crate) fn stop_postmasters(data_dir: &Path) {
@@ -437,6 +456,7 @@ impl Drop for Server {
         }
         stop_postmasters(&self.data_dir());
         stop_bouncers(&self.data_dir());
+        kill_leftovers(self.root.path());
         if std::thread::panicking() {
             eprintln!(
                 "--- serve log ({}) ---\n{}",

@@ -1,12 +1,12 @@
 //! Partitions of the control plane on etcd, every process on a host of its
 //! own (a network namespace): three etcd members, two `serve --etcd`
 //! replicas, two agents with a premium database and its standby. One etcd
-//! member cut off (its link down) changes nothing: the lead stays, no
-//! agent fences, no database fails over, and a writer through
-//! `DATABASE_URL` is never held longer than the lease. (The leading
-//! replica's host cut off does not work yet: see the README.)
+//! member cut off (its link down) changes nothing: the lead stays. The
+//! leading replica's host cut off hands the lead to the other within the
+//! lease. Either way no agent fences, no database fails over, and a writer
+//! through `DATABASE_URL` is never held longer than the lease.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgfollow_testkit::{AgentProcess, EtcdCluster, NetHost, Network};
 
@@ -28,6 +28,7 @@ struct Setup {
     b: Server,
     etcd: EtcdCluster,
     members: Vec<NetHost>,
+    cp1: NetHost,
     net: Network,
 }
 
@@ -60,6 +61,7 @@ fn setup() -> Setup {
         b,
         etcd,
         members,
+        cp1,
         net,
     }
 }
@@ -106,4 +108,48 @@ fn ha_one_etcd_member_cut_off_changes_nothing() {
         );
     }
     assert!(leads(a, "a") && !leads(b, "b"), "the lead stayed with a");
+}
+
+#[test]
+fn ha_the_leading_replicas_host_cut_off_hands_over_and_fails_nothing_over() {
+    let st = setup();
+    let b = &st.b;
+    b.cli(&["apps:create", "sushi"]).ok();
+    b.cli(&["addons:create", "premium-0", "--app", "sushi"])
+        .ok();
+    wait_available(b, "sushi");
+    wait_ha_available(b);
+    let primary_host = host_of_white(b);
+    let app_url = config_get(b, "sushi", "DATABASE_URL");
+    psql_url(&app_url, "create table w (id bigint primary key)").ok();
+    let writer = Writer::start(&app_url, "w", Duration::from_secs(120));
+    writer.warm_up();
+    let cut = Instant::now();
+    st.net.cut(&st.cp1).unwrap();
+    eventually(TTL * 4, "b leads", || leads(b, "b"));
+    let change = cut.elapsed();
+    // Past HA's 2 s grace: had b missed the agents' heartbeats, it would
+    // have failed the primary over by now.
+    std::thread::sleep(Duration::from_secs(4));
+    let report = writer.finish();
+    eprintln!(
+        "leading replica's host cut off: b led {:.2} s later; the writer's longest insert {:?}",
+        change.as_secs_f64(),
+        report.longest
+    );
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        report.longest < TTL,
+        "a write was held {:?}",
+        report.longest
+    );
+    assert_eq!(host_of_white(b), primary_host, "nothing failed over");
+    for agent in &st.agents {
+        assert!(
+            !agent.log().contains("fencing this host's primaries"),
+            "agent {} fenced:\n{}",
+            agent.name,
+            agent.log()
+        );
+    }
 }

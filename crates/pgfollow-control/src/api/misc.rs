@@ -86,7 +86,13 @@ pub async fn register_host(
         match &ctx.replica {
             // The leader writes the host's record, at a heartbeat it gets
             // (forwarded, or a later one when nobody leads right now).
-            Some(replica) if !replica.is_leader() => replica.forward_registration(&reg).await,
+            // In the background: the heartbeat is answered now, whatever
+            // the leader does (a leader cut off would hold it past the
+            // agent's fencing deadline).
+            Some(replica) if !replica.is_leader() => {
+                let (replica, reg) = (replica.clone(), reg.clone());
+                tokio::spawn(async move { replica.forward_registration(&reg).await });
+            }
             _ => ctx.store.update(|state| {
                 state.hosts.insert(record.name.clone(), record.clone());
                 Ok(())

@@ -66,10 +66,9 @@ fn setup() -> Setup {
     }
 }
 
-#[test]
-fn ha_one_etcd_member_cut_off_changes_nothing() {
-    let st = setup();
-    let (a, b) = (&st.a, &st.b);
+/// A premium database on the agents, HA available, and a writer through
+/// `DATABASE_URL`: the primary's host and the writer.
+fn premium_with_writer(b: &Server) -> (String, Writer) {
     b.cli(&["apps:create", "sushi"]).ok();
     b.cli(&["addons:create", "premium-0", "--app", "sushi"])
         .ok();
@@ -80,6 +79,34 @@ fn ha_one_etcd_member_cut_off_changes_nothing() {
     psql_url(&app_url, "create table w (id bigint primary key)").ok();
     let writer = Writer::start(&app_url, "w", Duration::from_secs(120));
     writer.warm_up();
+    (primary_host, writer)
+}
+
+/// The writer saw no error and no write held past the lease, the primary
+/// stayed where it was, and no agent fenced.
+fn undisturbed(st: &Setup, report: &WriterReport, primary_host: &str) {
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        report.longest < TTL,
+        "a write was held {:?}, longer than the lease",
+        report.longest
+    );
+    assert_eq!(host_of_white(&st.b), primary_host, "nothing failed over");
+    for agent in &st.agents {
+        assert!(
+            !agent.log().contains("fencing this host's primaries"),
+            "agent {} fenced:\n{}",
+            agent.name,
+            agent.log()
+        );
+    }
+}
+
+#[test]
+fn ha_one_etcd_member_cut_off_changes_nothing() {
+    let st = setup();
+    let (a, b) = (&st.a, &st.b);
+    let (primary_host, writer) = premium_with_writer(b);
 
     // One etcd member (not etcd's own leader) cut off: nothing changes.
     let leader = st.etcd.leader().expect("etcd has a leader");
@@ -92,21 +119,7 @@ fn ha_one_etcd_member_cut_off_changes_nothing() {
     st.net.heal(&st.members[member]).unwrap();
 
     let report = writer.finish();
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-    assert!(
-        report.longest < TTL,
-        "a write was held {:?}, longer than the lease",
-        report.longest
-    );
-    assert_eq!(host_of_white(b), primary_host, "nothing failed over");
-    for agent in &st.agents {
-        assert!(
-            !agent.log().contains("fencing this host's primaries"),
-            "agent {} fenced:\n{}",
-            agent.name,
-            agent.log()
-        );
-    }
+    undisturbed(&st, &report, &primary_host);
     assert!(leads(a, "a") && !leads(b, "b"), "the lead stayed with a");
 }
 
@@ -114,16 +127,7 @@ fn ha_one_etcd_member_cut_off_changes_nothing() {
 fn ha_the_leading_replicas_host_cut_off_hands_over_and_fails_nothing_over() {
     let st = setup();
     let b = &st.b;
-    b.cli(&["apps:create", "sushi"]).ok();
-    b.cli(&["addons:create", "premium-0", "--app", "sushi"])
-        .ok();
-    wait_available(b, "sushi");
-    wait_ha_available(b);
-    let primary_host = host_of_white(b);
-    let app_url = config_get(b, "sushi", "DATABASE_URL");
-    psql_url(&app_url, "create table w (id bigint primary key)").ok();
-    let writer = Writer::start(&app_url, "w", Duration::from_secs(120));
-    writer.warm_up();
+    let (primary_host, writer) = premium_with_writer(b);
     let cut = Instant::now();
     st.net.cut(&st.cp1).unwrap();
     eventually(TTL * 4, "b leads", || leads(b, "b"));
@@ -137,19 +141,5 @@ fn ha_the_leading_replicas_host_cut_off_hands_over_and_fails_nothing_over() {
         change.as_secs_f64(),
         report.longest
     );
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-    assert!(
-        report.longest < TTL,
-        "a write was held {:?}",
-        report.longest
-    );
-    assert_eq!(host_of_white(b), primary_host, "nothing failed over");
-    for agent in &st.agents {
-        assert!(
-            !agent.log().contains("fencing this host's primaries"),
-            "agent {} fenced:\n{}",
-            agent.name,
-            agent.log()
-        );
-    }
+    undisturbed(&st, &report, &primary_host);
 }

@@ -28,11 +28,19 @@ struct Setup {
     b: Server,
     etcd: EtcdCluster,
     members: Vec<NetHost>,
+    /// The agents' hosts.
+    hosts: Vec<NetHost>,
     cp1: NetHost,
     net: Network,
 }
 
 fn setup() -> Setup {
+    setup_with(&["h1", "h2"])
+}
+
+/// Three etcd members, two replicas and an agent on a host of its own for
+/// each of `agents`.
+fn setup_with(agents: &[&str]) -> Setup {
     let mut net = Network::new().expect("a test network");
     let members: Vec<NetHost> = (1..=3)
         .map(|i| net.add_host(&format!("e{i}")).unwrap())
@@ -45,18 +53,20 @@ fn setup() -> Setup {
     eventually(Duration::from_secs(10), "a leads", || leads(&a, "a"));
     let b = Server::start_on(bin(), &cp2, &["--etcd", &urls, "--name", "b"]).unwrap();
     let both = format!("{},{}", a.url, b.url);
-    let mut agents = Vec::new();
-    for name in ["h1", "h2"] {
+    let (mut agents_running, mut hosts) = (Vec::new(), Vec::new());
+    for name in agents {
         let h = net.add_host(name).unwrap();
-        agents
+        agents_running
             .push(AgentProcess::start_with_control_on(bin(), &both, &a.token(), name, &h).unwrap());
+        hosts.push(h);
     }
-    eventually(Duration::from_secs(10), "both hosts registered", || {
+    eventually(Duration::from_secs(10), "every host registered", || {
         let out = b.cli(&["hosts", "--json"]).stdout;
-        out.contains("\"h1\"") && out.contains("\"h2\"")
+        agents.iter().all(|n| out.contains(&format!("\"{n}\"")))
     });
     Setup {
-        agents,
+        agents: agents_running,
+        hosts,
         a,
         b,
         etcd,
@@ -142,4 +152,86 @@ fn ha_the_leading_replicas_host_cut_off_hands_over_and_fails_nothing_over() {
         report.longest
     );
     undisturbed(&st, &report, &primary_host);
+}
+
+/// Connects with tokio-postgres to `url` (its host list as libpq reads
+/// it), writes a row to `t` and answers how long the connection took.
+fn tokio_postgres_insert(url: &str, id: i64) -> Duration {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let start = Instant::now();
+        let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
+        let (c, conn) = tokio::time::timeout(Duration::from_secs(30), connect)
+            .await
+            .expect("tokio-postgres connects within 30 s")
+            .expect("tokio-postgres goes on to the next host of DATABASE_URL");
+        let took = start.elapsed();
+        tokio::spawn(conn);
+        c.execute("insert into t values ($1)", &[&id])
+            .await
+            .unwrap();
+        took
+    })
+}
+
+/// Losing the host of an app's first endpoint (its link down) leaves
+/// `DATABASE_URL` working: psql and tokio-postgres go on to the second
+/// endpoint after the URL's connect timeout, and every write arrives.
+#[test]
+fn ha_the_first_endpoints_host_cut_off_leaves_database_url_working() {
+    let st = setup_with(&["h1", "h2", "h3"]);
+    let b = &st.b;
+    // Placement is least loaded first: an app made before puts its
+    // database on h1 and its endpoints on h1 and h2, so sushi's database
+    // goes to h2 and its endpoints to h3 (first), then h1.
+    b.cli(&["apps:create", "other"]).ok();
+    add_database(b, "other", "hobby-dev");
+    b.cli(&["apps:create", "sushi"]).ok();
+    add_database(b, "sushi", "hobby-dev");
+    let app_url = config_get(b, "sushi", "DATABASE_URL");
+    let db_addr = crate::hosts::url_host(&config_get(b, "sushi", "PGFOLLOW_POSTGRESQL_WHITE_URL"));
+    let first = crate::hosts::url_host(&app_url);
+    assert_ne!(
+        first, db_addr,
+        "the first endpoint is not on the database's host: {app_url}"
+    );
+    let cut = st
+        .hosts
+        .iter()
+        .find(|h| h.address == first)
+        .expect("the first endpoint runs on an agent's host");
+    psql_url(&app_url, "create table t (id bigint primary key)").ok();
+    psql_url(&app_url, "insert into t values (1)").ok();
+
+    st.net.cut(cut).unwrap();
+    for id in [2, 3] {
+        let start = Instant::now();
+        psql_url(&app_url, &format!("insert into t values ({id})")).ok();
+        eprintln!(
+            "first endpoint's host cut off: psql through DATABASE_URL wrote in {:.2} s",
+            start.elapsed().as_secs_f64()
+        );
+    }
+    for id in [4, 5] {
+        let took = tokio_postgres_insert(&app_url, id);
+        eprintln!(
+            "first endpoint's host cut off: tokio-postgres connected through DATABASE_URL in {:.2} s",
+            took.as_secs_f64()
+        );
+        assert!(took < Duration::from_secs(10), "connecting took {took:?}");
+    }
+    let count = psql_url(&app_url, "select count(*) from t").ok().stdout;
+    assert_eq!(count.trim(), "5", "every write arrived");
+
+    // Back on its link, the endpoint serves again.
+    st.net.heal(cut).unwrap();
+    let direct = crate::hosts::only(&app_url, &crate::hosts::listed(&app_url)[0]);
+    eventually(
+        Duration::from_secs(20),
+        "the first endpoint answers again",
+        || psql_url(&direct, "select count(*) from t").status.success(),
+    );
 }

@@ -149,7 +149,7 @@ fn a_changeover_between_hosts_keeps_every_write_of_a_writer_through_database_url
 }
 
 /// `host:port` of each endpoint a multi-host `DATABASE_URL` lists.
-fn listed(url: &str) -> Vec<String> {
+pub(crate) fn listed(url: &str) -> Vec<String> {
     let rest = url.split('@').nth(1).unwrap();
     rest.split('/')
         .next()
@@ -160,7 +160,7 @@ fn listed(url: &str) -> Vec<String> {
 }
 
 /// `url` pointing at one `host:port` of its list only.
-fn only(url: &str, host_port: &str) -> String {
+pub(crate) fn only(url: &str, host_port: &str) -> String {
     let (head, rest) = url.split_once('@').unwrap();
     let tail = &rest[rest.find('/').unwrap()..];
     format!("{head}@{host_port}{}", tail.split('?').next().unwrap())
@@ -179,7 +179,7 @@ fn who(url: &str) -> String {
 }
 
 #[test]
-fn the_app_endpoint_runs_on_two_hosts_and_database_url_outlives_one_of_them() {
+fn the_app_endpoint_runs_on_two_hosts_and_a_changeover_retargets_both() {
     let h = Hosts::start(&["h2", "h3"], &[]);
     let s = &h.server;
     s.cli(&["apps:create", "sushi"]).ok();
@@ -223,8 +223,8 @@ fn the_app_endpoint_runs_on_two_hosts_and_database_url_outlives_one_of_them() {
         );
     }
 
-    // A client that finds the first endpoint gone goes on through the
-    // second: psql and a Rust client alike.
+    // The second endpoint carries writes, and a Rust client takes the
+    // multi-host URL (ha_partitions cuts the first endpoint's host off).
     let second = only(&app_url, &eps[1]);
     psql_url(&second, "insert into t values (1)").ok();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -18,7 +18,22 @@
 //! - frozen host: the agent, the postmaster and everything under them get
 //!   SIGSTOP for 4 s, then SIGCONT (a paused VM), async and `--sync`;
 //! - crashed postgres (one server for all runs): SIGKILL to the postmaster
-//!   only; pgfollow restarts it in place.
+//!   only; pgfollow restarts it in place;
+//! - host cut off (`--sync`): every process on a host of its own (a network
+//!   namespace: serve with its embedded agent on one, h2 on another), and
+//!   h2's link taken down; the writer on the old primary's own URL runs on
+//!   h2 itself, so what the old primary acknowledges after the cut is seen;
+//! - leader and host cut off (`--sync`): the control plane on etcd (three
+//!   members, two `serve --etcd` replicas), machine m1 running the leading
+//!   replica and the agent with the primary, m2 the other replica and the
+//!   standby's agent; m1's link taken down (the machine dies: nothing it
+//!   runs is heard again).
+//!
+//! With a host cut off, a connection to it hangs instead of breaking, so
+//! the writers of those kinds give up on an insert after
+//! [`writers::CUT_INSERT_LIMIT`] and reconnect (as an app with a client-side
+//! statement timeout would); `DATABASE_URL`'s `connect_timeout=2` then
+//! moves them past an endpoint that does not answer.
 //!
 //! Measured per run: from the fault to the end of the outage that follows
 //! it (the longest time in which no writer got an acknowledgement, among
@@ -76,6 +91,15 @@ pub struct Options {
     /// Frozen-host runs with `addons:create --sync` (a fresh server each)
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=50))]
     pub frozen_host_sync_runs: u32,
+    /// Host-cut-off runs, `--sync`: hosts in network namespaces, the
+    /// primary's link taken down (a fresh network and server each)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=50))]
+    pub cut_runs: u32,
+    /// Runs with the leading control plane replica and the primary on one
+    /// machine whose link is taken down, `--sync`, control plane on etcd
+    /// (a fresh network, etcd cluster and replicas each)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=50))]
+    pub leader_cut_runs: u32,
     /// Concurrent writers through DATABASE_URL, each on its own connection
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub writers: u32,
@@ -93,17 +117,21 @@ enum Kind {
     FrozenPostgres,
     FrozenHostAsync,
     FrozenHostSync,
+    HostCutSync,
+    LeaderAndHostCutSync,
 }
 
 impl Kind {
     /// In the order they run and are reported.
-    const ALL: [Kind; 6] = [
+    const ALL: [Kind; 8] = [
         Kind::HostAsync,
         Kind::HostSync,
         Kind::Crash,
         Kind::FrozenPostgres,
         Kind::FrozenHostAsync,
         Kind::FrozenHostSync,
+        Kind::HostCutSync,
+        Kind::LeaderAndHostCutSync,
     ];
 
     fn label(self) -> &'static str {
@@ -114,12 +142,23 @@ impl Kind {
             Kind::FrozenPostgres => "frozen postgres",
             Kind::FrozenHostAsync => "frozen host 4 s, async",
             Kind::FrozenHostSync => "frozen host 4 s, --sync",
+            Kind::HostCutSync => "host cut off, --sync",
+            Kind::LeaderAndHostCutSync => "leader+host cut off, --sync",
         }
     }
 
     /// Whether its database is created with `--sync`.
     fn sync(self) -> bool {
-        matches!(self, Kind::HostSync | Kind::FrozenHostSync)
+        matches!(
+            self,
+            Kind::HostSync | Kind::FrozenHostSync | Kind::HostCutSync | Kind::LeaderAndHostCutSync
+        )
+    }
+
+    /// Whether its hosts are network namespaces and the fault a link taken
+    /// down.
+    fn cuts(self) -> bool {
+        matches!(self, Kind::HostCutSync | Kind::LeaderAndHostCutSync)
     }
 
     /// Whether what it stops is continued during the run.
@@ -135,6 +174,8 @@ impl Kind {
             Kind::FrozenPostgres => opts.frozen_postgres_runs,
             Kind::FrozenHostAsync => opts.frozen_host_runs,
             Kind::FrozenHostSync => opts.frozen_host_sync_runs,
+            Kind::HostCutSync => opts.cut_runs,
+            Kind::LeaderAndHostCutSync => opts.leader_cut_runs,
         }
     }
 }
@@ -234,12 +275,19 @@ async fn fresh_run(
     kind: Kind,
     n: u32,
 ) -> anyhow::Result<Run> {
-    let mut setup = Setup::new(bin, opts, kind.sync()).await?;
+    let mut setup = match kind {
+        Kind::HostCutSync => Setup::cut_off(bin, opts).await?,
+        Kind::LeaderAndHostCutSync => Setup::leader_cut_off(bin, opts).await?,
+        _ => Setup::new(bin, opts, kind.sync()).await?,
+    };
     let run = setup.measure(opts, kind, n).await;
     setup.keep_logs(opts, kind, n);
     let run = run?;
-    if run.host_after == "h2" {
-        anyhow::bail!("writes came back but WHITE is still on h2: no failover happened");
+    if run.host_after == setup.old_host() {
+        anyhow::bail!(
+            "writes came back but WHITE is still on {}: no failover happened",
+            run.host_after
+        );
     }
     tokio::task::block_in_place(move || drop(setup));
     Ok(run)

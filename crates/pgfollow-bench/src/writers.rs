@@ -27,7 +27,11 @@ pub const RETRY_AFTER: Duration = Duration::from_millis(20);
 /// Longest a connection attempt may take.
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 /// Longest one insert may take before it counts as failed.
-const INSERT_LIMIT: Duration = Duration::from_secs(30);
+pub const INSERT_LIMIT: Duration = Duration::from_secs(30);
+/// The same where a host may be cut off: a connection to a host that went
+/// silent hangs rather than breaks, so the writer gives up on its insert
+/// after this and reconnects (an app's client-side statement timeout).
+pub const CUT_INSERT_LIMIT: Duration = Duration::from_secs(1);
 /// How long [`Writers::finish`] waits for the inserts in flight; a writer
 /// still waiting then (its server hangs) is stopped and its insert counts
 /// as failed.
@@ -46,10 +50,11 @@ pub struct Ack {
     pub sent: Instant,
     /// When its acknowledgement arrived.
     pub done: Instant,
-    /// The port of the server that acknowledged it (its `port` setting,
-    /// returned by the INSERT: which PostgreSQL answered behind an
-    /// endpoint); 0 if it said none.
-    pub server: u16,
+    /// The server that acknowledged it: its address and `port` setting,
+    /// returned by the INSERT (which PostgreSQL answered behind an
+    /// endpoint; hosts of their own may use the same port), as
+    /// [`server_id`] makes them one number; 0 if it said none.
+    pub server: u64,
 }
 
 /// One failed attempt: a refused or broken connection, or an INSERT that
@@ -82,8 +87,14 @@ pub struct Writers {
 }
 
 impl Writers {
-    /// Starts `count` writers on `url`.
+    /// Starts `count` writers on `url`, each giving up on an insert after
+    /// [`INSERT_LIMIT`].
     pub fn start(url: &str, count: u32) -> Self {
+        Self::start_limited(url, count, INSERT_LIMIT)
+    }
+
+    /// [`Writers::start`] giving up on an insert after `insert_limit`.
+    pub fn start_limited(url: &str, count: u32, insert_limit: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let origin = Instant::now();
         let latest_sent = Arc::new(AtomicU64::new(0));
@@ -98,6 +109,7 @@ impl Writers {
                     latest_sent: latest_sent.clone(),
                     in_flight: in_flight.clone(),
                     seen: seen.clone(),
+                    insert_limit,
                 };
                 let task = tokio::spawn(write_loop(url.to_string(), w * ID_SPACE, live));
                 (task, seen)
@@ -174,6 +186,63 @@ impl Writers {
     }
 }
 
+/// Writers on a thread of their own inside a host's network namespace: a
+/// client running on that host (it still reaches the host's own addresses
+/// when the host's link is down). Dropping them stops them.
+pub struct WritersOn {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<Seen>>>,
+}
+
+impl WritersOn {
+    /// [`Writers::start_limited`] on `host`.
+    pub fn start(
+        host: &pgfollow_testkit::NetHost,
+        url: &str,
+        count: u32,
+        insert_limit: Duration,
+    ) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (host, url) = (host.clone(), url.to_string());
+        let thread = std::thread::spawn(move || {
+            host.enter()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok(rt.block_on(async move {
+                let writers = Writers::start_limited(&url, count, insert_limit);
+                let _ = stopped.await;
+                writers.finish().await
+            }))
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops them (as [`Writers::finish`] does, so within its bound) and
+    /// returns what they saw.
+    pub async fn finish(mut self) -> anyhow::Result<Seen> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let thread = self.thread.take().context("finished twice")?;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the writers' thread panicked"))?
+    }
+}
+
+impl Drop for WritersOn {
+    fn drop(&mut self) {
+        // The thread's writers stop (and abort) on their own once told.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 impl Drop for Writers {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -195,6 +264,7 @@ struct Live {
     in_flight: Arc<AtomicU32>,
     /// This writer's acknowledgements and failures.
     seen: Arc<Mutex<Seen>>,
+    insert_limit: Duration,
 }
 
 impl Live {
@@ -231,10 +301,10 @@ async fn write_loop(url: String, first_id: i64, live: Live) {
         }
         let Some(c) = &client else { continue };
         let sql =
-            format!("INSERT INTO {TABLE} (id) VALUES ({next}) RETURNING current_setting('port')");
+            format!("INSERT INTO {TABLE} (id) VALUES ({next}) RETURNING coalesce(host(inet_server_addr()), '') || ' ' || current_setting('port')");
         live.in_flight.fetch_add(1, Ordering::SeqCst);
         let sent = Instant::now();
-        let outcome = tokio::time::timeout(INSERT_LIMIT, c.simple_query(&sql)).await;
+        let outcome = tokio::time::timeout(live.insert_limit, c.simple_query(&sql)).await;
         let done = Instant::now();
         live.in_flight.fetch_sub(1, Ordering::SeqCst);
         match outcome {
@@ -243,7 +313,7 @@ async fn write_loop(url: String, first_id: i64, live: Live) {
                     id: next,
                     sent,
                     done,
-                    server: returned_port(&messages),
+                    server: returned_server(&messages),
                 });
                 let ns = sent.saturating_duration_since(live.origin).as_nanos() as u64;
                 live.latest_sent.fetch_max(ns.max(1), Ordering::Relaxed);
@@ -254,22 +324,38 @@ async fn write_loop(url: String, first_id: i64, live: Live) {
             }
             Err(_) => {
                 client = None;
-                live.fail(format!("insert {next}: no answer in 30 s")).await;
+                let limit = live.insert_limit.as_secs_f64();
+                live.fail(format!("insert {next}: no answer in {limit} s"))
+                    .await;
             }
         }
         next += 1;
     }
 }
 
-/// The port in the row an INSERT ... RETURNING returned (0 if none).
-fn returned_port(messages: &[SimpleQueryMessage]) -> u16 {
+/// The server in the row an INSERT ... RETURNING returned (0 if none).
+fn returned_server(messages: &[SimpleQueryMessage]) -> u64 {
     messages
         .iter()
         .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+            SimpleQueryMessage::Row(r) => r.get(0).map(server_id),
             _ => None,
         })
         .unwrap_or(0)
+}
+
+/// `"ADDRESS PORT"` (the address empty over a Unix socket) as one number:
+/// an IPv4 address in the high bits, the port in the low 16; 0 when the
+/// port does not parse.
+fn server_id(row: &str) -> u64 {
+    let (addr, port) = row.split_once(' ').unwrap_or(("", row));
+    let Ok(port) = port.trim().parse::<u16>() else {
+        return 0;
+    };
+    let addr = addr
+        .parse::<std::net::Ipv4Addr>()
+        .map_or(0, |a| u64::from(u32::from(a)));
+    addr << 16 | u64::from(port)
 }
 
 /// The server's message for a database error ("db error" says nothing).
@@ -418,5 +504,20 @@ pub fn median(values: &[Duration]) -> Option<Duration> {
         0 => None,
         n if n % 2 == 1 => Some(v[n / 2]),
         n => Some((v[n / 2 - 1] + v[n / 2]) / 2),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_id;
+
+    #[test]
+    fn a_server_is_its_address_and_port() {
+        let a = server_id("10.231.20.2 15400");
+        let b = server_id("10.231.20.3 15400");
+        assert_ne!(a, b, "the same port on two hosts is two servers");
+        assert_eq!(a & 0xffff, 15400);
+        assert_eq!(server_id(" 5432"), 5432, "over a Unix socket: the port");
+        assert_eq!(server_id("10.0.0.1 x"), 0);
     }
 }

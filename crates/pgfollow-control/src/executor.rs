@@ -213,7 +213,11 @@ impl Executor {
                 continue;
             }
             let mut stale = false;
-            for ep in app.endpoints.iter().filter(|e| self.hosts.is_up(&e.host)) {
+            for ep in app
+                .endpoints
+                .iter()
+                .filter(|e| self.hosts.is_answering(&e.host))
+            {
                 stale = stale || needs_sync(state, app, ep, self.endpoints.is_running(ep).await);
             }
             if !stale {
@@ -281,10 +285,7 @@ impl Executor {
         // A host that has missed heartbeats is not asked (a frozen one
         // would hold the whole tick for the call's timeout): it either
         // answers again soon or is failed over.
-        let quiet = self
-            .hosts
-            .silence(&db.host)
-            .is_some_and(|s| s >= ha::SUSPECT_AFTER);
+        let quiet = !self.hosts.is_answering(&db.host);
         match self.hosts.get(&db.host).filter(|_| !quiet) {
             None => Observed::HostUnreachable(db.host.clone()),
             Some(agent) => match agent.status(&db.id).await {

@@ -141,6 +141,16 @@ impl Hosts {
         self.get(host).is_some()
     }
 
+    /// Up and heard from within [`crate::ha::SUSPECT_AFTER`]: worth a look
+    /// the executor waits for (a host that has missed heartbeats either
+    /// answers again soon or is failed over).
+    pub fn is_answering(&self, host: &str) -> bool {
+        self.is_up(host)
+            && self
+                .silence(host)
+                .is_some_and(|s| s < crate::ha::SUSPECT_AFTER)
+    }
+
     /// The names of every host whose agent is up.
     pub fn up(&self) -> Vec<String> {
         let mut names: Vec<String> = self.local.iter().map(|a| a.name().to_string()).collect();
@@ -197,7 +207,12 @@ pub type AgentError = AgentCallError;
 /// How long a remote agent may take to answer `call`.
 fn timeout_of(call: &AgentCall) -> Duration {
     match call {
-        AgentCall::Status { .. } => GLANCE,
+        // Looks the executor's tick waits for: a host cut off between two
+        // heartbeats (its link down: no reset, no answer) holds the tick
+        // for this long before its silence shows.
+        AgentCall::Status { .. }
+        | AgentCall::EndpointStatus { .. }
+        | AgentCall::OfferPorts { .. } => GLANCE,
         AgentCall::Probe { .. } => PROBE,
         AgentCall::Fence { .. } => FENCE,
         AgentCall::BaseBackup { .. }

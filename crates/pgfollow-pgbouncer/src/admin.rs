@@ -242,9 +242,12 @@ impl AdminSession<'_> {
 
     /// `PAUSE db` that never gives the database back: when the pause does
     /// not finish within `limit` (a client keeps a transaction open, or a
-    /// server connection hangs on a host that no longer answers), `KILL db`
-    /// ends every connection of `dbname` instead, which leaves it paused
-    /// too. Returns whether connections had to be killed.
+    /// server connection hangs on a host that no longer answers), the
+    /// clients holding it up are ended with their server connections
+    /// ([`AdminSession::end_transactions`]); the others (idle, or waiting
+    /// for a server or to log in) stay and wait for RESUME, so a client
+    /// that was connecting is not sent to the next host of its URL. Returns
+    /// whether connections had to be ended.
     ///
     /// In session pooling holding the endpoint always ends its sessions
     /// (see [`AdminSession::pause`]); that is how it pauses there, so it
@@ -264,7 +267,7 @@ impl AdminSession<'_> {
                 let admin = self.endpoint.admin().await?;
                 while admin.active_servers(dbname).await? > 0 {
                     if started.elapsed() >= limit {
-                        admin.kill_clients(dbname).await?;
+                        admin.end_transactions(dbname).await?;
                         return Ok(true);
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -272,13 +275,53 @@ impl AdminSession<'_> {
                 Ok(false)
             }
             Err(BouncerError::AdminTimeout { .. }) => {
-                // This connection still waits for its PAUSE: KILL over a
-                // new one.
-                self.endpoint.admin().await?.kill_clients(dbname).await?;
+                // This connection still waits for its PAUSE: end what holds
+                // it up over a new one.
+                self.endpoint
+                    .admin()
+                    .await?
+                    .end_transactions(dbname)
+                    .await?;
                 Ok(true)
             }
             Err(e) => Err(no_such_database(e, dbname)),
         }
+    }
+
+    /// Ends every client of `dbname` that holds a server connection (in
+    /// transaction pooling: one in a transaction, or waiting on a server
+    /// that hangs) with `KILL_CLIENT`, which closes its server connection
+    /// too; clients without one are left alone. Answers how many were
+    /// ended.
+    pub async fn end_transactions(&self, dbname: &str) -> Result<usize, BouncerError> {
+        let messages = self.command("SHOW CLIENTS", COMMAND_TIMEOUT).await?;
+        let mut busy = Vec::new();
+        for m in messages {
+            let SimpleQueryMessage::Row(row) = m else {
+                continue;
+            };
+            let linked = row
+                .try_get("link")
+                .ok()
+                .flatten()
+                .is_some_and(|l: &str| !l.is_empty());
+            let id = row.try_get("id").ok().flatten().map(str::to_string);
+            if linked && row.try_get("database").ok().flatten() == Some(dbname) {
+                busy.extend(id);
+            }
+        }
+        for id in &busy {
+            match self
+                .command(&format!("KILL_CLIENT {id}"), COMMAND_TIMEOUT)
+                .await
+            {
+                Ok(_) => {}
+                // Gone by itself meanwhile.
+                Err(BouncerError::Admin { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(busy.len())
     }
 
     /// `KILL db`: drops every client and server connection of `dbname` at

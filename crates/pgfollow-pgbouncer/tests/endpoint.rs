@@ -233,6 +233,43 @@ async fn disable_enable_pause_resume() {
     ));
 }
 
+/// A hold whose PAUSE cannot finish ends the client in a transaction with
+/// its server connection, and only it: an idle client keeps its connection
+/// and is served after RESUME (a client that was connecting is not pushed
+/// to the next host of its URL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_that_cannot_pause_ends_only_the_open_transactions() {
+    let mut w = World::new();
+    let a = w.cluster("a", "A").await;
+    let target = w.target(a);
+    let (ep, spec) = w.endpoint("ep", Some(target)).await;
+    let busy = connect("127.0.0.1", spec.port).await.unwrap();
+    let idle = connect("127.0.0.1", spec.port).await.unwrap();
+    assert_eq!(marker(&idle).await, "A");
+    busy.simple_query("BEGIN; SELECT 1").await.unwrap();
+
+    let admin = ep.admin().await.unwrap();
+    let ended = admin
+        .pause_or_kill(DB, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(ended, "the open transaction held the pause up");
+    assert!(
+        busy.simple_query("SELECT 1").await.is_err(),
+        "the client in a transaction was ended"
+    );
+    assert!(ep.database(DB).await.unwrap().unwrap().paused);
+    let query = tokio::spawn(async move { marker(&idle).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!query.is_finished(), "the idle client waits while paused");
+    ep.resume(DB).await.unwrap();
+    let v = tokio::time::timeout(Duration::from_secs(5), query)
+        .await
+        .expect("the idle client is served after RESUME")
+        .unwrap();
+    assert_eq!(v, "A");
+}
+
 #[tokio::test]
 async fn a_taken_port_is_port_in_use_and_leaves_nothing_running() {
     let w = World::new();

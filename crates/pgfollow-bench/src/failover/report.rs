@@ -12,6 +12,8 @@ use crate::writers::{self, median};
 const HOST_LOST_MEDIAN_MAX: Duration = Duration::from_secs(3);
 const CRASH_MEDIAN_MAX: Duration = Duration::from_secs(2);
 const FROZEN_POSTGRES_MEDIAN_MAX: Duration = Duration::from_secs(5);
+const HOST_CUT_MEDIAN_MAX: Duration = Duration::from_secs(3);
+const LEADER_AND_HOST_CUT_MEDIAN_MAX: Duration = Duration::from_secs(5);
 
 const RETRY_MS: u128 = writers::RETRY_AFTER.as_millis();
 
@@ -95,7 +97,11 @@ pub(super) fn render(opts: &Options, runs: &[Run], took: Duration) -> String {
         "pgfollow failover benchmark: {} primary on host h2, HA standby on host local, {} writers \
          committing single-row inserts through DATABASE_URL and one on the old primary's own URL, \
          {cores} cores, {:.0} s in all\n\
-         writes again = from the fault (SIGKILL or SIGSTOP) to the end of the outage after it (the \
+         cut off = hosts in network namespaces, the primary's link taken down (the writer on the old \
+         primary's own URL runs on that host; every writer gives up on an insert after {} s and \
+         reconnects); leader+host = the control plane on etcd, the leading replica and the primary on \
+         machine m1, the standby and the other replica on m2, m1's link taken down\n\
+         writes again = from the fault (SIGKILL, SIGSTOP or link down) to the end of the outage after it (the \
          first acknowledgement after the longest time in which no writer got one): the promotion, as \
          the app sees it\n\
          promoted = from the fault to the first acknowledgement through DATABASE_URL by another \
@@ -111,10 +117,11 @@ pub(super) fn render(opts: &Options, runs: &[Run], took: Duration) -> String {
         opts.plan,
         opts.writers,
         took.as_secs_f64(),
+        writers::CUT_INSERT_LIMIT.as_secs_f64(),
     );
     let _ = writeln!(
         out,
-        "{:<24} {:>3}  {:>12}  {:>8}  {:>11}  {:>9}  {:>6}  {:>7}  {:>4}  {:>9}  {:>11}  primary after",
+        "{:<28} {:>3}  {:>12}  {:>8}  {:>11}  {:>9}  {:>6}  {:>7}  {:>4}  {:>9}  {:>11}  primary after",
         "kind",
         "run",
         "writes again",
@@ -130,7 +137,7 @@ pub(super) fn render(opts: &Options, runs: &[Run], took: Duration) -> String {
     for r in runs {
         let _ = writeln!(
             out,
-            "{:<24} {:>3}  {:>12}  {:>8}  {:>11}  {:>9}  {:>6}  {:>7}  {:>4}  {:>9}  {:>11}  {}",
+            "{:<28} {:>3}  {:>12}  {:>8}  {:>11}  {:>9}  {:>6}  {:>7}  {:>4}  {:>9}  {:>11}  {}",
             r.kind.label(),
             r.n,
             secs(Some(r.writes_again)),
@@ -148,7 +155,7 @@ pub(super) fn render(opts: &Options, runs: &[Run], took: Duration) -> String {
     out.push('\n');
     let _ = writeln!(
         out,
-        "{:<24} {:>4}  {:>8}  {:>8}  {:>10}  {:>14}  {:>15}  {:>18}",
+        "{:<28} {:>4}  {:>8}  {:>8}  {:>10}  {:>14}  {:>15}  {:>18}",
         "kind",
         "runs",
         "median",
@@ -167,7 +174,7 @@ pub(super) fn render(opts: &Options, runs: &[Run], took: Duration) -> String {
         let s = Summary::of(kind, &of);
         let _ = writeln!(
             out,
-            "{:<24} {:>4}  {:>8}  {:>8}  {:>10}  {:>14}  {:>15}  {:>18}",
+            "{:<28} {:>4}  {:>8}  {:>8}  {:>10}  {:>14}  {:>15}  {:>18}",
             kind.label(),
             s.runs,
             secs(s.median),
@@ -280,6 +287,22 @@ fn render_times(out: &mut String, runs: &[Run], summary: &[Summary]) {
                     s.kind.label(),
                     secs(Some(med)),
                     s.runs
+                );
+            }
+            Kind::HostCutSync | Kind::LeaderAndHostCutSync => {
+                let max = if s.kind == Kind::HostCutSync {
+                    HOST_CUT_MEDIAN_MAX
+                } else {
+                    LEADER_AND_HOST_CUT_MEDIAN_MAX
+                };
+                let _ = writeln!(
+                    out,
+                    "{} {} -> writes again: median {} over {} runs, target <= {}",
+                    verdict(med <= max),
+                    s.kind.label(),
+                    secs(Some(med)),
+                    s.runs,
+                    secs(Some(max))
                 );
             }
             Kind::HostAsync | Kind::HostSync => {}
@@ -404,6 +427,8 @@ mod tests {
             frozen_postgres_runs: 1,
             frozen_host_runs: 1,
             frozen_host_sync_runs: 1,
+            cut_runs: 1,
+            leader_cut_runs: 0,
             writers: 4,
             logs: None,
         };
@@ -412,6 +437,7 @@ mod tests {
             run(Kind::FrozenHostAsync, 1, 3, 9, Some(7)),
             run(Kind::FrozenHostSync, 1, 3, 4, Some(1)),
             run(Kind::Crash, 1, 1, 1, None),
+            run(Kind::HostCutSync, 1, 4, 0, Some(0)),
         ];
         let text = render(&opts, &runs, Duration::from_secs(60));
         assert!(
@@ -439,5 +465,9 @@ mod tests {
             "{text}"
         );
         assert!(describe(&runs[3]).contains("no failover"));
+        assert!(
+            text.contains("MISS host cut off, --sync -> writes again: median 4.00 s over 1 runs, target <= 3.00 s"),
+            "{text}"
+        );
     }
 }

@@ -79,6 +79,16 @@ pub struct ReadEndpoints {
     hosts: Hosts,
     /// The last sentence logged per app, so a change is logged once.
     said: Mutex<BTreeMap<String, String>>,
+    /// Per app, what its slots were last written with besides their route
+    /// (the owner's password, the pool mode): when it changes (a rotation,
+    /// `pg:endpoint:mode`), or is unknown (after a restart), every slot is
+    /// written again.
+    written: Mutex<BTreeMap<String, String>>,
+}
+
+/// What a slot's configuration holds besides its route.
+fn fingerprint(app: &AppRecord, leader: &DatabaseRecord) -> String {
+    format!("{}\n{}", app.pool_mode, leader.owner.password)
 }
 
 impl ReadEndpoints {
@@ -87,6 +97,7 @@ impl ReadEndpoints {
             store,
             hosts,
             said: Mutex::default(),
+            written: Mutex::default(),
         }
     }
 
@@ -217,11 +228,14 @@ impl ReadEndpoints {
             return;
         };
         let mut applied = app.read.applied.clone();
+        let print = fingerprint(app, leader);
+        let rewrite = crate::executor::lock(&self.written).get(&name) != Some(&print);
+        let mut all_written = true;
         for (slot, route) in &d.routes {
             let id = slot_id(slot);
             let running = agent.endpoint_status(&id).await.is_ok_and(|s| s.running);
             let was = app.read.applied.get(slot);
-            if running && was == Some(&route.applied()) {
+            if running && was == Some(&route.applied()) && !rewrite {
                 continue;
             }
             let target = match route {
@@ -241,7 +255,7 @@ impl ReadEndpoints {
                         }
                     }
                     Route::Refuse => {
-                        if !running {
+                        if !running || rewrite {
                             agent.endpoint_apply(&spec).await?;
                         }
                         agent.endpoint_block(&spec.id, &spec.dbname).await?;
@@ -251,10 +265,29 @@ impl ReadEndpoints {
             };
             match done.await {
                 Ok(()) => {
+                    if was != Some(&route.applied()) {
+                        let to = match route {
+                            Route::To(db) => format!(
+                                "routes to {}",
+                                state
+                                    .databases
+                                    .get(db)
+                                    .map_or_else(|| db.clone(), |d| d.color.to_string())
+                            ),
+                            Route::Refuse => "refuses connections".into(),
+                        };
+                        tracing::info!("{name}: read endpoint slot {id} {to}");
+                    }
                     applied.insert(slot.clone(), route.applied());
                 }
-                Err(e) => tracing::warn!("{name}: read endpoint slot {id}: {e}"),
+                Err(e) => {
+                    all_written = false;
+                    tracing::warn!("{name}: read endpoint slot {id}: {e}");
+                }
             }
+        }
+        if all_written {
+            crate::executor::lock(&self.written).insert(name.clone(), print);
         }
         let gone: Vec<String> = applied
             .keys()

@@ -22,7 +22,7 @@ use pgfollow_testkit::Server;
 use tokio::process::Command;
 
 use crate::follower::{pgfollow_bin, Pgfollow, APP};
-use crate::tools::{pg_tool, run};
+use crate::tools::{pg_tool, run as run_tool};
 
 /// What to run: `pgfollow-bench endpoint --help`.
 #[derive(Debug, Clone, clap::Args)]
@@ -103,7 +103,7 @@ fn pgbench(t: &Target) -> anyhow::Result<Command> {
 async fn init(t: &Target, scale: u32) -> anyhow::Result<()> {
     let mut cmd = pgbench(t)?;
     cmd.args(["-i", "-q", "-s", &scale.to_string(), &t.database]);
-    run(cmd, "pgbench -i", Duration::from_secs(600)).await?;
+    run_tool(cmd, "pgbench -i", Duration::from_secs(600)).await?;
     Ok(())
 }
 

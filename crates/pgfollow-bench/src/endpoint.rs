@@ -12,6 +12,15 @@
 //!     transaction log) against the median one, and failures.
 //!
 //! pgbench gets its password from the environment, never the command line.
+//! (a) runs one pgbench thread per client (`-j` = `-c`): pgbench 15
+//! prepares a client's statements with the synchronous `PQprepare`, which
+//! blocks its whole thread; through transaction pooling with more clients
+//! than server connections, that thread's other clients hold every server
+//! connection mid-transaction, waiting for the blocked thread, and the
+//! prepare waits for a server connection: the run stalls until PgBouncer's
+//! `query_wait_timeout` (seen here with `-c 110 -j 2`: 29 transactions in
+//! 5 s; with `-j 110`: 950). A driver with a connection per thread, or an
+//! asynchronous one, does not do this.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -112,13 +121,14 @@ async fn init(t: &Target, scale: u32) -> anyhow::Result<()> {
 async fn load(
     t: &Target,
     clients: u32,
+    jobs: u32,
     seconds: u64,
     select_only: bool,
     log_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<Bench> {
     let mut cmd = pgbench(t)?;
     cmd.args(["-n", "-M", "prepared"])
-        .args(["-c", &clients.to_string(), "-j", "2"])
+        .args(["-c", &clients.to_string(), "-j", &jobs.to_string()])
         .args(["-T", &seconds.to_string()]);
     if select_only {
         cmd.arg("-S");
@@ -250,24 +260,40 @@ async fn measure(pf: &Pgfollow, api: &Client, opts: &Options) -> anyhow::Result<
         "(a) {} clients straight to the database",
         opts.clients
     ));
-    let direct = load(&direct_t, opts.clients, opts.seconds, false, None).await?;
+    let direct = load(
+        &direct_t,
+        opts.clients,
+        opts.clients,
+        opts.seconds,
+        false,
+        None,
+    )
+    .await?;
     say(&format!(
         "(a) {} clients through DATABASE_URL",
         opts.clients
     ));
-    let endpoint = load(&main_t, opts.clients, opts.seconds, false, None).await?;
+    let endpoint = load(
+        &main_t,
+        opts.clients,
+        opts.clients,
+        opts.seconds,
+        false,
+        None,
+    )
+    .await?;
 
     say("(b) one follower");
     let (f1, _) = pf.create(&opts.plan, Some(&leader)).await?;
     pf.wait(&f1).await?;
     wait_serving(api, 1).await?;
     let read_t = parse_url(&config_var(api, "DATABASE_FOLLOWER_URL").await?)?;
-    let one = load(&read_t, opts.read_clients, opts.seconds, true, None).await?;
+    let one = load(&read_t, opts.read_clients, 2, opts.seconds, true, None).await?;
     say("(b) two followers");
     let (f2, _) = pf.create(&opts.plan, Some(&leader)).await?;
     pf.wait(&f2).await?;
     wait_serving(api, 2).await?;
-    let two = load(&read_t, opts.read_clients, opts.seconds, true, None).await?;
+    let two = load(&read_t, opts.read_clients, 2, opts.seconds, true, None).await?;
 
     say("(c) pg:changeover under pgbench -M prepared through DATABASE_URL");
     let logs = tempfile::tempdir()?;
@@ -275,6 +301,7 @@ async fn measure(pf: &Pgfollow, api: &Client, opts: &Options) -> anyhow::Result<
     let bench = load(
         &main_t,
         opts.read_clients,
+        2,
         seconds,
         false,
         Some(logs.path()),

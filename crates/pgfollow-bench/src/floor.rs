@@ -92,6 +92,7 @@ impl Floor {
             pool_size: POOL_SIZE,
             max_client_conn: 1000,
             pool_mode: pgfollow_pgbouncer::PoolMode::Transaction,
+            so_reuseport: false,
         };
         let mut floor = Self {
             bin,

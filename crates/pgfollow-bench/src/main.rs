@@ -14,9 +14,14 @@
 //! `pgfollow-bench failover` (`scripts/bench-failover`) the time to write
 //! again after a lost host, a crashed postgres, a frozen (SIGSTOPped)
 //! postgres or a host frozen for 4 s, the commits lost, the writes the old
-//! primary still acknowledged after the promotion and the failed attempts.
+//! primary still acknowledged after the promotion and the failed attempts;
+//! `pgfollow-bench endpoint` (`scripts/bench-endpoint`) pgbench through the
+//! app endpoints against straight to the database, read TPS through
+//! `DATABASE_FOLLOWER_URL` with one and two followers, and the longest
+//! transaction of `pgbench -M prepared` across a `pg:changeover`.
 
 mod changeover;
+mod endpoint;
 mod failover;
 mod floor;
 mod follower;
@@ -59,6 +64,10 @@ enum Command {
     /// frozen postgres or a frozen host; commits lost, acknowledged by the
     /// old primary after the promotion, failed attempts (async and sync)
     Failover(failover::Options),
+    /// Endpoints: pgbench -M prepared through DATABASE_URL vs straight to
+    /// the database, read TPS through DATABASE_FOLLOWER_URL with one and
+    /// two followers, the longest transaction across a pg:changeover
+    Endpoint(endpoint::Options),
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,6 +120,7 @@ fn main() -> ExitCode {
         Command::Followers(args) => args,
         Command::Changeover(opts) => return report(&runtime, changeover::run(opts)),
         Command::Failover(opts) => return report(&runtime, failover::run(opts)),
+        Command::Endpoint(opts) => return report(&runtime, endpoint::run(opts)),
     };
     let opts = followers::Options {
         pgfollow: args.pgfollow,

@@ -158,6 +158,9 @@ pub enum Command {
     /// Show or set how DATABASE_URL's endpoint pools: transaction or session
     #[command(name = "pg:endpoint:mode")]
     PgEndpointMode(maintenance::EndpointModeArgs),
+    /// Show or set DATABASE_FOLLOWER_URL's lag limit and fallback
+    #[command(name = "pg:endpoint:read")]
+    PgEndpointRead(maintenance::EndpointReadArgs),
     /// Show how to connect to a database, password included
     #[command(name = "pg:credentials:url")]
     PgCredentialsUrl(credentials::UrlArgs),
@@ -251,6 +254,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::MaintenanceOn(a) => maintenance::set(c, a, true).await?,
         Command::MaintenanceOff(a) => maintenance::set(c, a, false).await?,
         Command::PgEndpointMode(a) => maintenance::endpoint_mode(c, a).await?,
+        Command::PgEndpointRead(a) => maintenance::endpoint_read(c, a).await?,
         Command::PgPromote(a) => promotion::promote(c, a).await?,
         Command::Hosts(a) => server::hosts(c, a).await?,
         Command::Plans(a) => server::plans(c, a).await?,

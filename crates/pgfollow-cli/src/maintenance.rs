@@ -13,6 +13,10 @@
 //! - `pg:endpoint:mode`: `transaction` or `session`; with a mode,
 //!   `Setting the endpoint of APP to session pooling... done` and what it
 //!   means for clients.
+//! - `pg:endpoint:read`: `DATABASE_FOLLOWER_URL`'s lag limit, fallback and
+//!   the followers serving it, as `Max Lag:`, `Fallback:`, `Serving:`, and
+//!   one `Out:` line per follower that does not serve, with why; after a
+//!   change, `Setting the read endpoint of APP... done` first.
 
 use clap::Args;
 use pgfollow_client::Client;
@@ -72,6 +76,78 @@ pub struct EndpointModeArgs {
     pub app: AppArg,
     #[command(flatten)]
     pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct EndpointReadArgs {
+    #[command(flatten)]
+    pub app: AppArg,
+    /// How far behind a follower may be and still serve reads: commits
+    /// (`1000`) or seconds (`30s`)
+    #[arg(long, value_name = "LIMIT")]
+    pub max_lag: Option<pgfollow_types::reads::MaxLag>,
+    /// With no follower serving, send reads to the leader
+    #[arg(long, conflicts_with = "no_fallback")]
+    pub fallback_to_leader: bool,
+    /// With no follower serving, refuse connections (the default)
+    #[arg(long)]
+    pub no_fallback: bool,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+pub async fn endpoint_read(client: &Client, args: EndpointReadArgs) -> anyhow::Result<()> {
+    let app = &args.app.app;
+    let fallback = match (args.fallback_to_leader, args.no_fallback) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let change = pgfollow_types::reads::ReadEndpointChange {
+        max_lag: args.max_lag,
+        fallback_to_leader: fallback,
+    };
+    let setting = change != Default::default();
+    let r = if setting {
+        client.set_read_endpoint(app, &change).await?
+    } else {
+        client.read_endpoint(app).await?
+    };
+    if args.json.json {
+        return print_json(&r);
+    }
+    if setting {
+        println!("Setting the read endpoint of {app}... done");
+    }
+    print!("{}", read_block(&r));
+    Ok(())
+}
+
+fn read_block(r: &pgfollow_types::reads::ReadEndpoint) -> String {
+    let mut rows = vec![
+        ("Max Lag", r.max_lag.to_string()),
+        (
+            "Fallback",
+            if r.fallback_to_leader {
+                "to the leader when no follower serves".to_string()
+            } else {
+                "none: with no follower serving, DATABASE_FOLLOWER_URL refuses connections"
+                    .to_string()
+            },
+        ),
+        (
+            "Serving",
+            match (r.serving.is_empty(), r.on_leader) {
+                (false, _) => r.serving.join(", "),
+                (true, true) => "the leader (no follower serves)".to_string(),
+                (true, false) => "none".to_string(),
+            },
+        ),
+    ];
+    for (color, why) in &r.out {
+        rows.push(("Out", format!("{color}: {why}")));
+    }
+    crate::output::aligned(&rows, 10)
 }
 
 pub async fn endpoint_mode(client: &Client, args: EndpointModeArgs) -> anyhow::Result<()> {

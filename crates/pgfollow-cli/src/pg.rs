@@ -15,6 +15,7 @@
 //! Following:   PGFOLLOW_POSTGRESQL_CHARCOAL
 //! Behind By:   7 commits (1.2 kB of WAL, 0.3 s)
 //! Followers:   PGFOLLOW_POSTGRESQL_AMBER, PGFOLLOW_POSTGRESQL_BLUE
+//! Read Pool:   PGFOLLOW_POSTGRESQL_AMBER
 //! Host:        host-a
 //! Add-on:      postgresql-curved-48213
 //! ```
@@ -24,7 +25,10 @@
 //! percentage only when the server reports one) or `failed: <detail>`;
 //! unknown connections, sizes and table counts show `?`. `Following` appears
 //! only on a follower and `Followers` only when there are some; both name
-//! databases by colour as `PGFOLLOW_POSTGRESQL_<COLOUR>`. With no databases:
+//! databases by colour as `PGFOLLOW_POSTGRESQL_<COLOUR>`. `Read Pool`
+//! (once the app has a read endpoint): on the leader, the followers serving
+//! `DATABASE_FOLLOWER_URL` (`none (…)` when none does); on a follower,
+//! `Yes` or `No (why)`. With no databases:
 //! `APP has no databases.`
 //!
 //! `pg:ps`: table `PID STATE SOURCE RUNNING FOR QUERY` (source is the
@@ -169,9 +173,29 @@ pub fn info_block(db: &DatabaseInfo) -> String {
         };
         rows.push(("Behind By", behind));
     }
+    if let Some(r) = &db.serves_reads {
+        let label = match (&r.serves, &r.why) {
+            (true, _) => "Yes".to_string(),
+            (false, Some(why)) => format!("No ({why})"),
+            (false, None) => "No".to_string(),
+        };
+        rows.push(("Read Pool", label));
+    }
     if !db.followers.is_empty() {
         let names: Vec<String> = db.followers.iter().map(|f| color_name(f)).collect();
         rows.push(("Followers", names.join(", ")));
+    }
+    if let Some(serving) = &db.serving_reads {
+        let label = if serving.is_empty() {
+            "none (DATABASE_FOLLOWER_URL refuses connections)".to_string()
+        } else {
+            serving
+                .iter()
+                .map(|f| color_name(f))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        rows.push(("Read Pool", label));
     }
     if let Some(b) = &db.last_backup {
         rows.push((

@@ -386,6 +386,28 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/apps/{app}/endpoint/read`.
+    pub async fn read_endpoint(
+        &self,
+        app: &str,
+    ) -> Result<pgfollow_types::reads::ReadEndpoint, ClientError> {
+        self.get(&["v1", "apps", app, "endpoint", "read"]).await
+    }
+
+    /// `PUT /v1/apps/{app}/endpoint/read`.
+    pub async fn set_read_endpoint(
+        &self,
+        app: &str,
+        change: &pgfollow_types::reads::ReadEndpointChange,
+    ) -> Result<pgfollow_types::reads::ReadEndpoint, ClientError> {
+        self.send_json(
+            Method::PUT,
+            &["v1", "apps", app, "endpoint", "read"],
+            change,
+        )
+        .await
+    }
+
     /// `POST /v1/apps/{app}/databases/{db}/changeover`.
     pub async fn changeover(
         &self,

@@ -79,6 +79,7 @@ pub fn endpoint_spec(
         pool_size: db.plan.connection_limit.clamp(5, 100),
         max_client_conn: MAX_CLIENT_CONN,
         pool_mode: app.pool_mode,
+        so_reuseport: false,
     }
 }
 

@@ -21,6 +21,8 @@ pub mod metrics;
 mod monitor;
 mod protection;
 mod provision;
+mod read_endpoint;
+mod reads;
 mod replica;
 mod replicated;
 mod resolve;

@@ -63,10 +63,10 @@ pub fn pick_port(state: &State, offers: &PortOffers, host: &str) -> Result<u16, 
             .databases
             .values()
             .any(|d| d.port == port && here(&d.host))
-            || state
-                .apps
-                .values()
-                .any(|a| a.endpoints.iter().any(|e| e.port == port && here(&e.host)))
+            || state.apps.values().any(|a| {
+                a.endpoints.iter().any(|e| e.port == port && here(&e.host))
+                    || (a.read.port == Some(port) && a.read.host.as_deref().is_some_and(here))
+            })
     };
     offers
         .0
@@ -433,6 +433,31 @@ pub fn add_endpoints(state: &mut State, app: &str, offers: &PortOffers) -> Resul
     Ok(added)
 }
 
+/// Gives `app`'s read endpoint (`DATABASE_FOLLOWER_URL`) its host and
+/// port, once it has followers: the host of its first endpoint, a port
+/// that host offered. Answers whether it was given one now.
+pub fn add_read_endpoint(
+    state: &mut State,
+    app: &str,
+    offers: &PortOffers,
+) -> Result<bool, ApiErr> {
+    let Some(rec) = state.apps.get(app) else {
+        return Ok(false);
+    };
+    if rec.read.port.is_some() {
+        return Ok(false);
+    }
+    let Some(host) = rec.endpoints.first().map(|e| e.host.clone()) else {
+        return Ok(false);
+    };
+    let port = pick_port(state, offers, &host)?;
+    if let Some(a) = state.apps.get_mut(app) {
+        a.read.host = Some(host);
+        a.read.port = Some(port);
+    }
+    Ok(true)
+}
+
 pub fn new_operation(
     id: &str,
     kind: OperationKind,
@@ -618,6 +643,7 @@ mod tests {
                 endpoints: Vec::new(),
                 maintenance: false,
                 pool_mode: Default::default(),
+                read: Default::default(),
             },
         );
         s

@@ -106,6 +106,11 @@ pub async fn serve(
         hosts.clone(),
         backups_cancel.clone(),
     ));
+    let reads = Arc::new(crate::read_endpoint::ReadEndpoints::new(
+        store.clone(),
+        hosts.clone(),
+    ));
+    let reads_task = tokio::spawn(reads.run(backups_cancel.clone()));
     let ctx = Arc::new(Ctx {
         store: store.clone(),
         hosts: hosts.clone(),
@@ -147,6 +152,7 @@ pub async fn serve(
     exec_cancel.cancel();
     backups_cancel.cancel();
     let _ = history_task.await;
+    let _ = reads_task.await;
     if let Err(e) = backups_task.await {
         tracing::warn!("backups loop ended badly: {e}");
     }

@@ -122,6 +122,27 @@ pub fn database_url(state: &State, app: &AppRecord, db: &DatabaseRecord) -> Stri
     )
 }
 
+/// The config var of the read endpoint.
+pub const FOLLOWER_URL_VAR: &str = "DATABASE_FOLLOWER_URL";
+
+/// `DATABASE_FOLLOWER_URL`: the read endpoint, once the app's main
+/// database has followers and the endpoint has its port. Followers log in
+/// with their leader's role, so the URL carries its credentials.
+pub fn follower_url(state: &State, app: &AppRecord) -> Option<String> {
+    let db = crate::endpoints::main_database(state, app)?;
+    let (host, port) = (app.read.host.as_ref()?, app.read.port?);
+    if crate::read_endpoint::read_followers(state, &db.id).is_empty() {
+        return None;
+    }
+    Some(format!(
+        "postgres://{}:{}@{}:{port}/{}",
+        db.owner.name,
+        db.owner.password,
+        url_host(&crate::provision::host_address(state, host)),
+        db.database
+    ))
+}
+
 /// The user's vars plus one URL per attachment. `DATABASE_URL` goes
 /// through the app's endpoint, the colour vars straight to each database.
 pub fn config_vars(state: &State, app: &AppRecord) -> ConfigVars {
@@ -134,6 +155,9 @@ pub fn config_vars(state: &State, app: &AppRecord) -> ConfigVars {
             };
             vars.insert(attachment_var(name), url);
         }
+    }
+    if let Some(url) = follower_url(state, app) {
+        vars.insert(FOLLOWER_URL_VAR.to_string(), url);
     }
     ConfigVars { vars }
 }

@@ -225,7 +225,10 @@ pub fn render_ini(spec: &EndpointSpec, layout: &Layout) -> String {
         ("stats_period", "300".into()),
     ];
     out.push_str("\n[pgbouncer]\n");
-    for (key, value) in settings {
+    // Several PgBouncers on one port (the read endpoint's slots): the
+    // kernel spreads new connections over them.
+    let reuseport = spec.so_reuseport.then(|| ("so_reuseport", "1".to_string()));
+    for (key, value) in settings.into_iter().chain(reuseport) {
         if value.is_empty() {
             out.push_str(&format!("{key} =\n"));
         } else {
@@ -304,6 +307,7 @@ mod tests {
             pool_size: 5,
             max_client_conn: 100,
             pool_mode: PoolMode::Transaction,
+            so_reuseport: false,
         }
     }
 
@@ -363,6 +367,18 @@ mod tests {
             assert_eq!(mode.as_str().parse::<PoolMode>().ok(), Some(mode));
         }
         assert!("statement".parse::<PoolMode>().is_err());
+    }
+
+    #[test]
+    fn a_read_endpoint_slot_shares_its_port() {
+        assert_eq!(
+            read_setting(&render_ini(&spec(), &layout()), "so_reuseport"),
+            None
+        );
+        let mut s = spec();
+        s.so_reuseport = true;
+        let ini = render_ini(&s, &layout());
+        assert_eq!(read_setting(&ini, "so_reuseport").as_deref(), Some("1"));
     }
 
     #[test]

@@ -430,6 +430,7 @@ mod tests {
             }],
             maintenance: false,
             pool_mode: Default::default(),
+            read: Default::default(),
         };
         app.attachments.insert("DATABASE".into(), "db-old".into());
         app.attachments

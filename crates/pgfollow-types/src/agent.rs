@@ -186,6 +186,11 @@ pub struct EndpointSpec {
     pub max_client_conn: u32,
     #[serde(default)]
     pub pool_mode: crate::api::PoolMode,
+    /// Listen with `SO_REUSEPORT`, so several PgBouncers share the port
+    /// and the kernel spreads new connections over them (the read
+    /// endpoint: one per follower).
+    #[serde(default)]
+    pub so_reuseport: bool,
 }
 
 impl fmt::Debug for EndpointSpec {
@@ -202,6 +207,7 @@ impl fmt::Debug for EndpointSpec {
             .field("pool_size", &self.pool_size)
             .field("max_client_conn", &self.max_client_conn)
             .field("pool_mode", &self.pool_mode)
+            .field("so_reuseport", &self.so_reuseport)
             .finish()
     }
 }

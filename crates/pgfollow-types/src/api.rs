@@ -251,6 +251,13 @@ pub struct DatabaseInfo {
     /// the total.
     #[serde(default)]
     pub copy: Option<CopyProgress>,
+    /// On a leader with a read endpoint: colours of the followers serving
+    /// `DATABASE_FOLLOWER_URL` (`LEADER` when reads fall back to it).
+    #[serde(default)]
+    pub serving_reads: Option<Vec<String>>,
+    /// On a follower of a leader with a read endpoint: whether it serves.
+    #[serde(default)]
+    pub serves_reads: Option<crate::reads::ServesReads>,
 }
 
 /// How far a copy of a database's files has got.

@@ -13,6 +13,7 @@ pub mod lsn;
 pub mod model;
 pub mod names;
 pub mod plan;
+pub mod reads;
 pub mod timing;
 
 pub use dbref::DatabaseRef;

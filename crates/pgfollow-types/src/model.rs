@@ -67,6 +67,9 @@ pub struct AppRecord {
     /// How the endpoint pools server connections.
     #[serde(default)]
     pub pool_mode: crate::api::PoolMode,
+    /// `DATABASE_FOLLOWER_URL`'s settings and what it last did.
+    #[serde(default)]
+    pub read: crate::reads::ReadEndpointRecord,
 }
 
 /// Hosts an app's endpoints run on when there are that many.
@@ -454,6 +457,9 @@ mod tests {
         assert_eq!(read(app(&format!(r#","endpoint":{ep}"#)))[0].port, 15400);
         let two = read(app(&format!(r#","endpoints":[{ep},{ep}]"#)));
         assert_eq!(two.len(), 2);
+        // Before the read endpoint: its defaults.
+        let old: AppRecord = serde_json::from_str(&app("")).unwrap();
+        assert_eq!(old.read, crate::reads::ReadEndpointRecord::default());
     }
 
     fn host(name: &str, majors: &[u32]) -> HostRecord {

@@ -28,6 +28,7 @@ mod openapi;
 mod pool_modes;
 mod progress;
 mod promotion;
+mod read_endpoint;
 mod rollback;
 mod security;
 mod spellings;

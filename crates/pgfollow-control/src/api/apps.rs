@@ -68,6 +68,7 @@ pub async fn create(
             endpoints: Vec::new(),
             maintenance: false,
             pool_mode: Default::default(),
+            read: Default::default(),
         };
         let view = app_view(state, &rec);
         state.apps.insert(name.to_string(), rec);
@@ -120,7 +121,20 @@ pub async fn destroy(
             // Its backups go with it (as Heroku's do): records, schedules,
             // running captures and restores, and numbering.
             let backups = crate::backups::forget_app(state, &app);
-            Ok((view, rec.endpoints.clone(), backups))
+            let mut eps = rec.endpoints.clone();
+            // The read endpoint's slots go too.
+            if let (Some(host), Some(port)) = (&rec.read.host, rec.read.port) {
+                eps.extend(rec.read.applied.keys().map(|slot| {
+                    pgfollow_types::model::EndpointRecord {
+                        id: crate::read_endpoint::slot_id(slot),
+                        host: host.clone(),
+                        port,
+                        applied: None,
+                        held_by: None,
+                    }
+                }));
+            }
+            Ok((view, eps, backups))
         }),
     )?;
     for ep in &endpoints {
@@ -150,7 +164,9 @@ pub async fn config(
 
 /// Whether `var` is managed by pgfollow (a database URL).
 fn is_attachment_var(var: &str) -> bool {
-    var == "DATABASE_URL" || (var.starts_with(COLOR_VAR_PREFIX) && var.ends_with("_URL"))
+    var == "DATABASE_URL"
+        || var == crate::views::FOLLOWER_URL_VAR
+        || (var.starts_with(COLOR_VAR_PREFIX) && var.ends_with("_URL"))
 }
 
 /// Sets and unsets config vars. Database URLs are managed by pgfollow.

@@ -112,6 +112,8 @@ pub(crate) async fn info_of(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> 
             _ => None,
         },
         rollback: crate::protection::rollback_info(state, db),
+        serving_reads: crate::read_endpoint::serving_reads(state, db),
+        serves_reads: crate::read_endpoint::serves_reads(state, db),
     }
 }
 

@@ -66,7 +66,7 @@ pub type Shared = State<Arc<Ctx>>;
         promotion::unfollow, promotion::promote, diagnose::diagnose, diagnose::extras,
         upgrade::upgrade,
         maintenance::show, maintenance::set, maintenance::changeover,
-        endpoint::show, endpoint::set,
+        endpoint::show, endpoint::set, endpoint::show_read, endpoint::set_read,
         backups::list, backups::capture, backups::show, backups::download, backups::delete,
         backups::cancel, backups::restore, backups::schedules, backups::schedule,
         backups::unschedule,
@@ -158,6 +158,10 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route(
             "/apps/{app}/endpoint/mode",
             get(endpoint::show).put(endpoint::set),
+        )
+        .route(
+            "/apps/{app}/endpoint/read",
+            get(endpoint::show_read).put(endpoint::set_read),
         )
         .route(
             "/apps/{app}/backups",

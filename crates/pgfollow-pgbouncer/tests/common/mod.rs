@@ -86,6 +86,7 @@ pub fn endpoint_spec(port: u16, target: Option<Target>) -> EndpointSpec {
         pool_size: 4,
         max_client_conn: 50,
         pool_mode: pgfollow_pgbouncer::PoolMode::Transaction,
+        so_reuseport: false,
     }
 }
 

@@ -1,0 +1,324 @@
+//! What the read endpoint (`DATABASE_FOLLOWER_URL`) should do, decided
+//! purely: which of an app's followers serve reads ([`judge`]: preparing,
+//! down, or past the lag limit is out; back in once within it again), and
+//! where each of its PgBouncers routes ([`routes`]). The loop in
+//! `read_endpoint.rs` measures, calls these and applies the answer.
+//!
+//! Why several PgBouncers: PgBouncer (1.24, and its master today) takes a
+//! comma-separated `host=` list but one `port=` for all of them
+//! (`dns_connect` in `src/objects.c` uses `db->port` for every host), and
+//! each follower listens on a port of its own that its agent chose. So the
+//! read endpoint is one PgBouncer per follower ("slot"), all listening on
+//! the same port with `so_reuseport = 1`: the kernel spreads new client
+//! connections over them (PgBouncer's documented use of the option), and
+//! each routes to one follower. A slot whose follower is out routes to
+//! another that serves, so no listener ever sends reads to a follower that
+//! is out; with none serving every slot refuses (DISABLE + KILL: clients
+//! get `database "…" is disabled` at once) or, with `--fallback-to-leader`,
+//! routes to the leader.
+
+use std::collections::BTreeMap;
+
+use pgfollow_types::api::DatabaseState;
+use pgfollow_types::reads::MaxLag;
+
+/// What was seen of one follower at the last measurement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowerSeen {
+    pub id: String,
+    pub state: DatabaseState,
+    /// The measurement of Behind By, or why it failed (it is down).
+    pub lag: Result<LagSeen, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LagSeen {
+    pub commits: u64,
+    /// Counting stopped short: more than `commits` behind.
+    pub more_than: bool,
+    pub seconds: f64,
+}
+
+/// Whether a follower serves reads, and if not, why (a phrase for
+/// `pg:info`'s `Serves reads: No (…)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Serves,
+    Out(String),
+}
+
+/// Whether `f` may serve reads under `limit`.
+pub fn judge(f: &FollowerSeen, limit: MaxLag) -> Verdict {
+    match f.state {
+        DatabaseState::Available => {}
+        DatabaseState::Preparing => return Verdict::Out("preparing".into()),
+        other => return Verdict::Out(format!("{other:?}").to_lowercase()),
+    }
+    let lag = match &f.lag {
+        Ok(l) => l,
+        Err(why) => return Verdict::Out(format!("down: {why}")),
+    };
+    match is_lag_over(lag, limit) {
+        None => Verdict::Serves,
+        Some(why) => Verdict::Out(why),
+    }
+}
+
+/// Why `lag` is past `limit`, if it is.
+fn is_lag_over(lag: &LagSeen, limit: MaxLag) -> Option<String> {
+    match limit {
+        MaxLag::Commits(max) if lag.commits > max || (lag.more_than && lag.commits >= max) => {
+            Some(format!(
+                "{}{} commits behind, limit {max}",
+                if lag.more_than { "more than " } else { "" },
+                lag.commits
+            ))
+        }
+        MaxLag::Seconds(max) if lag.seconds > max as f64 => {
+            Some(format!("{:.1} s behind, limit {max}s", lag.seconds))
+        }
+        _ => None,
+    }
+}
+
+/// Where one slot (PgBouncer) of the read endpoint routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// To this database (a follower, or the leader when falling back).
+    To(String),
+    /// Refuse connections (no follower serves, no fallback).
+    Refuse,
+}
+
+impl Route {
+    /// As recorded in `ReadEndpointRecord.applied`.
+    pub fn applied(&self) -> Option<String> {
+        match self {
+            Route::To(id) => Some(id.clone()),
+            Route::Refuse => None,
+        }
+    }
+}
+
+/// Where each slot routes. There is a slot per follower (`slots`, in a
+/// stable order); a slot routes to its own follower while it serves, else
+/// to the serving ones in turn, else to the leader if `fallback`, else it
+/// refuses.
+pub fn routes(
+    slots: &[String],
+    serving: &[String],
+    leader: &str,
+    fallback: bool,
+) -> BTreeMap<String, Route> {
+    let mut spare = serving.iter().cycle();
+    slots
+        .iter()
+        .map(|slot| {
+            let route = if serving.contains(slot) {
+                Route::To(slot.clone())
+            } else if let Some(other) = spare.next() {
+                Route::To(other.clone())
+            } else if fallback {
+                Route::To(leader.to_string())
+            } else {
+                Route::Refuse
+            };
+            (slot.clone(), route)
+        })
+        .collect()
+}
+
+/// The decision for one app: which followers serve, why the others do
+/// not, and each slot's route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub serving: Vec<String>,
+    pub out: BTreeMap<String, String>,
+    pub routes: BTreeMap<String, Route>,
+}
+
+pub fn decide(seen: &[FollowerSeen], limit: MaxLag, leader: &str, fallback: bool) -> Decision {
+    let mut serving = Vec::new();
+    let mut out = BTreeMap::new();
+    for f in seen {
+        match judge(f, limit) {
+            Verdict::Serves => serving.push(f.id.clone()),
+            Verdict::Out(why) => {
+                out.insert(f.id.clone(), why);
+            }
+        }
+    }
+    let slots: Vec<String> = seen.iter().map(|f| f.id.clone()).collect();
+    let routes = routes(&slots, &serving, leader, fallback);
+    Decision {
+        serving,
+        out,
+        routes,
+    }
+}
+
+/// The sentence logged when the serving set changes.
+pub fn sentence(app: &str, d: &Decision, names: &dyn Fn(&str) -> String, fallback: bool) -> String {
+    let list = |ids: &[String]| ids.iter().map(|i| names(i)).collect::<Vec<_>>().join(", ");
+    let outs: Vec<String> = d
+        .out
+        .iter()
+        .map(|(id, why)| format!("{} ({why})", names(id)))
+        .collect();
+    match (d.serving.is_empty(), fallback) {
+        (false, _) if outs.is_empty() => {
+            format!("{app}: reads are served by {}", list(&d.serving))
+        }
+        (false, _) => format!(
+            "{app}: reads are served by {}; out: {}",
+            list(&d.serving),
+            outs.join(", ")
+        ),
+        (true, true) => format!(
+            "{app}: no follower serves reads ({}): they go to the leader (--fallback-to-leader)",
+            outs.join(", ")
+        ),
+        (true, false) => format!(
+            "{app}: no follower serves reads ({}): DATABASE_FOLLOWER_URL refuses connections",
+            outs.join(", ")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(id: &str, state: DatabaseState, lag: Result<(u64, f64), &str>) -> FollowerSeen {
+        FollowerSeen {
+            id: id.into(),
+            state,
+            lag: lag
+                .map(|(commits, seconds)| LagSeen {
+                    commits,
+                    more_than: false,
+                    seconds,
+                })
+                .map_err(str::to_string),
+        }
+    }
+
+    use DatabaseState::{Available, Preparing};
+
+    #[test]
+    fn judge_takes_out_what_is_preparing_down_or_too_far_behind() {
+        let c1000 = MaxLag::Commits(1000);
+        let s30 = MaxLag::Seconds(30);
+        let serves = Verdict::Serves;
+        let out = |w: &str| Verdict::Out(w.into());
+        let more_than = FollowerSeen {
+            lag: Ok(LagSeen {
+                commits: 1000,
+                more_than: true,
+                seconds: 1.0,
+            }),
+            ..seen("a", Available, Ok((0, 0.0)))
+        };
+        let table: Vec<(FollowerSeen, MaxLag, Verdict)> = vec![
+            (seen("a", Available, Ok((0, 0.0))), c1000, serves.clone()),
+            (seen("a", Available, Ok((1000, 0.0))), c1000, serves.clone()),
+            (
+                seen("a", Available, Ok((1001, 0.0))),
+                c1000,
+                out("1001 commits behind, limit 1000"),
+            ),
+            (
+                more_than,
+                c1000,
+                out("more than 1000 commits behind, limit 1000"),
+            ),
+            // Seconds ignore commits and the other way round.
+            (seen("a", Available, Ok((5000, 2.0))), s30, serves.clone()),
+            (
+                seen("a", Available, Ok((3, 31.5))),
+                s30,
+                out("31.5 s behind, limit 30s"),
+            ),
+            (seen("a", Available, Ok((3, 31.5))), c1000, serves.clone()),
+            (seen("a", Preparing, Ok((0, 0.0))), c1000, out("preparing")),
+            (
+                seen("a", Available, Err("connection refused")),
+                c1000,
+                out("down: connection refused"),
+            ),
+            (
+                seen("a", DatabaseState::Failed, Ok((0, 0.0))),
+                c1000,
+                out("failed"),
+            ),
+            // Back in as soon as it is within the limit again.
+            (seen("a", Available, Ok((999, 0.0))), c1000, serves),
+        ];
+        for (f, limit, want) in table {
+            assert_eq!(judge(&f, limit), want, "{f:?} under {limit}");
+        }
+    }
+
+    #[test]
+    fn routes_keep_each_slot_on_its_follower_and_spread_the_spares() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let to = |s: &str| Route::To(s.into());
+        type Row<'a> = (&'a [&'a str], &'a [&'a str], bool, Vec<Route>);
+        let table: Vec<Row> = vec![
+            (&["a", "b"], &["a", "b"], false, vec![to("a"), to("b")]),
+            // b is out: its slot routes to a serving follower.
+            (&["a", "b"], &["a"], false, vec![to("a"), to("a")]),
+            (
+                &["a", "b", "c"],
+                &["c"],
+                false,
+                vec![to("c"), to("c"), to("c")],
+            ),
+            (
+                &["a", "b", "c", "d"],
+                &["b", "d"],
+                false,
+                vec![to("b"), to("b"), to("d"), to("d")],
+            ),
+            // None serves: refuse, or the leader when asked.
+            (&["a", "b"], &[], false, vec![Route::Refuse, Route::Refuse]),
+            (&["a", "b"], &[], true, vec![to("L"), to("L")]),
+            (&[], &[], true, vec![]),
+        ];
+        for (slots, serving, fallback, want) in table {
+            let got = routes(&ids(slots), &ids(serving), "L", fallback);
+            let got: Vec<Route> = ids(slots).iter().map(|s| got[s].clone()).collect();
+            assert_eq!(
+                got, want,
+                "slots {slots:?} serving {serving:?} fallback {fallback}"
+            );
+        }
+    }
+
+    #[test]
+    fn decide_and_its_sentence() {
+        let name = |id: &str| id.to_uppercase();
+        let both = [
+            seen("amber", Available, Ok((0, 0.0))),
+            seen("coral", Available, Ok((2000, 9.0))),
+        ];
+        let d = decide(&both, MaxLag::Commits(1000), "white", false);
+        assert_eq!(d.serving, vec!["amber".to_string()]);
+        assert_eq!(d.routes["coral"], Route::To("amber".into()));
+        assert_eq!(
+            sentence("sushi", &d, &name, false),
+            "sushi: reads are served by AMBER; out: CORAL (2000 commits behind, limit 1000)"
+        );
+        let none = [seen("amber", Preparing, Ok((0, 0.0)))];
+        let d = decide(&none, MaxLag::Commits(1000), "white", false);
+        assert_eq!(d.routes["amber"], Route::Refuse);
+        assert_eq!(
+            sentence("sushi", &d, &name, false),
+            "sushi: no follower serves reads (AMBER (preparing)): DATABASE_FOLLOWER_URL refuses connections"
+        );
+        let d = decide(&none, MaxLag::Commits(1000), "white", true);
+        assert_eq!(d.routes["amber"], Route::To("white".into()));
+        assert!(sentence("sushi", &d, &name, true)
+            .ends_with("they go to the leader (--fallback-to-leader)"));
+    }
+}

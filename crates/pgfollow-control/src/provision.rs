@@ -99,16 +99,22 @@ pub fn choose_major(
     asked: Option<u32>,
     is_up: &dyn Fn(&str) -> bool,
 ) -> Result<u32, ApiErr> {
+    let installed = |m: u32| state.hosts.values().any(|h| h.has_major(m));
     if let Some(l) = leader {
         return match asked {
-            Some(m) if m != l.pg_major => Err(ApiErr::bad_request(format!(
-                "{} runs PostgreSQL {} and a follower has its leader's major version; drop --version {m}, or to move to {m} restore a backup into a new database (`pgfollow pg:backups:restore`)",
+            Some(m) if m < l.pg_major => Err(ApiErr::bad_request(format!(
+                "{} runs PostgreSQL {} and a follower runs its leader's major version or, as a logical follower, a newer one; drop --version {m}",
                 l.color, l.pg_major
             ))),
-            _ => Ok(l.pg_major),
+            Some(m) if m > l.pg_major && !installed(m) => Err(ApiErr::bad_request(format!(
+                "no host has PostgreSQL {m} (installed: {}); install it and restart the agent, or pick another --version",
+                installed_majors(state)
+            ))),
+            // A newer major: a logical follower (publication and subscription).
+            Some(m) => Ok(m),
+            None => Ok(l.pg_major),
         };
     }
-    let installed = |m: u32| state.hosts.values().any(|h| h.has_major(m));
     match asked {
         Some(m) if !installed(m) => Err(ApiErr::bad_request(format!(
             "no host has PostgreSQL {m} (installed: {}); install it and restart the agent, or pick another --version",
@@ -288,10 +294,8 @@ pub fn add_database_of_major(
             },
             |l| l.replication.clone(),
         ),
-        pg_major: new
-            .leader
-            .map(|l| l.pg_major)
-            .or(major)
+        pg_major: major
+            .or(new.leader.map(|l| l.pg_major))
             .unwrap_or(new.host.pg_major),
         created_at: new.now,
         desired: Desired::Running,
@@ -310,6 +314,9 @@ pub fn add_database_of_major(
         timeline: None,
         pending_owner: None,
         ha_released: false,
+        // A follower on another major than its leader's can only follow
+        // logically.
+        logical: new.leader.zip(major).is_some_and(|(l, m)| l.pg_major != m),
     };
     let mut db = db;
     db.hidden = new.hidden;
@@ -513,6 +520,8 @@ pub fn cluster_spec(state: &State, db: &DatabaseRecord) -> ClusterSpec {
         .following
         .as_ref()
         .and_then(|id| state.databases.get(id))
+        // A logical follower runs as a primary: it subscribes instead.
+        .filter(|_| !db.logical)
         .map(|leader| Upstream {
             host: host_address(state, &leader.host),
             port: leader.port,

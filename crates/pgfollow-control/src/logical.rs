@@ -114,16 +114,24 @@ pub async fn hand_over(
     leader: Option<&DatabaseRecord>,
 ) -> Result<usize, ApiErr> {
     let agent = hosts.agent(&db.host)?;
-    let mut carried = 0;
-    if let Some(l) = leader.filter(|l| l.is_live()) {
-        let values = hosts.agent(&l.host)?.sequences(&l.id, &l.database).await?;
-        carried = values.len();
+    let leader_agent = match leader.filter(|l| l.is_live()) {
+        Some(l) => Some((l, hosts.agent(&l.host)?)),
+        None => None,
+    };
+    // Side by side: neither needs the other.
+    let carry = async {
+        let Some((l, la)) = &leader_agent else {
+            return Ok::<usize, ApiErr>(0);
+        };
+        let values = la.sequences(&l.id, &l.database).await?;
+        let carried = values.len();
         agent.set_sequences(&db.id, &db.database, values).await?;
-    }
-    agent
-        .unsubscribe(&db.id, &db.database, &replication_name(db))
-        .await?;
-    Ok(carried)
+        Ok(carried)
+    };
+    let name = replication_name(db);
+    let (carried, dropped) = tokio::join!(carry, agent.unsubscribe(&db.id, &db.database, &name));
+    dropped?;
+    carried
 }
 
 /// After the slot: the leader's publication for `db` goes too (while it

@@ -85,6 +85,7 @@ fn logical_follower_on_18_catches_up_and_a_changeover_to_it_loses_nothing() {
     let writer = Writer::start(&main, "w", Duration::from_secs(60));
     writer.warm_up();
     let out = s.cli(&["pg:changeover", "CHARCOAL", "--app", "sushi"]).ok();
+    eprintln!("{text}\n{}", out.stdout);
     for step in ["check", "freeze", "catch up", "hand over", "retarget"] {
         assert!(out.stdout.contains(step), "no {step:?} in:\n{}", out.stdout);
     }
@@ -159,6 +160,9 @@ fn logical_changeover_is_refused_for_a_table_without_a_key_and_for_ddl_while_fol
     let out = s
         .cli(&["pg:changeover", "CHARCOAL", "--app", "sushi"])
         .failed();
+    eprintln!("{}", out.stderr);
+    // One line per problem (and the heading).
+    assert_eq!(out.stderr.lines().count(), 5, "{}", out.stderr);
     for line in [
         "CHARCOAL cannot take over from WHITE by logical replication; nothing was changed",
         "- table public.log has no primary key or replica identity",

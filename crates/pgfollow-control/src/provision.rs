@@ -110,6 +110,10 @@ pub fn choose_major(
                 "no host has PostgreSQL {m} (installed: {}); install it and restart the agent, or pick another --version",
                 installed_majors(state)
             ))),
+            Some(m) if m > l.pg_major && l.plan.tier.has_ha() => Err(ApiErr::bad_request(format!(
+                "{} is on an HA plan ({}): a logical follower on PostgreSQL {m} is not supported there yet, as a failover would not carry its replication slot; drop --version {m}, or use pg:upgrade",
+                l.color, l.plan.name
+            ))),
             // A newer major: a logical follower (publication and subscription).
             Some(m) => Ok(m),
             None => Ok(l.pg_major),
@@ -796,6 +800,53 @@ mod tests {
             "a"
         );
         assert_eq!(cluster_spec(&state, &leader).pg_major, Some(18));
+    }
+
+    #[test]
+    fn a_newer_major_makes_a_logical_follower_except_of_an_ha_leader() {
+        use pgfollow_types::plan::{builtin_plans, Tier};
+        let mut state = state_with(&[host_with("a", &[18, 15])]);
+        let a = state.hosts["a"].clone();
+        let plans = builtin_plans();
+        let standard = plans.iter().find(|p| p.tier == Tier::Standard).unwrap();
+        let premium = plans.iter().find(|p| p.tier == Tier::Premium).unwrap();
+        let ports = offers(&[
+            ("a", &[40000, 40001, 40002, 40003, 40004, 40005]),
+            (LOCAL, &[41000, 41001]),
+        ]);
+        let new = |plan, leader| NewDatabase {
+            app: "sushi",
+            plan,
+            host: &a,
+            ports: &ports,
+            now: Utc::now(),
+            leader,
+            sync: false,
+            hidden: false,
+        };
+        let (id, _) = add_database_of_major(&mut state, &new(standard, None), Some(15)).unwrap();
+        let leader = state.databases[&id].clone();
+        assert_eq!(
+            choose_major(&state, Some(&leader), Some(18), &|_| true).unwrap(),
+            18
+        );
+        let (f, _) =
+            add_database_of_major(&mut state, &new(standard, Some(&leader)), Some(18)).unwrap();
+        let f = state.databases[&f].clone();
+        assert!(f.logical && f.is_logical_follower() && f.pg_major == 18);
+        // It runs as a primary: it subscribes, it does not stream WAL.
+        assert!(cluster_spec(&state, &f).upstream.is_none());
+        // Its leader's major: physical, as always.
+        let (p, _) =
+            add_database_of_major(&mut state, &new(standard, Some(&leader)), Some(15)).unwrap();
+        assert!(!state.databases[&p].logical);
+        assert!(cluster_spec(&state, &state.databases[&p])
+            .upstream
+            .is_some());
+        let mut ha = leader.clone();
+        ha.plan = premium.clone();
+        let e = choose_major(&state, Some(&ha), Some(18), &|_| true).unwrap_err();
+        assert!(e.message.contains("on an HA plan"), "{e}");
     }
 
     #[test]

@@ -169,7 +169,6 @@ async fn pgfollow_runs(
         for n in 1..=count {
             if on_18 {
                 primary = fresh_15_primary(pf, api, opts, &primary).await?;
-                on_18 = false;
             }
             wait_forkable(api, &primary).await?;
             let follower_version = (method == Method::Major).then_some("18");

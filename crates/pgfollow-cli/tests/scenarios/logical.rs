@@ -179,4 +179,30 @@ fn logical_changeover_is_refused_for_a_table_without_a_key_and_for_ddl_while_fol
     let main = config_get(&s, "sushi", "DATABASE_URL");
     let v = psql_url(&main, "show server_version").ok().stdout;
     assert!(v.starts_with("15."), "{v}");
+
+    // pg:unfollow makes it a fork whose sequences went on from WHITE's.
+    s.cli(&[
+        "pg:unfollow",
+        "CHARCOAL",
+        "--app",
+        "sushi",
+        "--confirm",
+        "sushi",
+    ])
+    .ok();
+    wait_available(&s, "sushi");
+    let charcoal_url = config_get(&s, "sushi", "PGFOLLOW_POSTGRESQL_CHARCOAL_URL");
+    let k = psql_url(&charcoal_url, "insert into w (id) values (1) returning k").ok();
+    assert!(k.stdout.trim().starts_with("101"), "{}", k.stdout);
+    assert!(info_of(&s, "CHARCOAL")["following"].is_null());
+    eventually(Duration::from_secs(20), "WHITE's slot goes", || {
+        superuser_sql(
+            &s,
+            "sushi",
+            "WHITE",
+            "select count(*) from pg_replication_slots",
+        )
+        .trim()
+            == "0"
+    });
 }

@@ -155,7 +155,7 @@ async fn pgfollow_runs(
     let version = (opts.major_runs > 0).then_some("15");
     let (mut primary, _) = pf.create_version(&opts.plan, None, version).await?;
     pf.wait(&primary).await?;
-    let main_url = config_var(api, "DATABASE_URL").await?;
+    let mut main_url = config_var(api, "DATABASE_URL").await?;
     writers::create_table(&main_url).await?;
     let plan = [
         (Method::Changeover, opts.runs),
@@ -169,6 +169,8 @@ async fn pgfollow_runs(
         for n in 1..=count {
             if on_18 {
                 primary = fresh_15_primary(pf, api, opts, &primary).await?;
+                // Its owner is another role: DATABASE_URL changed with it.
+                main_url = config_var(api, "DATABASE_URL").await?;
             }
             wait_forkable(api, &primary).await?;
             let follower_version = (method == Method::Major).then_some("18");

@@ -239,8 +239,20 @@ async fn changeover(pf: &Pgfollow, color: &str) -> anyhow::Result<String> {
         .find_map(|l| l.strip_prefix("Writes were held for "))
         .map(|s| s.trim_end_matches('.').to_string())
         .unwrap_or_else(|| "?".into());
+    // The steps inside the hold, as the command printed them
+    // (`  freeze   3.1 ms  ...`).
+    let steps: Vec<String> = out
+        .lines()
+        .filter_map(|l| {
+            let (name, _) = l.strip_prefix("  ")?.split_once(" ms")?;
+            let (name, millis) = name.trim().rsplit_once(' ')?;
+            let name = name.trim();
+            (name != "check").then(|| format!("{name} {}", millis.trim()))
+        })
+        .collect();
     Ok(format!(
-        "pgfollow: writes held {held}; command {} ms",
+        "pgfollow: writes held {held} ({}); command {} ms",
+        steps.join(", "),
         ms(took)
     ))
 }

@@ -66,11 +66,12 @@ pub async fn measure(
     })
 }
 
-/// [`measure`] of a logical follower: from its slot's
-/// `confirmed_flush_lsn` on the leader (what the subscriber has applied and
-/// flushed; it moves past WAL with nothing to apply too) to the leader's
-/// flush position, both read side by side on the leader, counted the same
-/// way as a physical follower's.
+/// [`measure`] of a logical follower: from what it has applied (the
+/// `write_lsn` its walsender on the leader last heard, else the slot's
+/// `confirmed_flush_lsn`, what it has applied and flushed; both move past
+/// WAL with nothing to apply too) to the leader's flush position, both read
+/// side by side on the leader, counted the same way as a physical
+/// follower's.
 async fn measure_logical(
     hosts: &Hosts,
     leader: &DatabaseRecord,
@@ -89,9 +90,12 @@ async fn measure_logical(
             follower.color, leader.color
         ))
     })?;
-    let from = status.confirmed_flush_lsn.ok_or_else(|| {
-        ApiErr::unavailable(format!("{} has not confirmed any WAL yet", follower.color))
-    })?;
+    let from = status
+        .write_lsn
+        .max(status.confirmed_flush_lsn)
+        .ok_or_else(|| {
+            ApiErr::unavailable(format!("{} has not confirmed any WAL yet", follower.color))
+        })?;
     let span = leader_at.bytes_since(from);
     let count = if span == 0 {
         None

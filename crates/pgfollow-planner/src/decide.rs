@@ -1149,6 +1149,7 @@ pub(crate) mod tests {
             wal_status: Some(wal_status.into()),
             restart_lsn: None,
             confirmed_flush_lsn: None,
+            write_lsn: None,
         };
         assert_eq!(follower_fell_off(Some(&slot("reserved"))), None);
         assert_eq!(follower_fell_off(Some(&slot("extended"))), None);

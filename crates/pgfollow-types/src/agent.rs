@@ -227,6 +227,11 @@ pub struct SlotStatus {
     /// applied (and durable) on the subscriber. None on a physical slot.
     #[serde(default)]
     pub confirmed_flush_lsn: Option<Lsn>,
+    /// `pg_stat_replication.write_lsn` of the walsender holding the slot,
+    /// if one does. From a logical subscriber: the end of the last commit
+    /// it has applied (not yet necessarily flushed there).
+    #[serde(default)]
+    pub write_lsn: Option<Lsn>,
 }
 
 /// What logical replication of one database depends on, read from its

@@ -85,7 +85,7 @@ impl Agent {
 }
 
 /// Creates `dir` if missing and makes it mode 0700, for root alone.
-fn make_private_dir(dir: &std::path::Path) -> Result<(), AgentError> {
+pub(crate) fn make_private_dir(dir: &std::path::Path) -> Result<(), AgentError> {
     use std::os::unix::fs::PermissionsExt;
     let err = |source| AgentError::Directory {
         path: dir.to_path_buf(),

@@ -152,6 +152,37 @@ pub async fn dispatch(agent: &Agent, call: AgentCall) -> Result<serde_json::Valu
         AgentCall::EndpointPaused { id, dbname } => {
             json(agent.endpoint_paused(&id, &dbname).await?)
         }
+        AgentCall::LogicalFacts {
+            id,
+            database,
+            subscription,
+        } => json(
+            agent
+                .logical_facts(&id, &database, subscription.as_deref())
+                .await?,
+        ),
+        AgentCall::Publish {
+            id,
+            database,
+            name,
+            reader,
+        } => json(agent.publish(&id, &database, &name, &reader).await?),
+        AgentCall::Unpublish { id, database, name } => {
+            json(agent.unpublish(&id, &database, &name).await?)
+        }
+        AgentCall::CopySchema { spec, from } => json(agent.copy_schema(&spec, &from).await?),
+        AgentCall::Subscribe { id, database, sub } => {
+            json(agent.subscribe(&id, &database, &sub).await?)
+        }
+        AgentCall::Unsubscribe { id, database, name } => {
+            json(agent.unsubscribe(&id, &database, &name).await?)
+        }
+        AgentCall::Sequences { id, database } => json(agent.sequences(&id, &database).await?),
+        AgentCall::SetSequences {
+            id,
+            database,
+            values,
+        } => json(agent.set_sequences(&id, &database, &values).await?),
         // backups branch
         AgentCall::Dump {
             major,

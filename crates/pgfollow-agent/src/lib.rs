@@ -9,6 +9,7 @@ mod archive;
 mod backups;
 mod endpoints;
 pub mod http;
+mod logical;
 mod ports;
 mod run;
 

@@ -5,7 +5,12 @@
 //! 2. the manual procedure with pgfollow's commands: `maintenance:on`,
 //!    `pg:wait`, `pg:unfollow`, `pg:promote`, `maintenance:off`;
 //! 3. the hand-made floor on plain PostgreSQL and PgBouncer (see
-//!    [`crate::floor`]).
+//!    [`crate::floor`]);
+//! 4. with `--major-runs`, `pg:changeover` to a logical follower on
+//!    PostgreSQL 18 of a 15 primary: a major-version upgrade. The server
+//!    then has both majors and the ordinary runs use 15 too, so the two
+//!    kinds compare like for like. Each major run makes a fresh 15 primary
+//!    (`pg:promote`) and a fresh 18 follower of it.
 //!
 //! Every run makes a fresh follower of the current primary, waits until it
 //! is available, starts the writers, switches, lets the writers go on for a
@@ -25,6 +30,11 @@ use crate::writers::{self, median, ms, Seen, Writers};
 
 /// The target for the longest pause of `pg:changeover`.
 const PAUSE_MAX: Duration = Duration::from_millis(300);
+/// The target for the longest pause of a major-version changeover.
+const MAJOR_PAUSE_MAX: Duration = Duration::from_millis(500);
+/// Where the two majors of the major-version runs are.
+const PG15_BIN: &str = "/usr/lib/postgresql/15/bin";
+const PG18_BIN: &str = "/opt/pgfollow/postgresql/18/bin";
 /// Writing before the switch, and after it.
 const WARM_UP: Duration = Duration::from_secs(1);
 const TAIL: Duration = Duration::from_secs(1);
@@ -49,6 +59,9 @@ pub struct Options {
     /// Runs of the hand-made floor on plain PostgreSQL and PgBouncer
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=50))]
     pub floor_runs: u32,
+    /// Runs of `pg:changeover` from PostgreSQL 15 to a logical follower on 18
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=50))]
+    pub major_runs: u32,
     /// Concurrent writers, each on its own connection
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub writers: u32,
@@ -59,6 +72,7 @@ enum Method {
     Changeover,
     Manual,
     Floor,
+    Major,
 }
 
 impl Method {
@@ -67,6 +81,7 @@ impl Method {
             Method::Changeover => "pg:changeover",
             Method::Manual => "manual procedure",
             Method::Floor => "hand-made floor",
+            Method::Major => "major 15 → 18",
         }
     }
 }
@@ -104,11 +119,15 @@ impl Run {
 pub async fn run(opts: Options) -> anyhow::Result<String> {
     let started = Instant::now();
     let mut runs = Vec::new();
-    if opts.runs + opts.manual_runs > 0 {
+    if opts.runs + opts.manual_runs + opts.major_runs > 0 {
         let bin = pgfollow_bin(opts.pgfollow.as_deref())?;
         say(&format!("starting pgfollow serve ({})", bin.display()));
-        let server = tokio::task::block_in_place(|| Server::start(&bin))
-            .context("starting pgfollow serve")?;
+        let both = ["--pg-bin", PG15_BIN, "--pg-bin", PG18_BIN];
+        let server = tokio::task::block_in_place(|| match opts.major_runs {
+            0 => Server::start(&bin),
+            _ => Server::start_with(&bin, &both),
+        })
+        .context("starting pgfollow serve")?;
         let api = Client::discover(Some(server.data_dir())).context("finding the API")?;
         let pf = Pgfollow { server, bin };
         let result = pgfollow_runs(&pf, &api, &opts, &mut runs).await;
@@ -133,23 +152,36 @@ async fn pgfollow_runs(
     runs: &mut Vec<Run>,
 ) -> anyhow::Result<()> {
     pf.cli(&["apps:create", APP]).await?;
-    let (mut primary, _) = pf.create(&opts.plan, None).await?;
+    let version = (opts.major_runs > 0).then_some("15");
+    let (mut primary, _) = pf.create_version(&opts.plan, None, version).await?;
     pf.wait(&primary).await?;
-    let main_url = config_var(api, "DATABASE_URL").await?;
+    let mut main_url = config_var(api, "DATABASE_URL").await?;
     writers::create_table(&main_url).await?;
     let plan = [
         (Method::Changeover, opts.runs),
         (Method::Manual, opts.manual_runs),
+        (Method::Major, opts.major_runs),
     ];
+    // Whether the primary runs 18 (after a major run): the next major run
+    // needs a 15 one again.
+    let mut on_18 = false;
     for (method, count) in plan {
         for n in 1..=count {
+            if on_18 {
+                primary = fresh_15_primary(pf, api, opts, &primary).await?;
+                // Its owner is another role: DATABASE_URL changed with it.
+                main_url = config_var(api, "DATABASE_URL").await?;
+            }
             wait_forkable(api, &primary).await?;
-            let (name, color) = pf.create(&opts.plan, Some(&primary)).await?;
+            let follower_version = (method == Method::Major).then_some("18");
+            let (name, color) = pf
+                .create_version(&opts.plan, Some(&primary), follower_version)
+                .await?;
             pf.wait(&name).await?;
             let w = Writers::start(&main_url, opts.writers);
             tokio::time::sleep(WARM_UP).await;
             let note = match method {
-                Method::Changeover => changeover(pf, &color).await,
+                Method::Changeover | Method::Major => changeover(pf, &color).await,
                 _ => manual(pf, &color).await,
             };
             tokio::time::sleep(TAIL).await;
@@ -173,9 +205,28 @@ async fn pgfollow_runs(
             pf.cli(&["addons:destroy", &primary, "--app", APP, "--confirm", APP])
                 .await?;
             primary = name;
+            on_18 = method == Method::Major;
         }
     }
     Ok(())
+}
+
+/// A new PostgreSQL 15 database behind DATABASE_URL (with the writers'
+/// table), in place of `old` (an 18 one after a major run), which goes.
+async fn fresh_15_primary(
+    pf: &Pgfollow,
+    api: &Client,
+    opts: &Options,
+    old: &str,
+) -> anyhow::Result<String> {
+    let (name, color) = pf.create_version(&opts.plan, None, Some("15")).await?;
+    pf.wait(&name).await?;
+    let url = config_var(api, &format!("PGFOLLOW_POSTGRESQL_{color}_URL")).await?;
+    writers::create_table(&url).await?;
+    pf.cli(&["pg:promote", &color, "--app", APP]).await?;
+    pf.cli(&["addons:destroy", old, "--app", APP, "--confirm", APP])
+        .await?;
+    Ok(name)
 }
 
 /// `pg:changeover COLOR`; pgfollow's own account of the hold.
@@ -188,8 +239,20 @@ async fn changeover(pf: &Pgfollow, color: &str) -> anyhow::Result<String> {
         .find_map(|l| l.strip_prefix("Writes were held for "))
         .map(|s| s.trim_end_matches('.').to_string())
         .unwrap_or_else(|| "?".into());
+    // The steps inside the hold, as the command printed them
+    // (`  freeze   3.1 ms  ...`).
+    let steps: Vec<String> = out
+        .lines()
+        .filter_map(|l| {
+            let (name, _) = l.strip_prefix("  ")?.split_once(" ms")?;
+            let (name, millis) = name.trim().rsplit_once(' ')?;
+            let name = name.trim();
+            (name != "check").then(|| format!("{name} {}", millis.trim()))
+        })
+        .collect();
     Ok(format!(
-        "pgfollow: writes held {held}; command {} ms",
+        "pgfollow: writes held {held} ({}); command {} ms",
+        steps.join(", "),
         ms(took)
     ))
 }
@@ -335,7 +398,12 @@ fn render(opts: &Options, runs: &[Run], took: Duration) -> String {
         "{:<17} {:>4}  {:>16}  {:>13}  {:>12}  {:>10}\n",
         "method", "runs", "median pause ms", "max pause ms", "failed total", "lost total"
     ));
-    for method in [Method::Changeover, Method::Manual, Method::Floor] {
+    for method in [
+        Method::Changeover,
+        Method::Manual,
+        Method::Floor,
+        Method::Major,
+    ] {
         let of: Vec<&Run> = runs.iter().filter(|r| r.method == method).collect();
         if of.is_empty() {
             continue;
@@ -372,6 +440,39 @@ fn render(opts: &Options, runs: &[Run], took: Duration) -> String {
         ));
         out.push_str(&format!(
             "{} pg:changeover lost commits: {lost}, target 0\n",
+            verdict(lost == 0)
+        ));
+    }
+    let major: Vec<&Run> = runs.iter().filter(|r| r.method == Method::Major).collect();
+    if let Some(max) = major.iter().map(|r| r.pause).max() {
+        let failed: usize = major.iter().map(|r| r.failed).sum();
+        let lost: usize = major.iter().map(|r| r.lost).sum();
+        let pauses = |of: &[&Run]| of.iter().map(|r| r.pause).collect::<Vec<_>>();
+        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+        if let (Some(m), Some(o), Some(omax)) = (
+            median(&pauses(&major)),
+            median(&pauses(&ours)),
+            ours.iter().map(|r| r.pause).max(),
+        ) {
+            out.push_str(&format!(
+                "major 15 → 18 / pg:changeover: median pause {:.2}×, max pause {:.2}×\n",
+                ratio(m, o),
+                ratio(max, omax)
+            ));
+        }
+        out.push_str(&format!(
+            "{} major 15 → 18 longest pause: max {} ms over {} runs, target < {} ms\n",
+            verdict(max < MAJOR_PAUSE_MAX),
+            ms(max),
+            major.len(),
+            MAJOR_PAUSE_MAX.as_millis()
+        ));
+        out.push_str(&format!(
+            "{} major 15 → 18 failed transactions: {failed}, target 0\n",
+            verdict(failed == 0)
+        ));
+        out.push_str(&format!(
+            "{} major 15 → 18 lost commits: {lost}, target 0\n",
             verdict(lost == 0)
         ));
     }

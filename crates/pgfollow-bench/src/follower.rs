@@ -41,9 +41,23 @@ impl Pgfollow {
         plan: &str,
         follow: Option<&str>,
     ) -> anyhow::Result<(String, String)> {
+        self.create_version(plan, follow, None).await
+    }
+
+    /// [`Pgfollow::create`] with `--version MAJOR` (of a leader: a logical
+    /// follower).
+    pub async fn create_version(
+        &self,
+        plan: &str,
+        follow: Option<&str>,
+        version: Option<&str>,
+    ) -> anyhow::Result<(String, String)> {
         let mut args = vec!["addons:create", plan, "--app", APP];
         if let Some(leader) = follow {
             args.extend(["--follow", leader]);
+        }
+        if let Some(v) = version {
+            args.extend(["--version", v]);
         }
         let out = self.json(&args).await?;
         let db = &out["database"];

@@ -215,7 +215,9 @@ async fn main() -> ExitCode {
 }
 
 /// The error on one line: its message, then each cause it does not
-/// already quote (library errors often repeat their source's words).
+/// already quote (library errors often repeat their source's words). A
+/// list the server sends as lines starting `- ` (one per problem) keeps a
+/// line per item.
 pub fn error_line(e: &anyhow::Error) -> String {
     let mut line = e.to_string();
     for cause in e.chain().skip(1) {
@@ -225,7 +227,10 @@ pub fn error_line(e: &anyhow::Error) -> String {
             line.push_str(&cause);
         }
     }
-    output::one_line(&line)
+    line.split("\n- ")
+        .map(output::one_line)
+        .collect::<Vec<_>>()
+        .join("\n- ")
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -422,6 +427,8 @@ mod tests {
         assert_eq!(error_line(&e), "cannot read x: no such file; start it");
         let e = anyhow::anyhow!("disk\nfull").context("cannot run psql");
         assert_eq!(error_line(&e), "cannot run psql: disk full");
+        let e = anyhow::anyhow!("refused:\n- one\n  thing\n- another");
+        assert_eq!(error_line(&e), "refused:\n- one thing\n- another");
     }
 
     #[test]

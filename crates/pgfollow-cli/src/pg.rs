@@ -13,6 +13,7 @@
 //! Tables:      3
 //! Fork/Follow: Available
 //! Following:   PGFOLLOW_POSTGRESQL_CHARCOAL
+//! Replication: logical (PostgreSQL 15 → 18)   (a logical follower only)
 //! Behind By:   7 commits (1.2 kB of WAL, 0.3 s)
 //! Followers:   PGFOLLOW_POSTGRESQL_AMBER, PGFOLLOW_POSTGRESQL_BLUE
 //! Read Pool:   PGFOLLOW_POSTGRESQL_AMBER
@@ -161,6 +162,9 @@ pub fn info_block(db: &DatabaseInfo) -> String {
     }
     if let Some(leader) = &db.following {
         rows.push(("Following", color_name(leader)));
+        if let Some(r) = &db.replication {
+            rows.push(("Replication", r.clone()));
+        }
         let behind = match &db.behind_by {
             Some(lag) => format!(
                 "{} ({} of WAL, {:.1} s){}",

@@ -446,7 +446,25 @@ impl Executor {
                 let progress = self.progress_reporter(op);
                 agent.basebackup(&spec, progress).await?
             }
+            Action::CopySchema => {
+                let l = leader.ok_or_else(|| ApiErr::not_found("its leader is gone"))?;
+                crate::logical::copy_schema(&self.hosts, state, db, l).await?
+            }
+            Action::Subscribe => {
+                let l = leader.ok_or_else(|| ApiErr::not_found("its leader is gone"))?;
+                crate::logical::subscribe(&self.hosts, state, db, l).await?
+            }
             Action::CheckCaughtUp => {
+                if db.is_logical_follower() {
+                    let copying = crate::logical::tables_not_ready(&self.hosts, db).await?;
+                    if !copying.is_empty() {
+                        return Ok(Outcome::NotYet(format!(
+                            "copying the rows of {} table(s) ({})",
+                            copying.len(),
+                            copying.join(", ")
+                        )));
+                    }
+                }
                 // Not being able to measure yet is no failure of the copy.
                 let lag = match crate::lag::measure(&self.hosts, state, db).await {
                     Ok(lag) => lag,
@@ -485,12 +503,16 @@ impl Executor {
                         Err(e) if e.is_unreachable() => return Ok(left()),
                         other => other?,
                     }
+                    if db.logical && l.is_live() {
+                        crate::logical::unpublish(&self.hosts, db, l).await?;
+                    }
                 }
             }
             Action::CheckFollower => {
                 // A follower that left recovery by itself would be a second
                 // writable cluster of the data: it is stopped at once.
-                if agent.probe(&db.id).await.is_ok_and(|p| !p.in_recovery) {
+                // (A logical follower is never in recovery.)
+                if !db.logical && agent.probe(&db.id).await.is_ok_and(|p| !p.in_recovery) {
                     agent.fence(&db.id).await?;
                     let why = format!(
                         "it left recovery while it should follow {}: a second writable copy, so it was stopped; destroy it (`pgfollow addons:destroy {} --app {} --confirm {}`) and create a new follower",
@@ -543,6 +565,11 @@ impl Executor {
                     ));
                 }
             }
+            // A logical follower stops following by its sequences and
+            // the end of its subscription.
+            Action::Promote if db.logical => {
+                crate::logical::hand_over(&self.hosts, db, leader).await?;
+            }
             Action::Promote => agent.promote(&db.id).await?,
             Action::Reconfigure => agent.set_upstream(&spec).await?,
             Action::Checkpoint => agent.checkpoint(&db.id).await?,
@@ -559,6 +586,15 @@ impl Executor {
                                 db.name,
                                 l.color
                             );
+                        }
+                        if db.logical {
+                            if let Err(e) = crate::logical::unpublish(&self.hosts, db, l).await {
+                                tracing::warn!(
+                                    "could not drop the publication of failed {} on {}: {e}",
+                                    db.name,
+                                    l.color
+                                );
+                            }
                         }
                     }
                 }

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use pgfollow_client::agent::{AgentCallError, AgentClient, EmbeddedAgent};
 use pgfollow_types::agent::{
     AgentCall, AgentRegistration, ClusterSpec, ClusterStats, ClusterStatus, CommitCount,
-    EndpointSpec, EndpointStatus, Probe, ReplayStatus, RoleSecret, SlotStatus,
+    EndpointSpec, EndpointStatus, LogicalFacts, Probe, ReplayStatus, RoleSecret, SequenceValue,
+    SlotStatus, SubscriptionSpec,
 };
 use pgfollow_types::api::Backend;
+use pgfollow_types::backup::DumpTarget;
 use pgfollow_types::Lsn;
 use serde::de::DeserializeOwned;
 
@@ -221,7 +223,8 @@ fn timeout_of(call: &AgentCall) -> Duration {
         | AgentCall::ArchiveBackup { .. }
         | AgentCall::ArchiveRestore { .. }
         | AgentCall::Upgrade { .. }
-        | AgentCall::UpgradeDryRun { .. } => COPY,
+        | AgentCall::UpgradeDryRun { .. }
+        | AgentCall::CopySchema { .. } => COPY,
         AgentCall::ArchiveConfigure { .. } | AgentCall::ArchiveSeal { .. } => SLOW,
         AgentCall::EndpointHold { limit_ms, .. }
         | AgentCall::EndpointPauseWithin { limit_ms, .. } => {
@@ -234,7 +237,8 @@ fn timeout_of(call: &AgentCall) -> Duration {
         | AgentCall::Promote { .. }
         | AgentCall::Checkpoint { .. }
         | AgentCall::Rewind { .. }
-        | AgentCall::SetUpstream { .. } => SLOW,
+        | AgentCall::SetUpstream { .. }
+        | AgentCall::Subscribe { .. } => SLOW,
         _ => QUICK,
     }
 }
@@ -333,6 +337,96 @@ impl AgentHandle {
     ) -> Result<Option<SlotStatus>, AgentError> {
         let (id, slot) = (id.into(), slot.into());
         self.call(AgentCall::SlotStatus { id, slot }).await
+    }
+
+    pub async fn logical_facts(
+        &self,
+        id: &str,
+        database: &str,
+        subscription: Option<&str>,
+    ) -> Result<LogicalFacts, AgentError> {
+        self.call(AgentCall::LogicalFacts {
+            id: id.into(),
+            database: database.into(),
+            subscription: subscription.map(str::to_string),
+        })
+        .await
+    }
+
+    pub async fn publish(
+        &self,
+        id: &str,
+        database: &str,
+        name: &str,
+        reader: &str,
+    ) -> Result<(), AgentError> {
+        let (id, database, name, reader) = (id.into(), database.into(), name.into(), reader.into());
+        self.call(AgentCall::Publish {
+            id,
+            database,
+            name,
+            reader,
+        })
+        .await
+    }
+
+    pub async fn unpublish(&self, id: &str, database: &str, name: &str) -> Result<(), AgentError> {
+        let (id, database, name) = (id.into(), database.into(), name.into());
+        self.call(AgentCall::Unpublish { id, database, name }).await
+    }
+
+    pub async fn copy_schema(
+        &self,
+        spec: &ClusterSpec,
+        from: &DumpTarget,
+    ) -> Result<(), AgentError> {
+        let (spec, from) = (spec.clone(), from.clone());
+        self.call(AgentCall::CopySchema { spec, from }).await
+    }
+
+    pub async fn subscribe(
+        &self,
+        id: &str,
+        database: &str,
+        sub: &SubscriptionSpec,
+    ) -> Result<(), AgentError> {
+        let (id, database, sub) = (id.into(), database.into(), sub.clone());
+        self.call(AgentCall::Subscribe { id, database, sub }).await
+    }
+
+    pub async fn unsubscribe(
+        &self,
+        id: &str,
+        database: &str,
+        name: &str,
+    ) -> Result<(), AgentError> {
+        let (id, database, name) = (id.into(), database.into(), name.into());
+        self.call(AgentCall::Unsubscribe { id, database, name })
+            .await
+    }
+
+    pub async fn sequences(
+        &self,
+        id: &str,
+        database: &str,
+    ) -> Result<Vec<SequenceValue>, AgentError> {
+        let (id, database) = (id.into(), database.into());
+        self.call(AgentCall::Sequences { id, database }).await
+    }
+
+    pub async fn set_sequences(
+        &self,
+        id: &str,
+        database: &str,
+        values: Vec<SequenceValue>,
+    ) -> Result<(), AgentError> {
+        let (id, database) = (id.into(), database.into());
+        self.call(AgentCall::SetSequences {
+            id,
+            database,
+            values,
+        })
+        .await
     }
 
     /// Copies the leader; its progress is polled twice a second.

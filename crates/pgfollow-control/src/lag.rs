@@ -36,6 +36,9 @@ pub async fn measure(
         .as_ref()
         .and_then(|id| state.databases.get(id))
         .ok_or_else(|| ApiErr::not_found(format!("{} follows no database", follower.color)))?;
+    if follower.logical {
+        return measure_logical(hosts, leader, follower).await;
+    }
     let (follower_agent, leader_agent) = (hosts.agent(&follower.host)?, hosts.agent(&leader.host)?);
     let (replay, snapshot) = tokio::join!(
         follower_agent.replay_status(&follower.id),
@@ -60,6 +63,54 @@ pub async fn measure(
         bytes: span,
         seconds: seconds_behind(count.as_ref(), replay.last_replay_unix_ms),
         streaming: replay.streaming,
+    })
+}
+
+/// [`measure`] of a logical follower: from what it has applied (the
+/// `write_lsn` its walsender on the leader last heard, else the slot's
+/// `confirmed_flush_lsn`, what it has applied and flushed; both move past
+/// WAL with nothing to apply too) to the leader's flush position, both read
+/// side by side on the leader, counted the same way as a physical
+/// follower's.
+async fn measure_logical(
+    hosts: &Hosts,
+    leader: &DatabaseRecord,
+    follower: &DatabaseRecord,
+) -> Result<Lag, ApiErr> {
+    let leader_agent = hosts.agent(&leader.host)?;
+    let slot = crate::logical::replication_name(follower);
+    let (status, snapshot) = tokio::join!(
+        leader_agent.slot_status(&leader.id, &slot),
+        leader_agent.commits_since(&leader.id, PAST_THE_END, 0),
+    );
+    let (status, leader_at) = (status?, snapshot?.current);
+    let status = status.ok_or_else(|| {
+        ApiErr::unavailable(format!(
+            "{} has no replication slot on {} yet",
+            follower.color, leader.color
+        ))
+    })?;
+    let from = status
+        .write_lsn
+        .max(status.confirmed_flush_lsn)
+        .ok_or_else(|| {
+            ApiErr::unavailable(format!("{} has not confirmed any WAL yet", follower.color))
+        })?;
+    let span = leader_at.bytes_since(from);
+    let count = if span == 0 {
+        None
+    } else {
+        Some(leader_agent.commits_since(&leader.id, from, span).await?)
+    };
+    Ok(Lag {
+        commits: count.as_ref().map_or(0, |c| c.commits),
+        more_than: count.as_ref().is_some_and(|c| match c.counted_to {
+            Some(to) => to < leader_at,
+            None => !c.complete,
+        }),
+        bytes: span,
+        seconds: seconds_behind(count.as_ref(), None),
+        streaming: status.active,
     })
 }
 

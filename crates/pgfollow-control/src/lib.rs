@@ -17,6 +17,7 @@ mod ha;
 mod history;
 mod hosts;
 mod lag;
+mod logical;
 pub mod metrics;
 mod monitor;
 mod protection;

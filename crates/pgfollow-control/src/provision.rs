@@ -99,16 +99,26 @@ pub fn choose_major(
     asked: Option<u32>,
     is_up: &dyn Fn(&str) -> bool,
 ) -> Result<u32, ApiErr> {
+    let installed = |m: u32| state.hosts.values().any(|h| h.has_major(m));
     if let Some(l) = leader {
         return match asked {
-            Some(m) if m != l.pg_major => Err(ApiErr::bad_request(format!(
-                "{} runs PostgreSQL {} and a follower has its leader's major version; drop --version {m}, or to move to {m} restore a backup into a new database (`pgfollow pg:backups:restore`)",
+            Some(m) if m < l.pg_major => Err(ApiErr::bad_request(format!(
+                "{} runs PostgreSQL {} and a follower runs its leader's major version or, as a logical follower, a newer one; drop --version {m}",
                 l.color, l.pg_major
             ))),
-            _ => Ok(l.pg_major),
+            Some(m) if m > l.pg_major && !installed(m) => Err(ApiErr::bad_request(format!(
+                "no host has PostgreSQL {m} (installed: {}); install it and restart the agent, or pick another --version",
+                installed_majors(state)
+            ))),
+            Some(m) if m > l.pg_major && l.plan.tier.has_ha() => Err(ApiErr::bad_request(format!(
+                "{} is on an HA plan ({}): a logical follower on PostgreSQL {m} is not supported there yet, as a failover would not carry its replication slot; drop --version {m}, or use pg:upgrade",
+                l.color, l.plan.name
+            ))),
+            // A newer major: a logical follower (publication and subscription).
+            Some(m) => Ok(m),
+            None => Ok(l.pg_major),
         };
     }
-    let installed = |m: u32| state.hosts.values().any(|h| h.has_major(m));
     match asked {
         Some(m) if !installed(m) => Err(ApiErr::bad_request(format!(
             "no host has PostgreSQL {m} (installed: {}); install it and restart the agent, or pick another --version",
@@ -288,10 +298,8 @@ pub fn add_database_of_major(
             },
             |l| l.replication.clone(),
         ),
-        pg_major: new
-            .leader
-            .map(|l| l.pg_major)
-            .or(major)
+        pg_major: major
+            .or(new.leader.map(|l| l.pg_major))
             .unwrap_or(new.host.pg_major),
         created_at: new.now,
         desired: Desired::Running,
@@ -310,6 +318,9 @@ pub fn add_database_of_major(
         timeline: None,
         pending_owner: None,
         ha_released: false,
+        // A follower on another major than its leader's can only follow
+        // logically.
+        logical: new.leader.zip(major).is_some_and(|(l, m)| l.pg_major != m),
     };
     let mut db = db;
     db.hidden = new.hidden;
@@ -538,6 +549,8 @@ pub fn cluster_spec(state: &State, db: &DatabaseRecord) -> ClusterSpec {
         .following
         .as_ref()
         .and_then(|id| state.databases.get(id))
+        // A logical follower runs as a primary: it subscribes instead.
+        .filter(|_| !db.logical)
         .map(|leader| Upstream {
             host: host_address(state, &leader.host),
             port: leader.port,
@@ -813,6 +826,53 @@ mod tests {
             "a"
         );
         assert_eq!(cluster_spec(&state, &leader).pg_major, Some(18));
+    }
+
+    #[test]
+    fn a_newer_major_makes_a_logical_follower_except_of_an_ha_leader() {
+        use pgfollow_types::plan::{builtin_plans, Tier};
+        let mut state = state_with(&[host_with("a", &[18, 15])]);
+        let a = state.hosts["a"].clone();
+        let plans = builtin_plans();
+        let standard = plans.iter().find(|p| p.tier == Tier::Standard).unwrap();
+        let premium = plans.iter().find(|p| p.tier == Tier::Premium).unwrap();
+        let ports = offers(&[
+            ("a", &[40000, 40001, 40002, 40003, 40004, 40005]),
+            (LOCAL, &[41000, 41001]),
+        ]);
+        let new = |plan, leader| NewDatabase {
+            app: "sushi",
+            plan,
+            host: &a,
+            ports: &ports,
+            now: Utc::now(),
+            leader,
+            sync: false,
+            hidden: false,
+        };
+        let (id, _) = add_database_of_major(&mut state, &new(standard, None), Some(15)).unwrap();
+        let leader = state.databases[&id].clone();
+        assert_eq!(
+            choose_major(&state, Some(&leader), Some(18), &|_| true).unwrap(),
+            18
+        );
+        let (f, _) =
+            add_database_of_major(&mut state, &new(standard, Some(&leader)), Some(18)).unwrap();
+        let f = state.databases[&f].clone();
+        assert!(f.logical && f.is_logical_follower() && f.pg_major == 18);
+        // It runs as a primary: it subscribes, it does not stream WAL.
+        assert!(cluster_spec(&state, &f).upstream.is_none());
+        // Its leader's major: physical, as always.
+        let (p, _) =
+            add_database_of_major(&mut state, &new(standard, Some(&leader)), Some(15)).unwrap();
+        assert!(!state.databases[&p].logical);
+        assert!(cluster_spec(&state, &state.databases[&p])
+            .upstream
+            .is_some());
+        let mut ha = leader.clone();
+        ha.plan = premium.clone();
+        let e = choose_major(&state, Some(&ha), Some(18), &|_| true).unwrap_err();
+        assert!(e.message.contains("on an HA plan"), "{e}");
     }
 
     #[test]

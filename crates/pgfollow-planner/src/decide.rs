@@ -37,6 +37,11 @@ pub enum Action {
     CreateSlot,
     /// Copy the leader with `pg_basebackup` and configure a standby.
     BaseBackup,
+    /// A logical follower: the leader's schema (`pg_dump --schema-only`).
+    CopySchema,
+    /// A logical follower: a publication on the leader, a subscription
+    /// (and its slot) on the follower.
+    Subscribe,
     /// Measure the follower's lag; it is available once caught up.
     CheckCaughtUp,
     /// Drop a destroyed (or unfollowed) follower's slot on its leader.
@@ -95,6 +100,8 @@ impl Action {
             Action::Initialize => "initialize",
             Action::CreateSlot => "create-slot",
             Action::BaseBackup => "base-backup",
+            Action::CopySchema => "copy-schema",
+            Action::Subscribe => "subscribe",
             Action::CheckCaughtUp => "check-caught-up",
             Action::DropSlot => "drop-slot",
             Action::Promote => "promote",
@@ -129,7 +136,7 @@ pub struct Decision {
     pub sentence: String,
 }
 
-fn decision(db: &DatabaseRecord, action: Action, why: impl AsRef<str>) -> Decision {
+pub(crate) fn decision(db: &DatabaseRecord, action: Action, why: impl AsRef<str>) -> Decision {
     Decision {
         sentence: format!("{} ({} of {}): {}", db.color, db.name, db.app, why.as_ref()),
         action,
@@ -153,6 +160,9 @@ pub fn decide(
     leader: Option<&DatabaseRecord>,
 ) -> Decision {
     match op.kind {
+        OperationKind::Provision if db.is_logical_follower() => {
+            crate::logical::decide_logical_follower(db, op, observed, leader)
+        }
         OperationKind::Provision if db.is_follower() => decide_follower(db, op, observed, leader),
         OperationKind::Provision if crate::protection::is_rollback(op) => {
             decide_rollback(db, op, observed)
@@ -394,7 +404,7 @@ fn decide_unfollow(
     )
 }
 
-fn leader_is_usable(leader: Option<&DatabaseRecord>) -> bool {
+pub(crate) fn leader_is_usable(leader: Option<&DatabaseRecord>) -> bool {
     leader.is_some_and(|l| l.is_live() && l.state == DatabaseState::Available)
 }
 
@@ -472,7 +482,7 @@ fn decide_follower(
 /// What every operation that works on a running cluster checks first: the
 /// database is being destroyed, the step failed too often, or its host does
 /// not answer. Otherwise, the cluster it observed.
-fn preamble<'a>(
+pub(crate) fn preamble<'a>(
     db: &DatabaseRecord,
     op: &OperationRecord,
     observed: &'a Observed,
@@ -786,10 +796,11 @@ pub(crate) mod tests {
             timeline: None,
             pending_owner: None,
             ha_released: false,
+            logical: false,
         }
     }
 
-    fn op(kind: OperationKind, done: &[&str], failures: u32) -> OperationRecord {
+    pub(crate) fn op(kind: OperationKind, done: &[&str], failures: u32) -> OperationRecord {
         OperationRecord {
             id: "op-1".into(),
             kind,
@@ -1137,6 +1148,8 @@ pub(crate) mod tests {
             active: false,
             wal_status: Some(wal_status.into()),
             restart_lsn: None,
+            confirmed_flush_lsn: None,
+            write_lsn: None,
         };
         assert_eq!(follower_fell_off(Some(&slot("reserved"))), None);
         assert_eq!(follower_fell_off(Some(&slot("extended"))), None);

@@ -9,6 +9,7 @@ mod changeover;
 mod decide;
 mod failover;
 mod ha;
+mod logical;
 mod protection;
 mod transition;
 
@@ -30,6 +31,7 @@ pub use failover::{
 pub use ha::{
     ha_verdict, is_suspect, HaLimits, HaObservation, HaVerdict, HUNG, MAX_START_FAILURES,
 };
+pub use logical::logical_problems;
 pub use protection::{
     assign_stanzas, base_backup_every, check_rollback_window, desired_stanza, is_rollback,
     orphaned_stanzas, parse_by, parse_to, protection_steps, record_protection, rollback_subject,

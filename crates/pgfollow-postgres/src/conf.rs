@@ -72,7 +72,10 @@ pub fn render_conf(spec: &ClusterSpec, socket_dir: &Path, passfile: &Path) -> St
             quote(&format!("{}MB", s.effective_cache_size_mb)),
         ),
         ("password_encryption", quote("scram-sha-256")),
-        ("wal_level", "replica".into()),
+        // `logical` (rather than `replica`) so that any database can have a
+        // logical follower on a newer major without a restart; it adds a
+        // little to the WAL of UPDATEs and DELETEs.
+        ("wal_level", "logical".into()),
         ("max_wal_senders", "10".into()),
         ("max_replication_slots", "10".into()),
         ("hot_standby", "on".into()),
@@ -451,7 +454,7 @@ mod tests {
             ("effective_cache_size", "'512MB'"),
             ("max_slot_wal_keep_size", "'1024MB'"),
             ("password_encryption", "'scram-sha-256'"),
-            ("wal_level", "replica"),
+            ("wal_level", "logical"),
             ("max_wal_senders", "10"),
             ("max_replication_slots", "10"),
             ("hot_standby", "on"),

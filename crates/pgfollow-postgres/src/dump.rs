@@ -51,8 +51,30 @@ pub async fn dump(
     target: &Target,
     out: &Path,
 ) -> Result<u64, PgError> {
+    dump_with(bin, user, target, out, &[]).await
+}
+
+/// [`dump`] of the schema alone (no rows, publications or subscriptions):
+/// what a logical follower starts from.
+pub async fn dump_schema(
+    bin: &PgBinaries,
+    user: &OsUser,
+    target: &Target,
+    out: &Path,
+) -> Result<u64, PgError> {
+    let only = ["--schema-only", "--no-publications", "--no-subscriptions"];
+    dump_with(bin, user, target, out, &only).await
+}
+
+async fn dump_with(
+    bin: &PgBinaries,
+    user: &OsUser,
+    target: &Target,
+    out: &Path,
+    extra: &[&str],
+) -> Result<u64, PgError> {
     let tmp = PathBuf::from(format!("{}.partial", out.display()));
-    let result = dump_into(bin, user, target, &tmp).await;
+    let result = dump_into(bin, user, target, &tmp, extra).await;
     match result {
         Ok(size) => {
             tokio::fs::rename(&tmp, out)
@@ -72,6 +94,7 @@ async fn dump_into(
     user: &OsUser,
     target: &Target,
     tmp: &Path,
+    extra: &[&str],
 ) -> Result<u64, PgError> {
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -85,6 +108,7 @@ async fn dump_into(
     let mut file = tokio::fs::File::from_std(file);
     let mut cmd = tool(bin, user, "pg_dump", target);
     cmd.args(["--format=custom", "--no-password", "-d", &target.database]);
+    cmd.args(extra);
     let program = bin.tool("pg_dump");
     let mut child = cmd.spawn().map_err(|source| PgError::Spawn {
         program: program.clone(),

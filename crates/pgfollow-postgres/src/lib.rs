@@ -19,6 +19,7 @@
 //! - [`cluster`]: a cluster's files and lifecycle (initialize, start, stop, destroy).
 //! - [`sql`]: what the agent asks a running cluster (bootstrap, passwords, stats, backends).
 //! - [`replication`]: slots, replay status, repointing, promotion.
+//! - [`logical`]: logical replication (publication, subscription, the checks before a changeover, sequences).
 //! - [`walcount`]: exact commits behind at any distance, with a per-segment cache, and the age of the oldest.
 //! - [`basebackup`]: a follower's data directory from `pg_basebackup`.
 //! - [`archive`]: continuous protection with pgBackRest (configuration, base backups, point-in-time restore).
@@ -37,6 +38,7 @@ pub mod error;
 pub mod extras;
 pub mod fence;
 pub mod files;
+pub mod logical;
 pub mod pidfile;
 pub mod process;
 pub mod replication;

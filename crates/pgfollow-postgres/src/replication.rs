@@ -223,7 +223,9 @@ impl Cluster {
 async fn slot_row(client: &Client, slot: &str) -> Result<Option<SlotStatus>, PgError> {
     let Some(row) = client
         .query_opt(
-            "SELECT active, wal_status, restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT s.active, s.wal_status, s.restart_lsn::text, s.confirmed_flush_lsn::text, r.write_lsn::text \
+             FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = $1",
             &[&slot],
         )
         .await
@@ -235,7 +237,13 @@ async fn slot_row(client: &Client, slot: &str) -> Result<Option<SlotStatus>, PgE
     let restart: Option<String> = row
         .try_get(2)
         .map_err(PgError::sql("reading restart_lsn"))?;
+    let confirmed: Option<String> = row
+        .try_get(3)
+        .map_err(PgError::sql("reading confirmed_flush_lsn"))?;
+    let write: Option<String> = row.try_get(4).map_err(PgError::sql("reading write_lsn"))?;
     Ok(Some(SlotStatus {
+        confirmed_flush_lsn: confirmed.as_deref().map(parse_lsn).transpose()?,
+        write_lsn: write.as_deref().map(parse_lsn).transpose()?,
         active: row.try_get(0).map_err(read)?,
         wal_status: row.try_get(1).map_err(PgError::sql("reading wal_status"))?,
         restart_lsn: restart.as_deref().map(parse_lsn).transpose()?,

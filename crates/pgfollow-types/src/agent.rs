@@ -229,6 +229,69 @@ pub struct SlotStatus {
     /// `reserved`, `extended`, `unreserved` or `lost`.
     pub wal_status: Option<String>,
     pub restart_lsn: Option<Lsn>,
+    /// A logical slot's `confirmed_flush_lsn`: everything before it is
+    /// applied (and durable) on the subscriber. None on a physical slot.
+    #[serde(default)]
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// `pg_stat_replication.write_lsn` of the walsender holding the slot,
+    /// if one does. From a logical subscriber: the end of the last commit
+    /// it has applied (not yet necessarily flushed there).
+    #[serde(default)]
+    pub write_lsn: Option<Lsn>,
+}
+
+/// What logical replication of one database depends on, read from its
+/// catalogs (`LogicalFacts`); compared across leader and follower before a
+/// changeover.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogicalFacts {
+    /// One sorted line per table, sequence and column (`table public.t`,
+    /// `column public.t.id bigint not null`): the shape logical
+    /// replication needs both sides to agree on (it carries no DDL).
+    pub schema: Vec<String>,
+    /// Tables with neither a primary key nor a replica identity: their
+    /// UPDATEs and DELETEs cannot be replicated.
+    pub no_identity: Vec<String>,
+    /// Large objects (`pg_largeobject_metadata`): never replicated.
+    pub large_objects: u64,
+    /// On a subscriber: whether the subscription asked about exists.
+    pub subscribed: bool,
+    /// On a subscriber: tables that its subscription does not carry yet
+    /// (not in it, or their first copy is not finished).
+    pub not_ready: Vec<String>,
+}
+
+/// Where a logical follower subscribes: its leader's database, as the
+/// leader's replication role, through publication and slot `name`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionSpec {
+    /// The subscription's, publication's and slot's name.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl fmt::Debug for SubscriptionSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionSpec")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sequence's position, carried from leader to logical follower.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceValue {
+    /// Schema-qualified and quoted (`public."Items_id_seq"`).
+    pub name: String,
+    pub last_value: i64,
 }
 
 /// What an agent sees of one cluster, cheaply (no connection).
@@ -412,6 +475,60 @@ pub enum AgentCall {
         id: String,
         dbname: String,
     },
+    /// What logical replication of `database` depends on; `subscription`
+    /// (on a subscriber) also says which tables it carries.
+    LogicalFacts {
+        id: String,
+        database: String,
+        #[serde(default)]
+        subscription: Option<String>,
+    },
+    /// Leader side, idempotent: publication `name` FOR ALL TABLES, and
+    /// role `reader` (the replication role a subscription connects as)
+    /// may connect to `database` and read every table.
+    Publish {
+        id: String,
+        database: String,
+        name: String,
+        reader: String,
+    },
+    /// Leader side, idempotent: drops publication `name`.
+    Unpublish {
+        id: String,
+        database: String,
+        name: String,
+    },
+    /// Long. Follower side: the leader's schema (`pg_dump --schema-only`
+    /// of `from`, by `spec`'s major) restored into `spec`'s database.
+    CopySchema {
+        spec: ClusterSpec,
+        from: crate::backup::DumpTarget,
+    },
+    /// Follower side, idempotent: a subscription to `sub` (creating its
+    /// slot on the leader and copying every table's rows).
+    Subscribe {
+        id: String,
+        database: String,
+        sub: SubscriptionSpec,
+    },
+    /// Follower side, idempotent: the subscription stops and is dropped
+    /// (its data stays; the leader's slot is left for the leader's side).
+    Unsubscribe {
+        id: String,
+        database: String,
+        name: String,
+    },
+    /// Every sequence's last value (those never used are left out).
+    Sequences {
+        id: String,
+        database: String,
+    },
+    /// `setval` of each sequence, in one transaction.
+    SetSequences {
+        id: String,
+        database: String,
+        values: Vec<SequenceValue>,
+    },
     // backups branch: logical backups, run by the control plane's embedded
     // agent; `file` is relative to the agent's backups directory.
     /// Long: `pg_dump -Fc` of `target` (PostgreSQL `major`) into `file`,
@@ -533,6 +650,14 @@ impl AgentCall {
             AgentCall::EndpointUnblock { .. } => "endpoint_unblock",
             AgentCall::EndpointDestroy { .. } => "endpoint_destroy",
             AgentCall::EndpointPaused { .. } => "endpoint_paused",
+            AgentCall::LogicalFacts { .. } => "logical_facts",
+            AgentCall::Publish { .. } => "publish",
+            AgentCall::Unpublish { .. } => "unpublish",
+            AgentCall::CopySchema { .. } => "copy_schema",
+            AgentCall::Subscribe { .. } => "subscribe",
+            AgentCall::Unsubscribe { .. } => "unsubscribe",
+            AgentCall::Sequences { .. } => "sequences",
+            AgentCall::SetSequences { .. } => "set_sequences",
             AgentCall::Dump { .. } => "dump",
             AgentCall::Restore { .. } => "restore",
             AgentCall::RestoreProgress { .. } => "restore_progress",

@@ -232,6 +232,10 @@ pub struct DatabaseInfo {
     /// Colours of this database's followers.
     #[serde(default)]
     pub followers: Vec<String>,
+    /// On a logical follower: `logical (PostgreSQL 15 → 18)`; none on a
+    /// physical one (streaming WAL, the leader's major).
+    #[serde(default)]
+    pub replication: Option<String>,
     /// On a follower: how far behind its leader it is.
     #[serde(default)]
     pub behind_by: Option<Lag>,

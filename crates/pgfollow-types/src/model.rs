@@ -199,6 +199,11 @@ pub struct DatabaseRecord {
     /// behind `DATABASE_URL` again.
     #[serde(default)]
     pub ha_released: bool,
+    /// Made as a logical follower (publication and subscription, possibly
+    /// on a newer major than its leader) rather than a physical copy; it
+    /// stays set after it stops following.
+    #[serde(default)]
+    pub logical: bool,
 }
 
 /// One time-stamped measurement of how far a standby is behind.
@@ -212,6 +217,11 @@ pub struct LagSample {
 impl DatabaseRecord {
     pub fn is_follower(&self) -> bool {
         self.following.is_some()
+    }
+
+    /// A follower fed by logical replication (`logical` and following).
+    pub fn is_logical_follower(&self) -> bool {
+        self.logical && self.following.is_some()
     }
 
     pub fn is_live(&self) -> bool {

@@ -23,6 +23,7 @@ mod ha_partitions;
 mod ha_safety;
 mod hosts;
 mod lag;
+mod logical;
 mod metrics;
 mod openapi;
 mod pool_modes;

@@ -127,7 +127,7 @@ fn versions_a_follower_of_an_18_leader_is_18_and_another_major_is_refused() {
     assert_eq!(e.stderr.lines().count(), 1, "{}", e.stderr);
     assert!(
         e.stderr
-            .contains("runs PostgreSQL 18 and a follower has its leader's major version"),
+            .contains("runs PostgreSQL 18 and a follower runs its leader's major version"),
         "{}",
         e.stderr
     );

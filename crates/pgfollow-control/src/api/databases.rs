@@ -104,6 +104,9 @@ pub(crate) async fn info_of(ctx: &Ctx, state: &Catalog, db: &DatabaseRecord) -> 
         host: db.host.clone(),
         following,
         followers,
+        replication: leader
+            .filter(|_| db.logical)
+            .map(|l| format!("logical (PostgreSQL {} → {})", l.pg_major, db.pg_major)),
         behind_by,
         ha_status: ha_status(ctx, state, db).await,
         last_backup: super::backups::last_backup(state, db),

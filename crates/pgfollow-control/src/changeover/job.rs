@@ -121,17 +121,27 @@ impl Job {
             format!("{} is 0 commits behind ({polls} checks)", target.color),
         );
 
-        let follower_agent = match ctx.hosts.agent(&target.host) {
-            Ok(a) => a,
-            Err(e) => return Err(self.give_up(e.message).await),
-        };
-        if let Err(e) = follower_agent.promote(&target.id).await {
-            let why = format!("promoting {} failed: {e}", target.color);
-            return Err(self.give_up(why).await);
+        if target.is_logical_follower() {
+            match super::logical::hand_over(&ctx.hosts, &target, &old).await {
+                Ok(detail) => t = self.steps.done("hand over", t, detail),
+                Err(e) => {
+                    let why = format!("handing over to {} failed: {e}", target.color);
+                    return Err(self.give_up(why).await);
+                }
+            }
+        } else {
+            let follower_agent = match ctx.hosts.agent(&target.host) {
+                Ok(a) => a,
+                Err(e) => return Err(self.give_up(e.message).await),
+            };
+            if let Err(e) = follower_agent.promote(&target.id).await {
+                let why = format!("promoting {} failed: {e}", target.color);
+                return Err(self.give_up(why).await);
+            }
+            t = self
+                .steps
+                .done("promote", t, format!("{} is writable", target.color));
         }
-        t = self
-            .steps
-            .done("promote", t, format!("{} is writable", target.color));
 
         // Past the promotion: the old primary must never take writes again
         // through the endpoint, so nothing below resumes on it; what fails
@@ -305,8 +315,15 @@ pub(super) fn switch(
         a.attachments
             .insert(MAIN_ATTACHMENT.to_string(), target.to_string());
     }
+    // The old primary's HA standby runs its major: it cannot follow a
+    // logical follower that runs a newer one.
+    let logical = state.databases.get(target).is_some_and(|d| d.logical);
     let repoint = next_operation_id(state);
-    if let Some(sentence) = pgfollow_planner::hand_over_standby(state, old, target, repoint, now) {
+    let handed = match logical {
+        true => None,
+        false => pgfollow_planner::hand_over_standby(state, old, target, repoint, now),
+    };
+    if let Some(sentence) = handed {
         tracing::info!("{sentence}");
     }
     Ok(state.clone())

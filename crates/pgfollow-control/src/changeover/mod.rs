@@ -22,6 +22,7 @@ use crate::resolve::{find_app, resolve_db};
 
 mod job;
 mod leader_lost;
+mod logical;
 mod recover;
 
 use job::Job;
@@ -85,10 +86,17 @@ pub async fn run(
         let plan = [
             ("freeze", "hold new transactions at the endpoint"),
             ("catch up", "wait until the follower is 0 commits behind"),
-            (
-                "promote",
-                "end the follower's recovery: it becomes writable",
-            ),
+            if target.is_logical_follower() {
+                (
+                    "hand over",
+                    "carry every sequence over and drop the subscription: it becomes the primary",
+                )
+            } else {
+                (
+                    "promote",
+                    "end the follower's recovery: it becomes writable",
+                )
+            },
             (
                 "retarget",
                 "route the endpoint to it and let transactions through",
@@ -186,6 +194,9 @@ async fn check(
                 op.kind.as_str()
             )));
         }
+    }
+    if target.is_logical_follower() {
+        logical::check(&ctx.hosts, target, old).await?;
     }
     if app.maintenance {
         return Err(ApiErr::conflict(format!(

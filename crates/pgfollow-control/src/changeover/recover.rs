@@ -37,7 +37,11 @@ pub async fn recover(
         )));
     };
     let app = target.app.to_string();
+    // A logical follower is never in recovery: before the switch is
+    // recorded it counts as not handed over, and writes resume on the old
+    // primary.
     let in_recovery = match hosts.get(&target.host) {
+        _ if target.logical => Some(true),
         Some(a) => a.probe(&target.id).await.ok().map(|p| p.in_recovery),
         None => None,
     };

@@ -9,7 +9,7 @@ use etcd_client::{
     Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 
-use super::{etcd, ttl_secs, EtcdCatalog, REQUEST_TIMEOUT};
+use super::{etcd, etcd_again, ttl_secs, EtcdCatalog, REQUEST_TIMEOUT};
 use crate::CatalogError;
 
 impl EtcdCatalog {
@@ -28,7 +28,7 @@ impl EtcdCatalog {
                     )])
                     .and_then(vec![TxnOp::put(key.clone(), value.clone(), None)])
                     .or_else(vec![TxnOp::get(key, None)]);
-                let r = c.txn(txn).await.map_err(etcd)?;
+                let r = c.txn(txn).await.map_err(etcd_again)?;
                 if r.succeeded() {
                     return Ok(value);
                 }
@@ -51,7 +51,7 @@ impl EtcdCatalog {
         self.run_async(|mut c| {
             let key = key.clone();
             async move {
-                let r = c.get(key, None).await.map_err(etcd)?;
+                let r = c.get(key, None).await.map_err(etcd_again)?;
                 Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
             }
         })
@@ -64,7 +64,7 @@ impl EtcdCatalog {
         self.run(|mut c| {
             let key = key.clone();
             async move {
-                let r = c.get(key, None).await.map_err(etcd)?;
+                let r = c.get(key, None).await.map_err(etcd_again)?;
                 Ok(r.kvs()
                     .first()
                     .map(|kv| String::from_utf8_lossy(kv.value()).to_string()))
@@ -82,7 +82,7 @@ impl EtcdCatalog {
                 let r = c
                     .get(start.clone(), Some(GetOptions::new().with_prefix()))
                     .await
-                    .map_err(etcd)?;
+                    .map_err(etcd_again)?;
                 Ok(r.kvs()
                     .iter()
                     .map(|kv| {
@@ -110,7 +110,7 @@ impl EtcdCatalog {
             let (key, value) = (key.clone(), value.clone());
             async move {
                 let options = lease.map(|id| PutOptions::new().with_lease(id));
-                c.put(key, value, options).await.map_err(etcd)?;
+                c.put(key, value, options).await.map_err(etcd_again)?;
                 Ok(())
             }
         })

@@ -76,6 +76,20 @@ fn etcd(e: etcd_client::Error) -> CatalogError {
     }
 }
 
+/// [`etcd`] for a request that may be sent twice with the same effect (a
+/// read, a put of a whole value, a create-if-absent): a connection that
+/// broke under it (`Unavailable`, whatever the message: "http2 error" when
+/// a cut-off member's connection fails its ping) counts as no connection,
+/// so [`EtcdCatalog::run`] tries it again, on another member.
+fn etcd_again(e: etcd_client::Error) -> CatalogError {
+    match e {
+        etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unavailable => {
+            CatalogError::Unreachable(s.message().to_string())
+        }
+        other => etcd(other),
+    }
+}
+
 /// Renews lease `id` by one keep-alive: false when etcd no longer has it.
 async fn renew(c: &mut Client, id: i64) -> Result<bool, CatalogError> {
     match c.lease_keep_alive(id).await {
@@ -275,7 +289,7 @@ impl Catalog for EtcdCatalog {
         let got = self.run(|mut c| {
             let key = key.clone();
             async move {
-                let r = c.get(key, None).await.map_err(etcd)?;
+                let r = c.get(key, None).await.map_err(etcd_again)?;
                 Ok(r.kvs()
                     .first()
                     .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
@@ -369,13 +383,13 @@ impl Catalog for EtcdCatalog {
             async move {
                 if let Some((h, id)) = mine.filter(|(h, _)| *h == holder_s) {
                     if renew(&mut c, id).await? {
-                        let r = c.get(key_c.clone(), None).await.map_err(etcd)?;
+                        let r = c.get(key_c.clone(), None).await.map_err(etcd_again)?;
                         if r.kvs().first().is_some_and(|kv| kv.lease() == id) {
                             return Ok(Some((h, id)));
                         }
                     }
                 }
-                let r = c.get(key_c.clone(), None).await.map_err(etcd)?;
+                let r = c.get(key_c.clone(), None).await.map_err(etcd_again)?;
                 if let Some(kv) = r.kvs().first() {
                     let h = String::from_utf8_lossy(kv.value()).to_string();
                     if h != holder_s {

@@ -414,21 +414,38 @@ pub(crate) fn stop_bouncers(data_dir: &Path) {
 /// Kills every process still running from under `root` (its command line
 /// names a path there): a PgBouncer that was daemonizing while its agent
 /// was stopped writes its pidfile too late for [`stop_bouncers`].
+///
+/// A process killed in the middle of daemonizing may have forked its child
+/// after the scan passed it, so scans repeat until one finds nothing (at
+/// most [`LEFTOVER_PASSES`]).
 pub(crate) fn kill_leftovers(root: &Path) {
     let needle = root.to_string_lossy().into_owned();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
+    for _ in 0..LEFTOVER_PASSES {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
         };
-        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        if pid != std::process::id() as i32 && String::from_utf8_lossy(&cmdline).contains(&needle) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let mut found = false;
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            if pid != std::process::id() as i32
+                && String::from_utf8_lossy(&cmdline).contains(&needle)
+            {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                found = true;
+            }
         }
+        if !found {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Scans of [`kill_leftovers`] at most.
+const LEFTOVER_PASSES: u32 = 10;
 
 /// Ends every postmaster under `data_dir`: immediate shutdown (SIGQUIT),
 /// then SIGKILL for any still there after a few seconds.

@@ -168,6 +168,13 @@ async fn dump_into(
 /// (`--no-owner --no-acl`), existing ones of the same names replaced
 /// (`--clean --if-exists`). `progress(done, total)` in bytes of the archive
 /// read so far.
+///
+/// pg_restore writes the SQL and psql runs it (`--single-transaction`,
+/// stopping at the first error), with [`ColumnStamps`] between the two:
+/// PostgreSQL 15.20 stamps every column with an attribute option
+/// `pg_attver`, which pg_dump copies and older or newer majors (18.6)
+/// refuse, failing the whole restore; the stamp is left out (a server that
+/// stamps gives the restored columns stamps of its own).
 pub async fn restore(
     bin: &PgBinaries,
     user: &OsUser,
@@ -193,34 +200,55 @@ pub async fn restore(
     } else {
         Some(toc_file(&kept)?)
     };
-    let mut cmd = tool(bin, user, "pg_restore", target);
+    let mut restore = process::command(bin, user, "pg_restore", Path::new("/"));
     if let Some(f) = &list_file {
-        cmd.arg("-L").arg(f.path());
+        restore.arg("-L").arg(f.path());
     }
-    cmd.args([
+    restore
+        .args([
+            "--no-owner",
+            "--no-acl",
+            "--clean",
+            "--if-exists",
+            "-f",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut psql = tool(bin, user, "psql", target);
+    psql.args([
         "--no-password",
-        "--no-owner",
-        "--no-acl",
-        "--clean",
-        "--if-exists",
+        "--no-psqlrc",
+        "--quiet",
         "--single-transaction",
-        "--exit-on-error",
+        "--set",
+        "ON_ERROR_STOP=1",
         "-d",
         &target.database,
     ])
     .stdin(Stdio::piped())
     .stdout(Stdio::null());
-    let program = bin.tool("pg_restore");
-    let mut child = cmd.spawn().map_err(|source| PgError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
-    let mut stdin = child.stdin.take().ok_or_else(|| PgError::Tool {
-        what: "pg_restore".into(),
-        status: "no stdin".into(),
+    let (restore_program, psql_program) = (bin.tool("pg_restore"), bin.tool("psql"));
+    let spawn = |cmd: &mut tokio::process::Command, program: &PathBuf| {
+        cmd.spawn().map_err(|source| PgError::Spawn {
+            program: program.clone(),
+            source,
+        })
+    };
+    let mut restorer = spawn(&mut restore, &restore_program)?;
+    let mut runner = spawn(&mut psql, &psql_program)?;
+    let no_pipe = |what: &str| PgError::Tool {
+        what: what.into(),
+        status: "no pipe".into(),
         stderr: String::new(),
-    })?;
-    let mut stderr = child.stderr.take();
+    };
+    let mut to_restore = restorer.stdin.take().ok_or_else(|| no_pipe("pg_restore"))?;
+    let mut sql = restorer
+        .stdout
+        .take()
+        .ok_or_else(|| no_pipe("pg_restore"))?;
+    let mut to_psql = runner.stdin.take().ok_or_else(|| no_pipe("psql"))?;
+    let (mut restore_err, mut psql_err) = (restorer.stderr.take(), runner.stderr.take());
     let run = async {
         let feed = async {
             let mut buf = vec![0u8; 256 * 1024];
@@ -231,29 +259,59 @@ pub async fn restore(
                     break;
                 }
                 // pg_restore stops reading when it fails; its exit says why.
-                if stdin.write_all(&buf[..n]).await.is_err() {
+                if to_restore.write_all(&buf[..n]).await.is_err() {
                     break;
                 }
                 done += n as u64;
                 progress(done, total);
             }
-            drop(stdin);
+            drop(to_restore);
             Ok::<(), PgError>(())
         };
-        let read_err = async {
-            let mut err = String::new();
-            if let Some(e) = stderr.as_mut() {
-                let _ = e.read_to_string(&mut err).await;
+        let pass = async {
+            let mut stamps = ColumnStamps::default();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = match sql.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                // psql stops reading when it fails; its exit says why.
+                if to_psql.write_all(&stamps.filter(&buf[..n])).await.is_err() {
+                    return;
+                }
             }
-            err
+            let _ = to_psql.write_all(&stamps.finish()).await;
+            drop(to_psql);
         };
-        let (fed, err) = tokio::join!(feed, read_err);
+        let read_all = |e: Option<tokio::process::ChildStderr>| async move {
+            let mut text = String::new();
+            if let Some(mut e) = e {
+                let _ = e.read_to_string(&mut text).await;
+            }
+            text
+        };
+        let (fed, (), restore_text, psql_text) = tokio::join!(
+            feed,
+            pass,
+            read_all(restore_err.take()),
+            read_all(psql_err.take())
+        );
         fed?;
-        let status = child.wait().await.map_err(|source| PgError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-        if !status.success() {
+        let wait = |program: PathBuf| move |source| PgError::Spawn { program, source };
+        let restored = restorer
+            .wait()
+            .await
+            .map_err(wait(restore_program.clone()))?;
+        let ran = runner.wait().await.map_err(wait(psql_program.clone()))?;
+        // psql's error is the first cause; pg_restore then only saw its
+        // output closed.
+        let failed = match (ran.success(), restored.success()) {
+            (true, true) => None,
+            (false, _) => Some((ran, psql_text)),
+            (true, false) => Some((restored, restore_text)),
+        };
+        if let Some((status, err)) = failed {
             return Err(PgError::Tool {
                 what: format!("pg_restore into {}", target.database),
                 status: status.to_string(),
@@ -265,9 +323,90 @@ pub async fn restore(
     match tokio::time::timeout(DUMP_TIMEOUT, run).await {
         Ok(r) => r,
         Err(_) => Err(PgError::Timeout {
-            program,
+            program: restore_program,
             secs: DUMP_TIMEOUT.as_secs(),
         }),
+    }
+}
+
+/// The attribute option PostgreSQL 15.20 puts on every column.
+const COLUMN_STAMP: &str = "pg_attver";
+
+/// Takes PostgreSQL 15.20's column stamps out of the SQL pg_restore writes,
+/// as it streams past: a statement `ALTER TABLE ONLY t ALTER COLUMN c SET
+/// (pg_attver=N);` goes, and from one that sets other options too only
+/// the stamp goes. The rows of `COPY ... FROM stdin;` pass untouched.
+#[derive(Default)]
+pub struct ColumnStamps {
+    /// The start of a line not yet complete.
+    partial: Vec<u8>,
+    in_copy: bool,
+}
+
+impl ColumnStamps {
+    /// The complete lines of what came so far, filtered.
+    pub fn filter(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.partial.extend_from_slice(chunk);
+        let Some(last) = self.partial.iter().rposition(|b| *b == b'\n') else {
+            return Vec::new();
+        };
+        let rest = self.partial.split_off(last + 1);
+        let lines = std::mem::replace(&mut self.partial, rest);
+        let mut out = Vec::with_capacity(lines.len());
+        for line in lines.split_inclusive(|b| *b == b'\n') {
+            self.line(line, &mut out);
+        }
+        out
+    }
+
+    /// What is left after the last chunk (a last line without a newline).
+    pub fn finish(&mut self) -> Vec<u8> {
+        let line = std::mem::take(&mut self.partial);
+        let mut out = Vec::new();
+        self.line(&line, &mut out);
+        out
+    }
+
+    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        let text = String::from_utf8_lossy(line);
+        let bare = text.trim_end_matches(['\n', '\r']);
+        if self.in_copy {
+            self.in_copy = bare != "\\.";
+            out.extend_from_slice(line);
+            return;
+        }
+        if bare.starts_with("COPY ") && bare.ends_with("FROM stdin;") {
+            self.in_copy = true;
+        }
+        match without_stamp(bare) {
+            None => out.extend_from_slice(line),
+            Some(None) => {}
+            Some(Some(kept)) => {
+                out.extend_from_slice(kept.as_bytes());
+                out.push(b'\n');
+            }
+        }
+    }
+}
+
+/// For a statement setting column options that include the stamp: None
+/// when it is not one, `Some(None)` when nothing else is set, else the
+/// statement without the stamp.
+fn without_stamp(stmt: &str) -> Option<Option<String>> {
+    let (head, options) = stmt.strip_suffix(");")?.split_once(" SET (")?;
+    if !head.starts_with("ALTER TABLE ") || !head.contains(" ALTER COLUMN ") {
+        return None;
+    }
+    let all: Vec<&str> = options.split(", ").collect();
+    let kept: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|o| o.split_once('=').map(|(k, _)| k) != Some(COLUMN_STAMP))
+        .collect();
+    match kept.len() {
+        n if n == all.len() => None,
+        0 => Some(None),
+        _ => Some(Some(format!("{head} SET ({});", kept.join(", ")))),
     }
 }
 
@@ -373,6 +512,34 @@ mod tests {
             without_superuser_extensions("6; 1 2 TABLE public t u\n").len(),
             24
         );
+    }
+
+    #[test]
+    fn column_stamps_are_left_out_of_the_sql_and_rows_pass_untouched() {
+        let sql = "CREATE TABLE public.w (\n    id bigint NOT NULL\n);\n\
+                   ALTER TABLE ONLY public.w ALTER COLUMN id SET (pg_attver=22158952);\n\
+                   ALTER TABLE ONLY public.w ALTER COLUMN v SET (n_distinct=5, pg_attver=1);\n\
+                   ALTER TABLE ONLY public.w ALTER COLUMN v SET (n_distinct=5);\n\
+                   COPY public.w (id, v) FROM stdin;\n\
+                   ALTER TABLE ONLY public.w ALTER COLUMN id SET (pg_attver=1);\n\
+                   \\.\n\
+                   ALTER TABLE ONLY public.w ALTER COLUMN id SET (pg_attver=7);";
+        let want = "CREATE TABLE public.w (\n    id bigint NOT NULL\n);\n\
+                    ALTER TABLE ONLY public.w ALTER COLUMN v SET (n_distinct=5);\n\
+                    ALTER TABLE ONLY public.w ALTER COLUMN v SET (n_distinct=5);\n\
+                    COPY public.w (id, v) FROM stdin;\n\
+                    ALTER TABLE ONLY public.w ALTER COLUMN id SET (pg_attver=1);\n\
+                    \\.\n";
+        // In chunks of every size, lines cut anywhere.
+        for size in [1, 2, 7, 64, sql.len()] {
+            let mut f = ColumnStamps::default();
+            let mut out = Vec::new();
+            for chunk in sql.as_bytes().chunks(size) {
+                out.extend(f.filter(chunk));
+            }
+            out.extend(f.finish());
+            assert_eq!(String::from_utf8(out).unwrap(), want, "chunks of {size}");
+        }
     }
 
     #[test]

@@ -27,6 +27,37 @@ pub const APPLICATION_NAME: &str = "pgfollow-agent";
 /// The superuser the agent connects as (created by `initdb -U postgres`).
 pub const SUPERUSER: &str = "postgres";
 
+/// A superuser connection to `dbname` over the Unix socket in `socket_dir`
+/// on `port`; its connection task is spawned on the current runtime.
+pub(crate) async fn connect_socket(
+    socket_dir: &std::path::Path,
+    port: u16,
+    dbname: &str,
+) -> Result<Client, PgError> {
+    let socket_dir = socket_dir.to_path_buf();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(&socket_dir)
+        .port(port)
+        .user(SUPERUSER)
+        .dbname(dbname)
+        .application_name(APPLICATION_NAME)
+        .connect_timeout(CONNECT_TIMEOUT);
+    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
+        .await
+        .map_err(|_| PgError::ConnectTimeout {
+            socket_dir: socket_dir.clone(),
+            secs: CONNECT_TIMEOUT.as_secs(),
+        })?
+        .map_err(|source| PgError::Connect { socket_dir, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("postgres connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
 /// Client backends of one database, other than the asking connection.
 const CLIENT_BACKENDS: &str =
     "datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()";
@@ -35,7 +66,6 @@ impl Cluster {
     /// A superuser connection over the cluster's Unix socket. The
     /// connection task is spawned on the current runtime.
     pub async fn connect(&self, dbname: &str) -> Result<Client, PgError> {
-        let socket_dir = self.socket_dir();
         let pm = self.postmaster().ok_or_else(|| PgError::NotRunning {
             root: self.root().to_path_buf(),
         })?;
@@ -43,27 +73,7 @@ impl Cluster {
             Some(p) => p,
             None => self.port()?,
         };
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host_path(&socket_dir)
-            .port(port)
-            .user(SUPERUSER)
-            .dbname(dbname)
-            .application_name(APPLICATION_NAME)
-            .connect_timeout(CONNECT_TIMEOUT);
-        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
-            .await
-            .map_err(|_| PgError::ConnectTimeout {
-                socket_dir: socket_dir.clone(),
-                secs: CONNECT_TIMEOUT.as_secs(),
-            })?
-            .map_err(|source| PgError::Connect { socket_dir, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("postgres connection ended: {e}");
-            }
-        });
-        Ok(client)
+        connect_socket(&self.socket_dir(), port, dbname).await
     }
 
     /// Idempotent: the owner role (LOGIN), the app's database owned by it,

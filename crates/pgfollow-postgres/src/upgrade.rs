@@ -143,6 +143,10 @@ impl Cluster {
         // tool itself, then the servers it started (the old one is this
         // cluster's postmaster, which `stop` ends).
         process::kill_leftovers(&["pg_upgrade", "initdb"], self.root());
+        if self.postmaster().is_none() {
+            self.start().await?;
+        }
+        strip_column_stamps(&self.socket_dir(), port).await?;
         self.stop(StopMode::Fast).await?;
         process::kill_leftovers(&["postgres", "pg_ctl"], &staged);
         // No archiving while pg_upgrade runs the old server: the upgraded
@@ -233,6 +237,7 @@ impl Cluster {
             ],
         )
         .await?;
+        strip_column_stamps(&socket, port).await?;
         self.ctl(&old_copy, &["stop", "-m", "fast", "-w", "-t", "300", "-s"])
             .await?;
         let copy = started.elapsed();
@@ -261,6 +266,42 @@ impl Cluster {
             .await
             .map(|_| ())
     }
+}
+
+/// Removes the attribute option `pg_attver` that PostgreSQL 15.20 puts on
+/// every column from the user tables' columns (not the catalogs') of each
+/// database of the old cluster running at `socket_dir`/`port`, which is
+/// about to be replaced: pg_upgrade's schema dump would carry the stamps
+/// and the new major (18.6) refuses them, failing the upgrade. `ALTER
+/// TABLE ... RESET (pg_attver)` leaves them, so the catalog is updated
+/// directly, as the superuser.
+async fn strip_column_stamps(socket_dir: &Path, port: u16) -> Result<(), PgError> {
+    let databases: Vec<String> = crate::sql::connect_socket(socket_dir, port, "postgres")
+        .await?
+        .query("SELECT datname FROM pg_database WHERE datallowconn", &[])
+        .await
+        .map_err(PgError::sql("listing the databases"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for db in databases {
+        let stripped = crate::sql::connect_socket(socket_dir, port, &db)
+            .await?
+            .execute(
+                "UPDATE pg_catalog.pg_attribute \
+                 SET attoptions = NULLIF(ARRAY(SELECT o FROM unnest(attoptions) o \
+                                               WHERE o NOT LIKE 'pg\\_attver=%'), '{}') \
+                 WHERE attrelid >= 16384 \
+                   AND EXISTS (SELECT 1 FROM unnest(attoptions) o WHERE o LIKE 'pg\\_attver=%')",
+                &[],
+            )
+            .await
+            .map_err(PgError::sql("removing the column stamps before pg_upgrade"))?;
+        if stripped > 0 {
+            tracing::info!("{db}: removed pg_attver from {stripped} column(s) before pg_upgrade");
+        }
+    }
+    Ok(())
 }
 
 /// The last lines of pg_upgrade's logs (in the new data directory's

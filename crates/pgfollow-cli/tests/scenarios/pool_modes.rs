@@ -11,14 +11,11 @@ use crate::common::*;
 
 /// The `pool_mode` line of the app's endpoint configuration on disk.
 fn ini_pool_mode(s: &Server) -> String {
-    let dir = s.data_dir().join("endpoints");
-    let ep = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .next()
-        .expect("one endpoint directory");
-    std::fs::read_to_string(ep.path().join("pgbouncer.ini"))
-        .unwrap()
+    // The app's endpoint: beside it are the read endpoint's slots (`rd-…`),
+    // which follow the mode a moment later.
+    let ini = s.data_dir().join("endpoints/ep-sushi/pgbouncer.ini");
+    std::fs::read_to_string(&ini)
+        .unwrap_or_else(|e| panic!("{}: {e}", ini.display()))
         .lines()
         .find_map(|l| l.strip_prefix("pool_mode = ").map(str::to_string))
         .expect("a pool_mode line")

@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pgfollow_postgres::{Cluster, CommitCache, OsUser, PgBinaries, PgError, StopMode};
 use pgfollow_types::agent::{
-    AgentFailure, ClusterSpec, ClusterStats, ClusterStatus, CommitCount, Probe, ReplayStatus,
-    RoleSecret, SlotStatus,
+    AgentFailure, ClusterSpec, ClusterStats, ClusterStatus, CommitCount, Probe, Promotion,
+    ReplayStatus, RoleSecret, SlotStatus,
 };
 use pgfollow_types::api::Backend;
 use pgfollow_types::model::HostRecord;
@@ -420,6 +421,17 @@ impl Agent {
     /// Ends recovery: the follower becomes writable.
     pub async fn promote(&self, id: &str) -> Result<(), AgentError> {
         Ok(self.cluster(id)?.promote().await?)
+    }
+
+    /// Promotes as soon as the follower has replayed to `lsn`, if it gets
+    /// there within `limit`.
+    pub async fn promote_at(
+        &self,
+        id: &str,
+        lsn: Lsn,
+        limit: Duration,
+    ) -> Result<Promotion, AgentError> {
+        Ok(self.cluster(id)?.promote_when_replayed(lsn, limit).await?)
     }
 
     /// Re-renders the configuration (e.g. a new or no upstream) and reloads.

@@ -1,9 +1,10 @@
 //! The app endpoints this agent runs: one PgBouncer per app, under the
 //! agent's `endpoints` directory, through pgfollow-pgbouncer.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgfollow_pgbouncer::{Endpoint, EndpointSpec, EndpointStatus};
+use pgfollow_types::agent::RouteTimings;
 
 use crate::agent::{Agent, AgentError};
 
@@ -102,15 +103,37 @@ impl Agent {
         &self,
         spec: &EndpointSpec,
         rewrite: bool,
-    ) -> Result<(), AgentError> {
+    ) -> Result<RouteTimings, AgentError> {
         let ep = self.endpoint(&spec.id)?;
+        let mut t = Instant::now();
+        let mut lap = || {
+            let (now, since) = (Instant::now(), t);
+            t = now;
+            (now - since).as_secs_f64() * 1000.0
+        };
         let admin = ep.admin().await?;
+        let mut took = RouteTimings {
+            admin_ms: lap(),
+            ..RouteTimings::default()
+        };
         if rewrite {
-            ep.write_config(spec)?;
+            ep.write_config_unsynced(spec)?;
+            took.config_ms = lap();
             admin.reload().await?;
+            took.reload_ms = lap();
         }
         admin.resume(&spec.dbname).await?;
-        Ok(())
+        took.resume_ms = lap();
+        // Flushed once writes flow: the files are in place either way.
+        if rewrite {
+            if let Err(e) = ep.sync_config() {
+                tracing::warn!(
+                    "endpoint {}: flushing its configuration failed: {e}",
+                    spec.id
+                );
+            }
+        }
+        Ok(took)
     }
 
     pub async fn endpoint_resume(&self, id: &str, dbname: &str) -> Result<(), AgentError> {

@@ -105,6 +105,11 @@ pub async fn dispatch(agent: &Agent, call: AgentCall) -> Result<serde_json::Valu
             max_bytes,
         } => json(agent.commits_since(&id, from, max_bytes).await?),
         AgentCall::Promote { id } => json(agent.promote(&id).await?),
+        AgentCall::PromoteAt { id, lsn, limit_ms } => json(
+            agent
+                .promote_at(&id, lsn, Duration::from_millis(limit_ms))
+                .await?,
+        ),
         AgentCall::Checkpoint { id } => json(agent.checkpoint(&id).await?),
         AgentCall::Rewind { spec } => json(agent.rewind(&spec).await?),
         AgentCall::SetUpstream { spec } => json(agent.set_upstream(&spec).await?),

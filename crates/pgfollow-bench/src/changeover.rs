@@ -240,14 +240,15 @@ async fn changeover(pf: &Pgfollow, color: &str) -> anyhow::Result<String> {
         .map(|s| s.trim_end_matches('.').to_string())
         .unwrap_or_else(|| "?".into());
     // The steps inside the hold, as the command printed them
-    // (`  freeze   3.1 ms  ...`).
+    // (`  freeze   3.1 ms  ...`), and the retarget's own parts.
     let steps: Vec<String> = out
         .lines()
         .filter_map(|l| {
-            let (name, _) = l.strip_prefix("  ")?.split_once(" ms")?;
+            let (name, detail) = l.strip_prefix("  ")?.split_once(" ms")?;
             let (name, millis) = name.trim().rsplit_once(' ')?;
             let name = name.trim();
-            (name != "check").then(|| format!("{name} {}", millis.trim()))
+            let parts = route_parts(detail);
+            (name != "check").then(|| format!("{name} {}{parts}", millis.trim()))
         })
         .collect();
     Ok(format!(
@@ -255,6 +256,29 @@ async fn changeover(pf: &Pgfollow, color: &str) -> anyhow::Result<String> {
         steps.join(", "),
         ms(took)
     ))
+}
+
+/// ` [config 0.2, RELOAD 0.4, RESUME 0.3]` from the retarget step's detail
+/// (`... config write 0.2 ms, RELOAD 0.4 ms, RESUME 0.3 ms`); empty for
+/// other steps.
+fn route_parts(detail: &str) -> String {
+    let after = |key: &str| {
+        let rest = &detail[detail.find(key)? + key.len()..];
+        rest.split_whitespace().next().map(str::to_string)
+    };
+    let parts: Vec<String> = [
+        ("admin connection ", "admin"),
+        ("config write ", "config"),
+        ("RELOAD ", "RELOAD"),
+        ("RESUME ", "RESUME"),
+    ]
+    .iter()
+    .filter_map(|(key, label)| Some(format!("{label} {}", after(key)?)))
+    .collect();
+    match parts.is_empty() {
+        true => String::new(),
+        false => format!(" [{}]", parts.join(", ")),
+    }
 }
 
 /// The manual procedure, one command after the other; each one's time.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use pgfollow_client::agent::{AgentCallError, AgentClient, EmbeddedAgent};
 use pgfollow_types::agent::{
     AgentCall, AgentRegistration, ClusterSpec, ClusterStats, ClusterStatus, CommitCount,
-    EndpointSpec, EndpointStatus, LogicalFacts, Probe, ReplayStatus, RoleSecret, SequenceValue,
-    SlotStatus, SubscriptionSpec,
+    EndpointSpec, EndpointStatus, LogicalFacts, Probe, Promotion, ReplayStatus, RoleSecret,
+    RouteTimings, SequenceValue, SlotStatus, SubscriptionSpec,
 };
 use pgfollow_types::api::Backend;
 use pgfollow_types::backup::DumpTarget;
@@ -235,6 +235,7 @@ fn timeout_of(call: &AgentCall) -> Duration {
         | AgentCall::Bootstrap { .. }
         | AgentCall::Destroy { .. }
         | AgentCall::Promote { .. }
+        | AgentCall::PromoteAt { .. }
         | AgentCall::Checkpoint { .. }
         | AgentCall::Rewind { .. }
         | AgentCall::SetUpstream { .. }
@@ -473,6 +474,21 @@ impl AgentHandle {
         self.call(AgentCall::Promote { id: id.into() }).await
     }
 
+    /// Promotes `id` once it has replayed to `lsn`, if within `limit`.
+    pub async fn promote_at(
+        &self,
+        id: &str,
+        lsn: Lsn,
+        limit: Duration,
+    ) -> Result<Promotion, AgentError> {
+        self.call(AgentCall::PromoteAt {
+            id: id.into(),
+            lsn,
+            limit_ms: limit.as_millis() as u64,
+        })
+        .await
+    }
+
     pub async fn rewind(&self, spec: &ClusterSpec) -> Result<(), AgentError> {
         self.call(AgentCall::Rewind { spec: spec.clone() }).await
     }
@@ -559,7 +575,7 @@ impl AgentHandle {
         &self,
         spec: &EndpointSpec,
         rewrite: bool,
-    ) -> Result<(), AgentError> {
+    ) -> Result<RouteTimings, AgentError> {
         self.call(AgentCall::EndpointRoute {
             spec: spec.clone(),
             rewrite,

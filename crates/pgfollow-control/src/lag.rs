@@ -15,7 +15,7 @@ use crate::hosts::Hosts;
 
 /// Where the leader's WAL is, asked as a count from past its end (which
 /// reads no WAL).
-const PAST_THE_END: Lsn = Lsn(u64::MAX / 2);
+pub const PAST_THE_END: Lsn = Lsn(u64::MAX / 2);
 
 /// Measures `follower`'s lag. The follower's replay position and the
 /// leader's flush position are read at the same moment (two connections

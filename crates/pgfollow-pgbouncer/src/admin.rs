@@ -1,12 +1,19 @@
 //! PgBouncer's admin console, reached over the endpoint's Unix socket as
 //! [`ADMIN_USER`] with the endpoint's own random password. The console
 //! speaks only the simple query protocol, so everything here goes through
-//! tokio-postgres `simple_query`. Each call opens its own short connection:
-//! nothing is kept between calls, so an agent restart loses nothing.
+//! tokio-postgres `simple_query`. A session's connection goes back to a
+//! small pool when the session ends (each login costs a SCRAM exchange, a
+//! few milliseconds, tens on a busy machine, and a changeover logs in
+//! twice while writes are held); only connections, never state, are kept
+//! between calls, so an agent restart loses nothing.
 //!
 //! PAUSE, DISABLE and KILL are state inside the running PgBouncer: a restart
 //! of PgBouncer forgets them, and whoever wants them must apply them again.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
@@ -39,21 +46,74 @@ pub struct DatabaseState {
 /// costs a few milliseconds, much more in a debug build).
 pub struct AdminSession<'a> {
     endpoint: &'a Endpoint,
-    client: Client,
+    /// Taken back by the pool on drop, unless `spoiled`.
+    client: Option<Client>,
+    key: PoolKey,
+    /// A command failed or timed out on it (a PAUSE may still be pending
+    /// there): the connection is dropped, not pooled.
+    spoiled: AtomicBool,
+}
+
+/// Which PgBouncer a pooled connection belongs to: its socket, port and
+/// process (a restarted PgBouncer never gets an old connection).
+type PoolKey = (PathBuf, u16, u32);
+
+/// Idle admin connections kept per PgBouncer.
+const POOLED_PER_ENDPOINT: usize = 4;
+
+/// Idle admin console connections of this process, by PgBouncer.
+fn pool() -> &'static Mutex<HashMap<PoolKey, Vec<Client>>> {
+    static POOL: OnceLock<Mutex<HashMap<PoolKey, Vec<Client>>>> = OnceLock::new();
+    POOL.get_or_init(Default::default)
+}
+
+impl Drop for AdminSession<'_> {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        if self.spoiled.load(Ordering::Relaxed) || client.is_closed() {
+            return;
+        }
+        let mut pool = pool().lock().unwrap_or_else(|e| e.into_inner());
+        // Connections of PgBouncers that are gone are dropped as they are found.
+        pool.retain(|_, idle| {
+            idle.retain(|c| !c.is_closed());
+            !idle.is_empty()
+        });
+        let idle = pool.entry(self.key.clone()).or_default();
+        if idle.len() < POOLED_PER_ENDPOINT {
+            idle.push(client);
+        }
+    }
 }
 
 impl Endpoint {
     /// A fresh admin console connection; its connection task is spawned on
     /// the current runtime.
     pub async fn admin(&self) -> Result<AdminSession<'_>, BouncerError> {
-        if self.pid().is_none() {
+        let Some(pid) = self.pid() else {
             return Err(BouncerError::NotRunning {
                 root: self.root().to_path_buf(),
             });
-        }
-        let password = self.admin_password()?;
+        };
         let port = self.port()?;
         let socket_dir = self.layout().run_dir.clone();
+        let key = (socket_dir.clone(), port, pid);
+        let pooled = {
+            let mut pool = pool().lock().unwrap_or_else(|e| e.into_inner());
+            let idle = pool.entry(key.clone()).or_default();
+            std::iter::from_fn(|| idle.pop()).find(|c| !c.is_closed())
+        };
+        if let Some(client) = pooled {
+            return Ok(AdminSession {
+                endpoint: self,
+                client: Some(client),
+                key,
+                spoiled: AtomicBool::new(false),
+            });
+        }
+        let password = self.admin_password()?;
         let mut config = tokio_postgres::Config::new();
         config
             .host_path(&socket_dir)
@@ -77,7 +137,9 @@ impl Endpoint {
         });
         Ok(AdminSession {
             endpoint: self,
-            client,
+            client: Some(client),
+            key,
+            spoiled: AtomicBool::new(false),
         })
     }
 
@@ -129,7 +191,15 @@ impl AdminSession<'_> {
         command: &str,
         timeout: Duration,
     ) -> Result<Vec<SimpleQueryMessage>, BouncerError> {
-        run(&self.client, command, timeout).await
+        let client = self.client.as_ref().ok_or_else(|| BouncerError::Admin {
+            command: command.to_string(),
+            detail: "the admin session has ended".into(),
+        })?;
+        let result = run(client, command, timeout).await;
+        if result.is_err() {
+            self.spoiled.store(true, Ordering::Relaxed);
+        }
+        result
     }
 
     /// `PAUSE db`: waits until every server connection of `dbname` is

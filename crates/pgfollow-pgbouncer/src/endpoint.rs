@@ -162,6 +162,41 @@ impl Endpoint {
         Ok(())
     }
 
+    /// [`Endpoint::write_config`] for a retarget while the endpoint is
+    /// paused: a file whose contents are the same is left alone, and the
+    /// others are renamed into place without being flushed first (a reader
+    /// still sees old or new, never part); [`Endpoint::sync_config`]
+    /// flushes them once writes flow again.
+    pub fn write_config_unsynced(&self, spec: &EndpointSpec) -> Result<(), BouncerError> {
+        config::validate(spec)?;
+        self.layout.socket_path(spec.port)?;
+        self.prepare_dirs()?;
+        let admin_password = self.ensure_admin_password()?;
+        for (path, contents) in [
+            (
+                &self.layout.userlist,
+                config::render_userlist(spec, &admin_password),
+            ),
+            (&self.layout.ini, config::render_ini(spec, &self.layout)),
+        ] {
+            if fs::read_to_string(path).ok().as_deref() != Some(contents.as_str()) {
+                files::write_private_unsynced(path, &contents, &self.user)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes the configuration files and their directory to disk.
+    pub fn sync_config(&self) -> Result<(), BouncerError> {
+        for path in [&self.layout.userlist, &self.layout.ini] {
+            files::sync_file(path)?;
+            if let Some(dir) = path.parent() {
+                files::sync_dir(dir)?;
+            }
+        }
+        Ok(())
+    }
+
     fn prepare_dirs(&self) -> Result<(), BouncerError> {
         let parent = self
             .root

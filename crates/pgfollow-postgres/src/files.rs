@@ -34,6 +34,29 @@ pub fn give_to(path: &Path, user: &OsUser) -> Result<(), PgError> {
 /// Replaces `path` with `contents` atomically (temp file + rename), mode
 /// 0600, owned by `user`.
 pub fn write_private(path: &Path, contents: &str, user: &OsUser) -> Result<(), PgError> {
+    write_private_with(path, contents, user, true)
+}
+
+/// [`write_private`] without flushing the file before the rename (still
+/// atomic: a reader sees the old contents or the new), for a file written
+/// while something waits on it; [`sync_file`] flushes it afterwards.
+pub fn write_private_unsynced(path: &Path, contents: &str, user: &OsUser) -> Result<(), PgError> {
+    write_private_with(path, contents, user, false)
+}
+
+/// Flushes `path` to disk.
+pub fn sync_file(path: &Path) -> Result<(), PgError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| PgError::io("syncing", path, e))
+}
+
+fn write_private_with(
+    path: &Path,
+    contents: &str,
+    user: &OsUser,
+    sync: bool,
+) -> Result<(), PgError> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{name}.pgfollow-tmp"));
     let write = || -> io::Result<()> {
@@ -45,7 +68,10 @@ pub fn write_private(path: &Path, contents: &str, user: &OsUser) -> Result<(), P
             .open(&tmp)?;
         f.set_permissions(fs::Permissions::from_mode(0o600))?;
         f.write_all(contents.as_bytes())?;
-        f.sync_all()
+        match sync {
+            true => f.sync_all(),
+            false => Ok(()),
+        }
     };
     write().map_err(|e| PgError::io("writing", &tmp, e))?;
     give_to(&tmp, user)?;

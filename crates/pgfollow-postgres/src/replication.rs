@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgfollow_types::agent::{ClusterSpec, ReplayStatus, SlotStatus};
+use pgfollow_types::agent::{ClusterSpec, Promotion, ReplayStatus, SlotStatus};
 use pgfollow_types::Lsn;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -22,15 +22,22 @@ use crate::sql::in_recovery;
 
 pub use crate::basebackup::STANDBY_SIGNAL;
 
+/// Milliseconds, as reports give them.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 /// How long dropping a slot keeps terminating the walsender that holds it.
 pub const DROP_SLOT_LIMIT: Duration = Duration::from_secs(5);
 
 /// How long a promotion may take before [`PgError::PromoteTimeout`].
 pub const PROMOTE_LIMIT: Duration = Duration::from_secs(60);
 
-/// How often promotion polls `pg_is_in_recovery()`: `pg_promote(wait =>
-/// true)` polls every 100 ms, and the promotion itself takes 35–40 ms.
-const PROMOTE_POLL: Duration = Duration::from_millis(10);
+/// How often promotion polls `pg_is_in_recovery()`, and
+/// [`Cluster::promote_when_replayed`] the replay position: `pg_promote(wait
+/// => true)` polls every 100 ms, the promotion itself takes 20–40 ms, and a
+/// look is a query on an open connection (well under 0.1 ms).
+const PROMOTE_POLL: Duration = Duration::from_millis(1);
 
 impl Cluster {
     /// Leader side. Idempotent: creates the physical slot `slot`, reserving
@@ -162,19 +169,82 @@ impl Cluster {
         if !in_recovery(&client).await? {
             return Ok(());
         }
+        self.signal_promotion(&client).await.map(|_| ())
+    }
+
+    /// [`Cluster::promote`] as soon as this standby has replayed up to
+    /// `lsn` (a leader's flush position), looking every [`PROMOTE_POLL`] on
+    /// one connection; unchanged, with `promoted` false, when it has not
+    /// got there within `limit`. Already out of recovery: promoted, in no
+    /// time.
+    pub async fn promote_when_replayed(
+        &self,
+        lsn: Lsn,
+        limit: Duration,
+    ) -> Result<Promotion, PgError> {
+        let client = self.connect("postgres").await?;
+        let started = Instant::now();
+        let mut done = Promotion {
+            promoted: false,
+            replayed: None,
+            catch_up_ms: 0.0,
+            catch_up_polls: 0,
+            promote_ms: 0.0,
+            promote_polls: 0,
+        };
+        loop {
+            done.catch_up_polls += 1;
+            let row = client
+                .query_one(
+                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text",
+                    &[],
+                )
+                .await
+                .map_err(PgError::sql("reading the replay position"))?;
+            let recovering: bool = row
+                .try_get(0)
+                .map_err(PgError::sql("reading the replay position"))?;
+            if !recovering {
+                done.promoted = true;
+                return Ok(done);
+            }
+            let text: Option<String> = row.try_get(1).map_err(PgError::sql("reading an LSN"))?;
+            done.replayed = text.map(|t| parse_lsn(&t)).transpose()?;
+            done.catch_up_ms = ms(started.elapsed());
+            if done.replayed.is_some_and(|r| r >= lsn) {
+                break;
+            }
+            if started.elapsed() >= limit {
+                return Ok(done);
+            }
+            tokio::time::sleep(PROMOTE_POLL).await;
+        }
+        let (took, polls) = self.signal_promotion(&client).await?;
+        done.promoted = true;
+        done.promote_ms = ms(took);
+        done.promote_polls = polls;
+        Ok(done)
+    }
+
+    /// `pg_promote()` without waiting, then [`PROMOTE_POLL`] until out of
+    /// recovery: how long that took and how many looks.
+    async fn signal_promotion(&self, client: &Client) -> Result<(Duration, u32), PgError> {
         let started = Instant::now();
         client
             .query_one("SELECT pg_promote(wait => false)", &[])
             .await
             .map_err(PgError::sql("signalling promotion"))?;
+        let mut polls = 0;
         loop {
-            if !in_recovery(&client).await? {
+            polls += 1;
+            if !in_recovery(client).await? {
                 tracing::info!(
                     root = %self.root().display(),
                     ms = started.elapsed().as_millis() as u64,
+                    polls,
                     "promoted"
                 );
-                return Ok(());
+                return Ok((started.elapsed(), polls));
             }
             if started.elapsed() >= PROMOTE_LIMIT {
                 return Err(PgError::PromoteTimeout {

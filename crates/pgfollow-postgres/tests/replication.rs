@@ -353,10 +353,47 @@ async fn a_follower_streams_counts_exact_commits_and_is_promoted() {
     p.leader.drop_slot("spare").await.unwrap();
     assert_eq!(p.leader.slot_status("spare").await.unwrap(), None);
 
-    // Promotion: writable, standby.signal gone, idempotent.
+    // Promotion at a position: one the follower cannot reach (past the
+    // leader's WAL) changes nothing within the limit...
+    let flushed: Lsn = leader_pg
+        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap();
     let t = Instant::now();
-    p.follower.promote().await.unwrap();
-    eprintln!("promote: {:?}", t.elapsed());
+    let not_yet = p
+        .follower
+        .promote_when_replayed(Lsn(flushed.0 + (1 << 20)), Duration::from_millis(30))
+        .await
+        .unwrap();
+    assert!(!not_yet.promoted, "{not_yet:?}");
+    assert!(not_yet.catch_up_polls >= 2, "{not_yet:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(30),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(p.follower.replay_status().await.unwrap().in_recovery);
+    // ... the leader's flush position is reached and the follower promoted
+    // at once: writable, standby.signal gone, idempotent.
+    let t = Instant::now();
+    let done = p
+        .follower
+        .promote_when_replayed(flushed, Duration::from_secs(10))
+        .await
+        .unwrap();
+    eprintln!("promote: {:?} {done:?}", t.elapsed());
+    assert!(done.promoted, "{done:?}");
+    assert!(done.replayed.is_some_and(|r| r >= flushed), "{done:?}");
+    assert!(done.promote_polls >= 1, "{done:?}");
+    let again = p
+        .follower
+        .promote_when_replayed(flushed, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(again.promoted && again.promote_polls == 0, "{again:?}");
     let st = p.follower.replay_status().await.unwrap();
     assert!(!st.in_recovery, "{st:?}");
     assert!(!pgdata.join(STANDBY_SIGNAL).exists());

@@ -123,6 +123,37 @@ pub struct ReplayStatus {
     pub streaming: bool,
 }
 
+/// What a `PromoteAt` did on the follower: how long it took to replay up
+/// to the position asked for, and then to leave recovery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Promotion {
+    /// It left recovery (or had left it before the call). False: the
+    /// position was not reached within the limit and nothing was changed.
+    pub promoted: bool,
+    /// `pg_last_wal_replay_lsn()` at the last look before the promotion.
+    pub replayed: Option<Lsn>,
+    pub catch_up_ms: f64,
+    /// Looks at the replay position.
+    pub catch_up_polls: u32,
+    /// From `pg_promote()` to `pg_is_in_recovery()` false.
+    pub promote_ms: f64,
+    /// Looks at `pg_is_in_recovery()` after `pg_promote()`.
+    pub promote_polls: u32,
+}
+
+/// How long each part of an endpoint's route took on its agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteTimings {
+    /// Opening the admin console connection.
+    pub admin_ms: f64,
+    /// Writing `pgbouncer.ini` (0 without a rewrite).
+    pub config_ms: f64,
+    /// `RELOAD` (0 without a rewrite).
+    pub reload_ms: f64,
+    /// `RESUME`.
+    pub resume_ms: f64,
+}
+
 /// Commit records on a leader between a position and its current one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitCount {
@@ -391,6 +422,14 @@ pub enum AgentCall {
     Promote {
         id: String,
     },
+    /// Waits up to `limit_ms` until the follower has replayed to `lsn`,
+    /// then promotes it; answers a [`Promotion`] (not promoted when the
+    /// position was not reached in time).
+    PromoteAt {
+        id: String,
+        lsn: Lsn,
+        limit_ms: u64,
+    },
     Checkpoint {
         id: String,
     },
@@ -632,6 +671,7 @@ impl AgentCall {
             AgentCall::ReplayStatus { .. } => "replay_status",
             AgentCall::CommitsSince { .. } => "commits_since",
             AgentCall::Promote { .. } => "promote",
+            AgentCall::PromoteAt { .. } => "promote_at",
             AgentCall::Checkpoint { .. } => "checkpoint",
             AgentCall::Rewind { .. } => "rewind",
             AgentCall::SetUpstream { .. } => "set_upstream",

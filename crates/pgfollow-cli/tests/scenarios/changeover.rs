@@ -34,7 +34,11 @@ fn changeover_moves_a_busy_app_with_a_short_pause_no_error_and_nothing_lost() {
         "freeze",
         "catch up",
         "promote",
+        "switch",
         "retarget",
+        "config write",
+        "RELOAD",
+        "RESUME",
         "Writes were held for",
     ] {
         assert!(out.stdout.contains(step), "no {step:?} in:\n{}", out.stdout);

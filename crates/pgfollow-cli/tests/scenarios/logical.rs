@@ -86,7 +86,14 @@ fn logical_follower_on_18_catches_up_and_a_changeover_to_it_loses_nothing() {
     writer.warm_up();
     let out = s.cli(&["pg:changeover", "CHARCOAL", "--app", "sushi"]).ok();
     eprintln!("{text}\n{}", out.stdout);
-    for step in ["check", "freeze", "catch up", "hand over", "retarget"] {
+    for step in [
+        "check",
+        "freeze",
+        "catch up",
+        "hand over",
+        "switch",
+        "retarget",
+    ] {
         assert!(out.stdout.contains(step), "no {step:?} in:\n{}", out.stdout);
     }
     std::thread::sleep(Duration::from_millis(700));

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::future::join_all;
 use pgfollow_planner::CHANGEOVER_SWITCH;
-use pgfollow_types::api::ChangeoverReport;
+use pgfollow_types::agent::RouteTimings;
+use pgfollow_types::api::{ChangeoverReport, ChangeoverStep};
 use pgfollow_types::model::{DatabaseRecord, EndpointRecord, OperationKind, OperationState};
 
 use super::Steps;
@@ -92,36 +93,16 @@ impl Job {
 
         // Before the promotion anything that fails resumes on the old primary.
         let state = ctx.store.read()?;
-        let mut polls = 0u32;
-        loop {
-            polls += 1;
-            match crate::lag::measure(&ctx.hosts, &state, &target).await {
-                Ok(lag) if lag.commits == 0 && !lag.more_than => break,
-                Ok(_) | Err(_) if frozen.elapsed() < self.catch_up_limit => {
-                    tokio::time::sleep(Duration::from_millis(2)).await
-                }
-                Ok(lag) => {
-                    let why = format!(
-                        "{} was still {} behind after {} s",
-                        target.color,
-                        lag.commits_label(),
-                        self.catch_up_limit.as_secs_f64()
-                    );
-                    return Err(self.give_up(why).await);
-                }
-                Err(e) => {
-                    let why = format!("cannot measure {}'s lag: {e}", target.color);
-                    return Err(self.give_up(why).await);
-                }
-            }
-        }
-        t = self.steps.done(
-            "catch up",
-            t,
-            format!("{} is 0 commits behind ({polls} checks)", target.color),
-        );
-
         if target.is_logical_follower() {
+            let polls = match self.wait_for_no_lag(&state, frozen).await {
+                Ok(polls) => polls,
+                Err(why) => return Err(self.give_up(why).await),
+            };
+            t = self.steps.done(
+                "catch up",
+                t,
+                format!("{} is 0 commits behind ({polls} checks)", target.color),
+            );
             match super::logical::hand_over(&ctx.hosts, &target, &old).await {
                 Ok(detail) => t = self.steps.done("hand over", t, detail),
                 Err(e) => {
@@ -130,17 +111,10 @@ impl Job {
                 }
             }
         } else {
-            let follower_agent = match ctx.hosts.agent(&target.host) {
-                Ok(a) => a,
-                Err(e) => return Err(self.give_up(e.message).await),
+            t = match self.catch_up_and_promote(&state, frozen, t).await {
+                Ok(t) => t,
+                Err(why) => return Err(self.give_up(why).await),
             };
-            if let Err(e) = follower_agent.promote(&target.id).await {
-                let why = format!("promoting {} failed: {e}", target.color);
-                return Err(self.give_up(why).await);
-            }
-            t = self
-                .steps
-                .done("promote", t, format!("{} is writable", target.color));
         }
 
         // Past the promotion: the old primary must never take writes again
@@ -164,24 +138,39 @@ impl Job {
             .databases
             .get(&target.id)
             .ok_or_else(|| ApiErr::internal("the database vanished during the changeover"))?;
+        t = self.steps.done(
+            "switch",
+            t,
+            format!("the catalog has DATABASE_URL on {}", target.color),
+        );
         let routes = join_all(admins.iter().map(|(a, ep)| {
             let spec = endpoint_spec(&new_state, rec, ep, promoted);
             async move { a.endpoint_route(&spec, true).await }
         }))
         .await;
+        let mut slowest = RouteTimings::default();
         for r in routes {
-            r.map_err(|e| stuck("routing the endpoint", &e))?;
+            let took = r.map_err(|e| stuck("routing the endpoint", &e))?;
+            if total(&took) >= total(&slowest) {
+                slowest = took;
+            }
         }
         let pause = frozen.elapsed();
-        finish(&ctx.store, &self.op_id, &app, OperationState::Done, None)?;
         self.steps.done(
             "retarget",
             t,
             format!(
-                "the endpoint routes to {} and writes flow again",
-                target.color
+                "the endpoint routes to {} and writes flow again; on the slowest of {} endpoint(s): \
+                 admin connection {:.1} ms, config write {:.1} ms, RELOAD {:.1} ms, RESUME {:.1} ms",
+                target.color,
+                admins.len(),
+                slowest.admin_ms,
+                slowest.config_ms,
+                slowest.reload_ms,
+                slowest.resume_ms
             ),
         );
+        finish(&ctx.store, &self.op_id, &app, OperationState::Done, None)?;
         tracing::info!(
             "{app}: changeover from {} to {} done; writes held {:.1} ms",
             old.color,
@@ -199,6 +188,105 @@ impl Job {
                 target.color, old.color, old.color
             ),
         })
+    }
+
+    /// Reads where the old primary has flushed its WAL (every commit it
+    /// acknowledged is before it, and the freeze lets no new one through
+    /// the endpoint), and has the follower's agent promote it the moment it
+    /// has replayed that far: one call, looking every millisecond. A
+    /// follower that does not get there within [`FAST_CATCH_UP`] (far
+    /// behind, or the primary's WAL ends in a record flushed only in part)
+    /// is waited for by counting the commits it lacks until there are
+    /// none, then promoted. Records the "catch up" and "promote" steps; an
+    /// `Err` is why the changeover gives up.
+    async fn catch_up_and_promote(
+        &mut self,
+        state: &pgfollow_types::model::State,
+        frozen: Instant,
+        t: Instant,
+    ) -> Result<Instant, String> {
+        let (target, old) = (self.target.clone(), self.old.clone());
+        let hosts = &self.ctx.hosts;
+        let (leader, follower) = match (hosts.agent(&old.host), hosts.agent(&target.host)) {
+            (Ok(l), Ok(f)) => (l, f),
+            (Err(e), _) | (_, Err(e)) => return Err(e.message),
+        };
+        let flushed = leader
+            .commits_since(&old.id, crate::lag::PAST_THE_END, 0)
+            .await
+            .map_err(|e| format!("cannot read where {} has flushed: {e}", old.color))?
+            .current;
+        let read_at = Instant::now();
+        let fast = follower
+            .promote_at(&target.id, flushed, FAST_CATCH_UP)
+            .await
+            .map_err(|e| format!("promoting {} failed: {e}", target.color))?;
+        if fast.promoted {
+            let called = read_at.elapsed().as_secs_f64() * 1000.0;
+            let catch_up = (read_at - t).as_secs_f64() * 1000.0 + fast.catch_up_ms;
+            self.steps.0.push(ChangeoverStep {
+                name: "catch up".into(),
+                millis: catch_up,
+                detail: format!(
+                    "{} replayed to {flushed}, where {} had flushed ({} looks)",
+                    target.color, old.color, fast.catch_up_polls
+                ),
+            });
+            self.steps.0.push(ChangeoverStep {
+                name: "promote".into(),
+                millis: (called - fast.catch_up_ms).max(0.0),
+                detail: format!(
+                    "{} is writable: {:.1} ms from pg_promote() ({} looks)",
+                    target.color, fast.promote_ms, fast.promote_polls
+                ),
+            });
+            return Ok(Instant::now());
+        }
+        let polls = self.wait_for_no_lag(state, frozen).await?;
+        let t = self.steps.done(
+            "catch up",
+            t,
+            format!(
+                "{} is 0 commits behind ({} looks at its position, then {polls} counts)",
+                target.color, fast.catch_up_polls
+            ),
+        );
+        follower
+            .promote(&target.id)
+            .await
+            .map_err(|e| format!("promoting {} failed: {e}", target.color))?;
+        Ok(self
+            .steps
+            .done("promote", t, format!("{} is writable", target.color)))
+    }
+
+    /// Counts the commits the follower lacks until there are none (or the
+    /// catch-up limit is past): how many counts it took.
+    async fn wait_for_no_lag(
+        &self,
+        state: &pgfollow_types::model::State,
+        frozen: Instant,
+    ) -> Result<u32, String> {
+        let target = &self.target;
+        let mut polls = 0u32;
+        loop {
+            polls += 1;
+            match crate::lag::measure(&self.ctx.hosts, state, target).await {
+                Ok(lag) if lag.commits == 0 && !lag.more_than => return Ok(polls),
+                Ok(_) | Err(_) if frozen.elapsed() < self.catch_up_limit => {
+                    tokio::time::sleep(Duration::from_millis(2)).await
+                }
+                Ok(lag) => {
+                    return Err(format!(
+                        "{} was still {} behind after {} s",
+                        target.color,
+                        lag.commits_label(),
+                        self.catch_up_limit.as_secs_f64()
+                    ))
+                }
+                Err(e) => return Err(format!("cannot measure {}'s lag: {e}", target.color)),
+            }
+        }
     }
 
     /// The pause did not finish in time: end the old primary's backends of
@@ -280,6 +368,15 @@ impl Job {
         };
         ApiErr::conflict(format!("changeover stopped: {why}; {how}"))
     }
+}
+
+/// How long the follower may take to replay to the old primary's flush
+/// position before the changeover counts the commits it lacks instead.
+const FAST_CATCH_UP: Duration = Duration::from_millis(25);
+
+/// All of an endpoint's route.
+fn total(t: &RouteTimings) -> f64 {
+    t.admin_ms + t.config_ms + t.reload_ms + t.resume_ms
 }
 
 /// How long the freeze waits for transactions in flight before it ends

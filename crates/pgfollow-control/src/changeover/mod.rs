@@ -97,6 +97,7 @@ pub async fn run(
                     "end the follower's recovery: it becomes writable",
                 )
             },
+            ("switch", "record DATABASE_URL on it in the catalog"),
             (
                 "retarget",
                 "route the endpoint to it and let transactions through",

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
-use pgfollow_postgres::archive::{find_pgbackrest, newest_supported_major, parse_version};
+use pgfollow_postgres::archive::{find_pgbackrest, newest_supported_major, PGFOLLOW_PGBACKREST};
 use pgfollow_postgres::PgError;
 use pgfollow_types::agent::ClusterSpec;
 use pgfollow_types::archive::{ArchiveInfo, ArchiveSpec};
@@ -18,17 +18,7 @@ use crate::agent::{Agent, AgentError};
 /// pgBackRest's path and `(major, minor)` version, looked up once.
 fn installed() -> Option<&'static (PathBuf, (u32, u32))> {
     static FOUND: OnceLock<Option<(PathBuf, (u32, u32))>> = OnceLock::new();
-    FOUND
-        .get_or_init(|| {
-            let path = find_pgbackrest()?;
-            let out = std::process::Command::new(&path)
-                .arg("version")
-                .stdin(std::process::Stdio::null())
-                .output()
-                .ok()?;
-            Some((path, parse_version(&String::from_utf8_lossy(&out.stdout))?))
-        })
-        .as_ref()
+    FOUND.get_or_init(find_pgbackrest).as_ref()
 }
 
 impl Agent {
@@ -44,7 +34,7 @@ impl Agent {
         let newest = newest_supported_major(*version);
         if major > newest {
             return Err(refuse(format!(
-                "pgBackRest {}.{} on host {} supports PostgreSQL up to {newest}, not {major}: install a newer pgBackRest there",
+                "pgBackRest {}.{} on host {} supports PostgreSQL up to {newest}, not {major}: install a newer pgBackRest there (scripts/install-deps builds one as {PGFOLLOW_PGBACKREST}) and restart its agent",
                 version.0,
                 version.1,
                 self.name()

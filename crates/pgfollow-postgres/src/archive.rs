@@ -1,7 +1,9 @@
-//! Continuous protection with pgBackRest (Debian's `pgbackrest`), run as the
-//! cluster's OS user: the per-cluster configuration, `archive_command`,
-//! stanza creation, full base backups, sealing the archive up to now, and a
-//! point-in-time restore into a new cluster.
+//! Continuous protection with pgBackRest (the one `scripts/install-deps`
+//! builds from Debian's source when the distribution's is too old for
+//! PostgreSQL 18, else Debian's `pgbackrest`), run as the cluster's OS
+//! user: the per-cluster configuration, `archive_command`, stanza creation,
+//! full base backups, sealing the archive up to now, and a point-in-time
+//! restore into a new cluster.
 //!
 //! Files in the cluster root (outside the data directory, so neither a base
 //! backup nor a restore copies them): `pgbackrest.conf` (the stanza, the
@@ -48,15 +50,40 @@ const RESTORE_SETTINGS: [&str; 3] = [
     "recovery_target_action",
 ];
 
-/// Where pgBackRest is installed, if it is.
-pub fn find_pgbackrest() -> Option<PathBuf> {
-    ["/usr/bin/pgbackrest", "/usr/local/bin/pgbackrest"]
+/// Where `scripts/install-deps` builds pgBackRest when the distribution's
+/// is too old to know PostgreSQL 18 (Debian 12's 2.45 knows up to 15).
+pub const PGFOLLOW_PGBACKREST: &str = "/opt/pgfollow/pgbackrest/bin/pgbackrest";
+
+/// Where pgBackRest is looked for, in this order: pgfollow's own build,
+/// then the distribution's.
+pub const PGBACKREST_PATHS: [&str; 3] = [
+    PGFOLLOW_PGBACKREST,
+    "/usr/bin/pgbackrest",
+    "/usr/local/bin/pgbackrest",
+];
+
+/// The pgBackRest every command of continuous protection runs (by this
+/// path: `archive_command`, and the `restore_command` pgBackRest's restore
+/// writes, name it too) and its version: the first of
+/// [`PGBACKREST_PATHS`] that runs and says which version it is.
+pub fn find_pgbackrest() -> Option<(PathBuf, (u32, u32))> {
+    PGBACKREST_PATHS
         .iter()
         .map(PathBuf::from)
-        .find(|p| p.is_file())
+        .filter(|p| p.is_file())
+        .find_map(|p| {
+            let out = std::process::Command::new(&p)
+                .arg("version")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .ok()?;
+            let version = parse_version(&String::from_utf8_lossy(&out.stdout))?;
+            Some((p, version))
+        })
 }
 
-/// The version `pgbackrest version` prints (`pgBackRest 2.45`): `(2, 45)`.
+/// The version `pgbackrest version` prints (`pgBackRest 2.45`,
+/// `pgBackRest 2.60.0`): `(2, 45)`, `(2, 60)`.
 pub fn parse_version(out: &str) -> Option<(u32, u32)> {
     let v = out.split_whitespace().nth(1)?;
     let mut parts = v.split('.');
@@ -78,9 +105,12 @@ pub fn newest_supported_major(version: (u32, u32)) -> u32 {
     }
 }
 
-/// `pgbackrest.conf` for a cluster whose data directory is `pgdata`.
+/// `pgbackrest.conf` for a cluster whose data directory is `pgdata`, for
+/// pgBackRest `program`: a repository on another host runs it by the same
+/// path there (`repo1-host-cmd`; pgBackRest wants one version on both).
 pub fn render_pgbackrest_conf(
     archive: &ArchiveSpec,
+    program: &Path,
     pgdata: &Path,
     socket_dir: &Path,
     port: u16,
@@ -104,6 +134,7 @@ pub fn render_pgbackrest_conf(
     ];
     if let Some(host) = &archive.repo_host {
         global.push(("repo1-host", host.clone()));
+        global.push(("repo1-host-cmd", program.display().to_string()));
     }
     for (k, v) in global {
         out.push_str(&format!("{k}={v}\n"));
@@ -231,6 +262,7 @@ impl Cluster {
         let config = self.pgbackrest_conf();
         let text = render_pgbackrest_conf(
             archive,
+            program,
             &self.pgdata(),
             &self.socket_dir(),
             self.port()?,
@@ -348,7 +380,14 @@ impl Cluster {
             let work = self.root().join(PGBACKREST_DIR);
             files::ensure_dir(&work, 0o700, self.user())?;
             let init = self.pgdata_init();
-            let text = render_pgbackrest_conf(archive, &init, &self.socket_dir(), spec.port, &work);
+            let text = render_pgbackrest_conf(
+                archive,
+                program,
+                &init,
+                &self.socket_dir(),
+                spec.port,
+                &work,
+            );
             files::write_private(&config, &text, self.user())?;
             let mut cmd = self.pgbackrest(program, &config, &archive.stanza);
             cmd.args(["--type=time", "--target-action=promote"])
@@ -363,6 +402,7 @@ impl Cluster {
             // wrote reads this configuration, which must name it.
             let text = render_pgbackrest_conf(
                 archive,
+                program,
                 &self.pgdata(),
                 &self.socket_dir(),
                 spec.port,
@@ -440,16 +480,38 @@ mod tests {
     fn versions_and_the_majors_they_support() {
         assert_eq!(parse_version("pgBackRest 2.45\n"), Some((2, 45)));
         assert_eq!(parse_version("pgBackRest 2.56dev"), Some((2, 56)));
+        // From 2.55 on, versions have a patch number.
+        assert_eq!(parse_version("pgBackRest 2.60.0\n"), Some((2, 60)));
+        assert_eq!(parse_version("pgBackRest 2.59.1"), Some((2, 59)));
+        assert_eq!(parse_version("pgBackRest 2.60.0dev"), Some((2, 60)));
         assert_eq!(parse_version("nonsense"), None);
-        for (v, major) in [((2, 45), 15), ((2, 47), 16), ((2, 54), 17), ((2, 56), 18)] {
+        for (v, major) in [
+            ((2, 45), 15),
+            ((2, 47), 16),
+            ((2, 54), 17),
+            ((2, 55), 17),
+            ((2, 56), 18),
+            ((2, 60), 18),
+        ] {
             assert_eq!(newest_supported_major(v), major, "{v:?}");
         }
     }
 
     #[test]
+    fn pgfollows_own_pgbackrest_is_looked_for_first() {
+        assert_eq!(
+            PGBACKREST_PATHS[0],
+            "/opt/pgfollow/pgbackrest/bin/pgbackrest"
+        );
+        assert_eq!(PGBACKREST_PATHS[1], "/usr/bin/pgbackrest");
+    }
+
+    #[test]
     fn config_names_the_repository_retention_and_this_cluster() {
+        let program = Path::new(PGFOLLOW_PGBACKREST);
         let text = render_pgbackrest_conf(
             &spec(),
+            program,
             Path::new("/d/c/pgdata"),
             Path::new("/d/c/run"),
             15432,
@@ -469,25 +531,30 @@ mod tests {
         assert!(!text.contains("repo1-host"));
         let mut remote = spec();
         remote.repo_host = Some("backup-1".into());
-        assert!(render_pgbackrest_conf(
+        let text = render_pgbackrest_conf(
             &remote,
+            program,
             Path::new("/p"),
             Path::new("/r"),
             1,
-            Path::new("/w")
-        )
-        .contains("repo1-host=backup-1\n"));
+            Path::new("/w"),
+        );
+        assert!(text.contains("repo1-host=backup-1\n"), "{text}");
+        assert!(
+            text.contains("repo1-host-cmd=/opt/pgfollow/pgbackrest/bin/pgbackrest\n"),
+            "{text}"
+        );
     }
 
     #[test]
     fn archive_command_pushes_to_the_stanza() {
         let text = render_archive_conf(
-            Path::new("/usr/bin/pgbackrest"),
+            Path::new(PGFOLLOW_PGBACKREST),
             Path::new("/d/c/pgbackrest.conf"),
             "db-1",
         );
         assert!(text.contains(
-            "archive_command = '/usr/bin/pgbackrest --config=/d/c/pgbackrest.conf --stanza=db-1 archive-push %p'"
+            "archive_command = '/opt/pgfollow/pgbackrest/bin/pgbackrest --config=/d/c/pgbackrest.conf --stanza=db-1 archive-push %p'"
         ), "{text}");
     }
 

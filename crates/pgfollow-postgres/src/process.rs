@@ -162,6 +162,8 @@ mod tests {
         let root = "/d/clusters/db-1";
         let yes = args("/usr/bin/pgbackrest --config=/d/clusters/db-1/restore.pgbackrest.conf --stanza=s restore");
         assert!(is_leftover(&yes, &["pgbackrest"], root));
+        let built = args("/opt/pgfollow/pgbackrest/bin/pgbackrest --config=/d/clusters/db-1/restore.pgbackrest.conf --stanza=s restore");
+        assert!(is_leftover(&built, &["pgbackrest"], root));
         let other =
             args("/usr/bin/pgbackrest --config=/d/clusters/db-2/pgbackrest.conf archive-push x");
         assert!(!is_leftover(&other, &["pgbackrest"], root));

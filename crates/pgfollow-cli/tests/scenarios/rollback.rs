@@ -2,7 +2,8 @@
 //! its WAL and gets a base backup by itself, `pg:info` shows how far back it
 //! can be rolled, `addons:create --rollback DB --to TIME` makes a new
 //! database as DB was at that moment, and after a failover the new primary
-//! goes on archiving into the same stanza.
+//! goes on archiving into the same stanza. The main scenario runs on 15
+//! and on the default major, 18.
 
 use std::time::Duration;
 
@@ -71,24 +72,43 @@ fn count(s: &Server, db: &str, sql: &str) -> String {
 
 #[test]
 fn a_dropped_table_comes_back_with_a_rollback_to_the_moment_before() {
+    a_dropped_table_comes_back(&["--version", "15"], "15.");
+}
+
+/// The same on the default major, 18, which needs a pgBackRest newer than
+/// Debian 12's (scripts/install-deps builds one).
+#[test]
+fn a_dropped_table_comes_back_with_a_rollback_on_the_default_major() {
+    a_dropped_table_comes_back(&[], "18.");
+}
+
+/// WHITE (`addons:create standard-0` with `version`, on a major whose
+/// `PG Version` starts with `major`) is protected, a dropped table comes
+/// back with a rollback to the moment before, nothing after it does.
+fn a_dropped_table_comes_back(version: &[&str], major: &str) {
     let s = server();
     s.cli(&["apps:create", "sushi"]).ok();
-    s.cli(&[
-        "addons:create",
-        "standard-0",
-        "--version",
-        "15",
-        "--app",
-        "sushi",
-    ])
-    .ok();
+    let mut create = vec!["addons:create", "standard-0", "--app", "sushi"];
+    create.extend_from_slice(version);
+    s.cli(&create).ok();
     wait_available(&s, "sushi");
     wait_protected(&s, "WHITE");
     let text = s.cli(&["pg:info", "WHITE", "--app", "sushi"]).ok().stdout;
+    assert!(text.contains(&format!("PG Version:  {major}")), "{text}");
     assert!(text.contains("Rollback:    earliest from 20"), "{text}");
     assert!(text.contains("Base Backup: 20"), "{text}");
     // The archive is on the control plane's host, the OS user's.
     assert!(s.data_dir().join("pgbackrest/archive/").is_dir());
+    // WAL goes out through the pgBackRest the agent found, by its path.
+    let archive_command = superuser_sql(&s, "sushi", "WHITE", "show archive_command");
+    let program = archive_command
+        .split_whitespace()
+        .find(|w| w.ends_with("/pgbackrest"))
+        .unwrap_or_default();
+    assert!(
+        program.starts_with('/') && std::path::Path::new(program).is_file(),
+        "{archive_command}"
+    );
 
     psql(
         &s,

@@ -50,8 +50,9 @@ const RESTORE_SETTINGS: [&str; 3] = [
     "recovery_target_action",
 ];
 
-/// Where `scripts/install-deps` builds pgBackRest when the distribution's
-/// is too old to know PostgreSQL 18 (Debian 12's 2.45 knows up to 15).
+/// Where pgfollow looks first for a pgBackRest newer than the
+/// distribution's (Debian 12's 2.45 knows PostgreSQL up to 15; 18 needs
+/// 2.56): one built from pgBackRest's release by whoever runs the host.
 pub const PGFOLLOW_PGBACKREST: &str = "/opt/pgfollow/pgbackrest/bin/pgbackrest";
 
 /// Where pgBackRest is looked for, in this order: pgfollow's own build,

@@ -34,7 +34,7 @@ impl Agent {
         let newest = newest_supported_major(*version);
         if major > newest {
             return Err(refuse(format!(
-                "pgBackRest {}.{} on host {} supports PostgreSQL up to {newest}, not {major}: install pgBackRest 2.56 or newer there as {PGFOLLOW_PGBACKREST} (see the README's Backups section) and restart its agent",
+                "pgBackRest {}.{} on host {} supports PostgreSQL up to {newest}, not {major}: install pgBackRest 2.56 or newer there as {PGFOLLOW_PGBACKREST} (see the README's Versions and backups) and restart its agent",
                 version.0,
                 version.1,
                 self.name()

@@ -190,16 +190,25 @@ pub async fn run(config: RunConfig, shutdown: CancellationToken) -> anyhow::Resu
     served.context("the agent API failed")
 }
 
+/// Heartbeats that may be unanswered at once: a new one leaves every
+/// [`HEARTBEAT`] whatever became of the last, so one that hangs (a control
+/// plane waiting on a cut-off etcd member's connection until its pings fail)
+/// does not hold back the next.
+const BEATS_IN_FLIGHT: usize = 4;
+
 async fn heartbeat(
     control: Client,
     registration: AgentRegistration,
     agent: Arc<Agent>,
     shutdown: CancellationToken,
 ) {
-    // When the last heartbeat that the control plane answered was sent.
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    // When the newest heartbeat that the control plane answered was sent.
     let mut last_ok = Instant::now();
     let mut failing = false;
     let mut fenced = false;
+    let mut in_flight = FuturesUnordered::new();
+    let mut next_beat = tokio::time::Instant::now();
     loop {
         // First the deadline, before anything else: a host that was frozen
         // (SIGSTOP, a paused VM) wakes here, and its primaries may have
@@ -213,36 +222,38 @@ async fn heartbeat(
             fenced = true;
         }
         let deadline = tokio::time::Instant::from_std(last_ok + FENCE_AFTER);
-        let sent = Instant::now();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(deadline), if !fenced => continue,
-            beat = tokio::time::timeout(HEARTBEAT * 2, control.register_host(&registration)) => {
-                match beat {
-                    Ok(Ok(_)) => {
-                        if failing {
-                            tracing::info!("the control plane answers again");
-                        }
-                        last_ok = sent;
-                        failing = false;
-                        fenced = false;
-                    }
-                    Ok(Err(e)) if !failing => {
-                        tracing::warn!("heartbeat to the control plane failed: {e}");
-                        failing = true;
-                    }
-                    Err(_) if !failing => {
-                        tracing::warn!("heartbeat to the control plane timed out");
-                        failing = true;
-                    }
-                    _ => {}
-                }
+            _ = tokio::time::sleep_until(deadline), if !fenced => {}
+            _ = tokio::time::sleep_until(next_beat), if in_flight.len() < BEATS_IN_FLIGHT => {
+                let sent = Instant::now();
+                // An answer later than FENCE_AFTER after sending could
+                // not keep the host from fencing anyway.
+                let beat = tokio::time::timeout(FENCE_AFTER, control.register_host(&registration));
+                in_flight.push(async move { (sent, beat.await) });
+                next_beat = tokio::time::Instant::now() + HEARTBEAT;
             }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(deadline), if !fenced && failing => {}
-            _ = tokio::time::sleep(HEARTBEAT) => {}
+            Some((sent, beat)) = in_flight.next() => match beat {
+                Ok(Ok(_)) => {
+                    if failing {
+                        tracing::info!("the control plane answers again");
+                    }
+                    last_ok = last_ok.max(sent);
+                    failing = false;
+                    // A late answer to a beat sent before the deadline
+                    // does not undo the fence.
+                    fenced = fenced && last_ok.elapsed() >= FENCE_AFTER;
+                }
+                Ok(Err(e)) if !failing => {
+                    tracing::warn!("heartbeat to the control plane failed: {e}");
+                    failing = true;
+                }
+                Err(_) if !failing => {
+                    tracing::warn!("heartbeat to the control plane timed out");
+                    failing = true;
+                }
+                _ => {}
+            },
         }
     }
 }

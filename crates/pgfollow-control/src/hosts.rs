@@ -583,6 +583,12 @@ impl AgentHandle {
         .await
     }
 
+    /// RESUME: clients held by a PAUSE go on.
+    pub async fn endpoint_resume(&self, id: &str, dbname: &str) -> Result<(), AgentError> {
+        let (id, dbname) = (id.into(), dbname.into());
+        self.call(AgentCall::EndpointResume { id, dbname }).await
+    }
+
     pub async fn endpoint_block(&self, id: &str, dbname: &str) -> Result<(), AgentError> {
         let (id, dbname) = (id.into(), dbname.into());
         self.call(AgentCall::EndpointBlock { id, dbname }).await

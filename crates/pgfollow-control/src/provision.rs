@@ -65,7 +65,10 @@ pub fn pick_port(state: &State, offers: &PortOffers, host: &str) -> Result<u16, 
             .any(|d| d.port == port && here(&d.host))
             || state.apps.values().any(|a| {
                 a.endpoints.iter().any(|e| e.port == port && here(&e.host))
-                    || (a.read.port == Some(port) && a.read.host.as_deref().is_some_and(here))
+                    || a.read
+                        .places
+                        .iter()
+                        .any(|r| r.port == port && here(&r.host))
             })
     };
     offers
@@ -444,29 +447,37 @@ pub fn add_endpoints(state: &mut State, app: &str, offers: &PortOffers) -> Resul
     Ok(added)
 }
 
-/// Gives `app`'s read endpoint (`DATABASE_FOLLOWER_URL`) its host and
-/// port, once it has followers: the host of its first endpoint, a port
-/// that host offered. Answers whether it was given one now.
-pub fn add_read_endpoint(
-    state: &mut State,
-    app: &str,
-    offers: &PortOffers,
-) -> Result<bool, ApiErr> {
+/// Gives `app`'s read endpoint (`DATABASE_FOLLOWER_URL`) a place on the
+/// host of each of its endpoints that lacks one (see
+/// [`crate::reads::layout`]): a port that host offered. Answers how many
+/// it was given now; a host that offered no free port gets its place later.
+pub fn add_read_places(state: &mut State, app: &str, offers: &PortOffers) -> Result<usize, ApiErr> {
     let Some(rec) = state.apps.get(app) else {
-        return Ok(false);
+        return Ok(0);
     };
-    if rec.read.port.is_some() {
-        return Ok(false);
+    let hosts: Vec<String> = rec.endpoints.iter().map(|e| e.host.clone()).collect();
+    let (missing, _) = crate::reads::layout(&hosts, &rec.read.places);
+    let mut added = 0;
+    let mut last_err = None;
+    for host in missing {
+        match pick_port(state, offers, &host) {
+            Ok(port) => {
+                if let Some(a) = state.apps.get_mut(app) {
+                    a.read.places.push(pgfollow_types::reads::ReadPlace {
+                        host,
+                        port,
+                        applied: Default::default(),
+                    });
+                    added += 1;
+                }
+            }
+            Err(e) => last_err = Some(e),
+        }
     }
-    let Some(host) = rec.endpoints.first().map(|e| e.host.clone()) else {
-        return Ok(false);
-    };
-    let port = pick_port(state, offers, &host)?;
-    if let Some(a) = state.apps.get_mut(app) {
-        a.read.host = Some(host);
-        a.read.port = Some(port);
+    match (added, last_err) {
+        (0, Some(e)) => Err(e),
+        _ => Ok(added),
     }
-    Ok(true)
 }
 
 pub fn new_operation(

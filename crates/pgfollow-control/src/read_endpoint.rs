@@ -1,10 +1,13 @@
 //! The read endpoint's loop: every [`INTERVAL`] it measures the followers
 //! of every app's main database (Behind By, with `lag.rs`), asks
 //! `reads.rs` which serve and where each PgBouncer slot routes, and applies
-//! that through the agent of the endpoint's host (start a slot, retarget it,
-//! or DISABLE + KILL it when no follower serves). The catalog keeps what was
-//! applied and which followers serve (for `pg:info`); it is written only
-//! when that changes.
+//! that at every place of the read endpoint (one on the host of each of the
+//! app's endpoints), through the agent there: start a slot, move it to
+//! another follower, or DISABLE + KILL it when no follower serves. A place
+//! whose host does not answer keeps what it had until it answers again.
+//! The catalog keeps what was applied where and which followers serve (for
+//! `pg:info`); it is written only when that changes. Under `serve --etcd`
+//! the leading replica runs it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,11 +15,13 @@ use std::time::Duration;
 
 use pgfollow_types::agent::{EndpointSpec, EndpointTarget};
 use pgfollow_types::model::{AppRecord, DatabaseRecord, State};
+use pgfollow_types::reads::ReadPlace;
 use tokio_util::sync::CancellationToken;
 
-use crate::hosts::Hosts;
+use crate::hosts::{AgentError, AgentHandle, Hosts};
 use crate::provision::host_address;
-use crate::reads::{decide, Decision, FollowerSeen, LagSeen, Route};
+use crate::reads::{decide, gone_slots, layout, slot_step, Decision, FollowerSeen, LagSeen};
+use crate::reads::{Route, SlotStep, MOVE_HOLD};
 use crate::store::Store;
 
 /// Time between two decisions.
@@ -45,19 +50,20 @@ pub fn slot_id(id: &str) -> String {
     format!("rd-{id}")
 }
 
-/// The spec of a slot of `app`'s read endpoint routing to `target`.
+/// The spec of a slot of `app`'s read endpoint at `place` routing to
+/// `target`.
 pub fn slot_spec(
     state: &State,
     app: &AppRecord,
     leader: &DatabaseRecord,
+    place: &ReadPlace,
     slot: &str,
     target: &DatabaseRecord,
-) -> Option<EndpointSpec> {
-    let (host, port) = (app.read.host.as_ref()?, app.read.port?);
-    Some(EndpointSpec {
+) -> EndpointSpec {
+    EndpointSpec {
         id: slot_id(slot),
-        listen_addr: host_address(state, host),
-        port,
+        listen_addr: host_address(state, &place.host),
+        port: place.port,
         dbname: leader.database.clone(),
         target: Some(EndpointTarget {
             host: host_address(state, &target.host),
@@ -71,7 +77,7 @@ pub fn slot_spec(
         max_client_conn: MAX_CLIENT_CONN,
         pool_mode: app.pool_mode,
         so_reuseport: true,
-    })
+    }
 }
 
 pub struct ReadEndpoints {
@@ -79,17 +85,22 @@ pub struct ReadEndpoints {
     hosts: Hosts,
     /// The last sentence logged per app, so a change is logged once.
     said: Mutex<BTreeMap<String, String>>,
-    /// Per app, what its slots were last written with besides their route
-    /// (the owner's password, the pool mode): when it changes (a rotation,
-    /// `pg:endpoint:mode`), or is unknown (after a restart), every slot is
-    /// written again.
-    written: Mutex<BTreeMap<String, String>>,
+    /// Per app and place (host), what its slots were last written with
+    /// besides their route (the owner's password, the pool mode): when it
+    /// changes (a rotation, `pg:endpoint:mode`), or is unknown (after a
+    /// restart, or a new term of leadership), every slot there is written
+    /// again.
+    written: Mutex<BTreeMap<(String, String), String>>,
 }
 
 /// What a slot's configuration holds besides its route.
 fn fingerprint(app: &AppRecord, leader: &DatabaseRecord) -> String {
     format!("{}\n{}", app.pool_mode, leader.owner.password)
 }
+
+/// What became of one place in a tick: the slots it has now and where
+/// each routes; none when its host did not answer (nothing changed there).
+type PlaceOutcome = Option<BTreeMap<String, Option<String>>>;
 
 impl ReadEndpoints {
     pub fn new(store: Store, hosts: Hosts) -> Self {
@@ -120,21 +131,23 @@ impl ReadEndpoints {
     }
 
     async fn tick_app(&self, state: &State, app: &AppRecord) {
-        let name = app.name.to_string();
         let leader = crate::endpoints::main_database(state, app);
         let followers = leader
             .map(|l| read_followers(state, &l.id))
             .unwrap_or_default();
         let (Some(leader), false) = (leader, followers.is_empty()) else {
-            if !app.read.applied.is_empty() {
-                self.remove_slots(app, &app.read.applied.keys().cloned().collect::<Vec<_>>())
-                    .await;
+            if app.read.has_slots() {
+                self.remove_slots(app).await;
             }
             return;
         };
-        if app.read.port.is_none() {
-            self.give_port(&name).await;
-            return;
+        let endpoint_hosts: Vec<String> = app.endpoints.iter().map(|e| e.host.clone()).collect();
+        let (missing, retiring) = layout(&endpoint_hosts, &app.read.places);
+        if !missing.is_empty() {
+            self.give_places(app.name.as_str()).await;
+            if app.read.places.is_empty() {
+                return;
+            }
         }
         let seen = self.measure(state, &followers).await;
         let d = decide(
@@ -144,24 +157,35 @@ impl ReadEndpoints {
             app.read.fallback_to_leader,
         );
         self.log_decision(state, app, &d);
-        self.apply(state, app, leader, &d).await;
+        let runs = app.read.places.iter().map(|place| {
+            self.apply_place(
+                state,
+                app,
+                leader,
+                &d,
+                place,
+                retiring.contains(&place.host),
+            )
+        });
+        let outcomes = futures_util::future::join_all(runs).await;
+        self.record(app, &d, &retiring, outcomes);
     }
 
-    /// Gives the read endpoint its port on the host of the app's first
-    /// endpoint.
-    async fn give_port(&self, app: &str) {
+    /// Gives the read endpoint a place (a port) on each host of the app's
+    /// endpoints that lacks one.
+    async fn give_places(&self, app: &str) {
         let offers = self
             .hosts
             .port_offers(crate::provision::OFFERS_PER_HOST)
             .await;
         match self
             .store
-            .update(|s| crate::provision::add_read_endpoint(s, app, &offers))
+            .update(|s| crate::provision::add_read_places(s, app, &offers))
         {
-            Ok(true) => {
-                tracing::info!("{app}: the read endpoint (DATABASE_FOLLOWER_URL) has its port")
-            }
-            Ok(false) => {}
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                "{app}: the read endpoint (DATABASE_FOLLOWER_URL) has {n} more place(s), one beside each endpoint"
+            ),
             Err(e) => tracing::warn!("{app}: no port for the read endpoint yet: {e}"),
         }
     }
@@ -217,25 +241,39 @@ impl ReadEndpoints {
         }
     }
 
-    /// Makes every slot route as `d` says, removes slots of followers that
-    /// are gone, and records the outcome.
-    async fn apply(&self, state: &State, app: &AppRecord, leader: &DatabaseRecord, d: &Decision) {
+    /// Makes every slot at `place` route as `d` says and removes the slots
+    /// of followers that are gone (every slot, when the place is
+    /// `retiring`).
+    async fn apply_place(
+        &self,
+        state: &State,
+        app: &AppRecord,
+        leader: &DatabaseRecord,
+        d: &Decision,
+        place: &ReadPlace,
+        retiring: bool,
+    ) -> PlaceOutcome {
         let name = app.name.to_string();
-        let Some(host) = app.read.host.as_deref() else {
-            return;
-        };
-        let Some(agent) = self.hosts.get(host).filter(|_| self.hosts.is_up(host)) else {
-            return;
-        };
-        let mut applied = app.read.applied.clone();
+        let agent = self
+            .hosts
+            .get(&place.host)
+            .filter(|_| self.hosts.is_up(&place.host))?;
+        let mut applied = place.applied.clone();
+        let key = (name.clone(), place.host.clone());
         let print = fingerprint(app, leader);
-        let rewrite = crate::executor::lock(&self.written).get(&name) != Some(&print);
+        let rewrite = crate::executor::lock(&self.written).get(&key) != Some(&print);
         let mut all_written = true;
-        for (slot, route) in &d.routes {
+        let routes = if retiring {
+            BTreeMap::new()
+        } else {
+            d.routes.clone()
+        };
+        for (slot, route) in &routes {
             let id = slot_id(slot);
             let running = agent.endpoint_status(&id).await.is_ok_and(|s| s.running);
-            let was = app.read.applied.get(slot);
-            if running && was == Some(&route.applied()) && !rewrite {
+            let was = place.applied.get(slot);
+            let step = slot_step(running, was, route, rewrite);
+            if step == SlotStep::Keep {
                 continue;
             }
             let target = match route {
@@ -243,73 +281,81 @@ impl ReadEndpoints {
                 // A slot started only to refuse routes to its own follower.
                 Route::Refuse => state.databases.get(slot),
             };
-            let Some(spec) = target.and_then(|t| slot_spec(state, app, leader, slot, t)) else {
+            let Some(target) = target else {
                 continue;
             };
-            let done = async {
-                match route {
-                    Route::To(_) => {
-                        agent.endpoint_apply(&spec).await?;
-                        if running && was == Some(&None) {
-                            agent.endpoint_unblock(&spec.id, &spec.dbname).await?;
-                        }
-                    }
-                    Route::Refuse => {
-                        if !running || rewrite {
-                            agent.endpoint_apply(&spec).await?;
-                        }
-                        agent.endpoint_block(&spec.id, &spec.dbname).await?;
-                    }
-                }
-                Ok::<_, crate::hosts::AgentError>(())
-            };
-            match done.await {
+            let spec = slot_spec(state, app, leader, place, slot, target);
+            match take_step(&agent, &spec, step).await {
                 Ok(()) => {
                     if was != Some(&route.applied()) {
                         let to = match route {
-                            Route::To(db) => format!(
-                                "routes to {}",
-                                state
-                                    .databases
-                                    .get(db)
-                                    .map_or_else(|| db.clone(), |d| d.color.to_string())
-                            ),
+                            Route::To(_) => format!("routes to {}", target.color),
                             Route::Refuse => "refuses connections".into(),
                         };
-                        tracing::info!("{name}: read endpoint slot {id} {to}");
+                        tracing::info!("{name}: read endpoint slot {id} on {} {to}", place.host);
                     }
                     applied.insert(slot.clone(), route.applied());
                 }
                 Err(e) => {
                     all_written = false;
-                    tracing::warn!("{name}: read endpoint slot {id}: {e}");
+                    tracing::warn!("{name}: read endpoint slot {id} on {}: {e}", place.host);
                 }
             }
         }
         if all_written {
-            crate::executor::lock(&self.written).insert(name.clone(), print);
+            crate::executor::lock(&self.written).insert(key, print);
         }
-        let gone: Vec<String> = applied
-            .keys()
-            .filter(|s| !d.routes.contains_key(*s))
-            .cloned()
-            .collect();
-        for slot in &gone {
-            match agent.endpoint_destroy(&slot_id(slot)).await {
+        for slot in gone_slots(&applied, &routes) {
+            match agent.endpoint_destroy(&slot_id(&slot)).await {
                 Ok(()) => {
-                    applied.remove(slot);
+                    applied.remove(&slot);
                 }
-                Err(e) => tracing::warn!("{name}: read endpoint slot {}: {e}", slot_id(slot)),
+                Err(e) => tracing::warn!(
+                    "{name}: read endpoint slot {} on {}: {e}",
+                    slot_id(&slot),
+                    place.host
+                ),
             }
         }
+        Some(applied)
+    }
+
+    /// Records what the places now run (a retiring place whose slots are
+    /// all gone is dropped) and which followers serve, when that changed.
+    fn record(
+        &self,
+        app: &AppRecord,
+        d: &Decision,
+        retiring: &[String],
+        outcomes: Vec<PlaceOutcome>,
+    ) {
+        let name = app.name.to_string();
+        let now: BTreeMap<String, BTreeMap<String, Option<String>>> = app
+            .read
+            .places
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(p, o)| o.map(|applied| (p.host.clone(), applied)))
+            .collect();
         let r = &app.read;
-        if applied == r.applied && d.serving == r.serving && d.out == r.out {
+        let unchanged = r.places.iter().all(|p| {
+            now.get(&p.host)
+                .is_none_or(|a| *a == p.applied && !retiring.contains(&p.host))
+        });
+        if unchanged && d.serving == r.serving && d.out == r.out {
             return;
         }
         let (serving, out) = (d.serving.clone(), d.out.clone());
         if let Err(e) = self.store.update(|s| {
             if let Some(a) = s.apps.get_mut(app.name.as_str()) {
-                a.read.applied = applied.clone();
+                for p in &mut a.read.places {
+                    if let Some(applied) = now.get(&p.host) {
+                        p.applied = applied.clone();
+                    }
+                }
+                a.read
+                    .places
+                    .retain(|p| !(retiring.contains(&p.host) && p.applied.is_empty()));
                 a.read.serving = serving.clone();
                 a.read.out = out.clone();
             }
@@ -319,21 +365,26 @@ impl ReadEndpoints {
         }
     }
 
-    /// Stops and removes `slots` (their followers are gone).
-    async fn remove_slots(&self, app: &AppRecord, slots: &[String]) {
-        let Some(agent) = app.read.host.as_deref().and_then(|h| self.hosts.get(h)) else {
-            return;
-        };
-        let mut removed = Vec::new();
-        for slot in slots {
-            if agent.endpoint_destroy(&slot_id(slot)).await.is_ok() {
-                removed.push(slot.clone());
+    /// Stops and removes every slot (the app's followers are gone).
+    async fn remove_slots(&self, app: &AppRecord) {
+        let mut removed: Vec<(String, String)> = Vec::new();
+        for place in &app.read.places {
+            let Some(agent) = self.hosts.get(&place.host) else {
+                continue;
+            };
+            for slot in place.applied.keys() {
+                if agent.endpoint_destroy(&slot_id(slot)).await.is_ok() {
+                    removed.push((place.host.clone(), slot.clone()));
+                }
             }
         }
         let _ = self.store.update(|s| {
             if let Some(a) = s.apps.get_mut(app.name.as_str()) {
-                a.read.applied.retain(|k, _| !removed.contains(k));
-                if a.read.applied.is_empty() {
+                for p in &mut a.read.places {
+                    p.applied
+                        .retain(|k, _| !removed.contains(&(p.host.clone(), k.clone())));
+                }
+                if !a.read.has_slots() {
                     a.read.serving.clear();
                     a.read.out.clear();
                 }
@@ -343,11 +394,51 @@ impl ReadEndpoints {
     }
 }
 
+/// Carries out `step` for the slot of `spec`.
+async fn take_step(
+    agent: &AgentHandle,
+    spec: &EndpointSpec,
+    step: SlotStep,
+) -> Result<(), AgentError> {
+    match step {
+        SlotStep::Keep => {}
+        SlotStep::Apply => {
+            agent.endpoint_apply(spec).await?;
+        }
+        SlotStep::Move => {
+            let moved = async {
+                agent
+                    .endpoint_hold(&spec.id, &spec.dbname, MOVE_HOLD)
+                    .await?;
+                agent.endpoint_route(spec, true).await.map(|_| ())
+            }
+            .await;
+            if moved.is_err() {
+                // Never left paused: clients go on (to the old route) until
+                // the next tick tries again.
+                let _ = agent.endpoint_resume(&spec.id, &spec.dbname).await;
+            }
+            moved?;
+        }
+        SlotStep::ApplyAndUnblock => {
+            agent.endpoint_apply(spec).await?;
+            agent.endpoint_unblock(&spec.id, &spec.dbname).await?;
+        }
+        SlotStep::Refuse { apply_first } => {
+            if apply_first {
+                agent.endpoint_apply(spec).await?;
+            }
+            agent.endpoint_block(&spec.id, &spec.dbname).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The app whose read endpoint `leader_id`'s followers serve: the app
-/// that has it as its main database, once its read endpoint has a port.
+/// that has it as its main database, once its read endpoint has a place.
 fn app_reading_from<'a>(state: &'a State, leader_id: &str) -> Option<&'a AppRecord> {
     state.apps.values().find(|a| {
-        a.read.port.is_some()
+        !a.read.places.is_empty()
             && crate::endpoints::main_database(state, a).is_some_and(|m| m.id == leader_id)
     })
 }

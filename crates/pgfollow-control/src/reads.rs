@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 
 use pgfollow_types::api::DatabaseState;
-use pgfollow_types::reads::MaxLag;
+use pgfollow_types::reads::{MaxLag, ReadPlace};
 
 /// What was seen of one follower at the last measurement.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +154,86 @@ pub fn decide(seen: &[FollowerSeen], limit: MaxLag, leader: &str, fallback: bool
         serving,
         out,
         routes,
+    }
+}
+
+/// Where the read endpoint runs: a place on the host of each of the app's
+/// endpoints (`endpoint_hosts`, in their order), so that losing one host
+/// leaves `DATABASE_FOLLOWER_URL` an address on another. Answers the hosts
+/// that lack a place and the hosts of places no endpoint is on any more.
+pub fn layout(endpoint_hosts: &[String], places: &[ReadPlace]) -> (Vec<String>, Vec<String>) {
+    let missing = endpoint_hosts
+        .iter()
+        .filter(|h| !places.iter().any(|p| &p.host == *h))
+        .cloned()
+        .collect();
+    let extra = places
+        .iter()
+        .filter(|p| !endpoint_hosts.contains(&p.host))
+        .map(|p| p.host.clone())
+        .collect();
+    (missing, extra)
+}
+
+/// The slots of a place that no route names any more (their followers are
+/// gone): they are stopped and removed.
+pub fn gone_slots(
+    applied: &BTreeMap<String, Option<String>>,
+    routes: &BTreeMap<String, Route>,
+) -> Vec<String> {
+    applied
+        .keys()
+        .filter(|s| !routes.contains_key(*s))
+        .cloned()
+        .collect()
+}
+
+/// What one slot needs for its route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotStep {
+    /// It routes so already.
+    Keep,
+    /// Write its configuration and start it (or retarget it in place, with
+    /// PgBouncer's PAUSE, when it runs with a route not known here).
+    Apply,
+    /// It routed to another follower, which may be gone silent (a host cut
+    /// off answers nothing, so a PAUSE could wait for its queries forever):
+    /// hold it for at most [`MOVE_HOLD`], ending the connections still busy
+    /// then, and route it anew.
+    Move,
+    /// It refused: route it, then let clients in again.
+    ApplyAndUnblock,
+    /// No follower serves: (start it if need be, then) refuse connections.
+    Refuse { apply_first: bool },
+}
+
+/// How long a slot moving to another follower waits for its busy
+/// connections before ending them.
+pub const MOVE_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What slot `route` needs, from whether it runs, the route it was last
+/// given (`was`: none when not known, `Some(None)` while it refuses), and
+/// whether its configuration must be written again anyway (`rewrite`: a new
+/// password or pool mode, or a control plane that has just started).
+pub fn slot_step(
+    running: bool,
+    was: Option<&Option<String>>,
+    route: &Route,
+    rewrite: bool,
+) -> SlotStep {
+    if running && was == Some(&route.applied()) && !rewrite {
+        return SlotStep::Keep;
+    }
+    match route {
+        Route::To(_) if !running => SlotStep::Apply,
+        Route::To(_) => match was {
+            Some(Some(_)) if !rewrite => SlotStep::Move,
+            Some(None) => SlotStep::ApplyAndUnblock,
+            _ => SlotStep::Apply,
+        },
+        Route::Refuse => SlotStep::Refuse {
+            apply_first: !running || rewrite,
+        },
     }
 }
 
@@ -291,6 +371,96 @@ mod tests {
             assert_eq!(
                 got, want,
                 "slots {slots:?} serving {serving:?} fallback {fallback}"
+            );
+        }
+    }
+
+    #[test]
+    fn layout_puts_a_place_on_every_endpoint_host() {
+        let place = |h: &str| ReadPlace {
+            host: h.into(),
+            port: 1,
+            applied: BTreeMap::new(),
+        };
+        let hosts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        type Row<'a> = (&'a [&'a str], Vec<ReadPlace>, &'a [&'a str], &'a [&'a str]);
+        let table: Vec<Row> = vec![
+            (&["h1"], vec![], &["h1"], &[]),
+            (&["h1", "h2"], vec![place("h1")], &["h2"], &[]),
+            (&["h1", "h2"], vec![place("h2"), place("h1")], &[], &[]),
+            // An endpoint host that is gone takes its place with it.
+            (&["h2"], vec![place("h1"), place("h2")], &[], &["h1"]),
+            (&[], vec![place("h1")], &[], &["h1"]),
+        ];
+        for (eps, places, missing, extra) in table {
+            let got = layout(&hosts(eps), &places);
+            assert_eq!(got, (hosts(missing), hosts(extra)), "{eps:?} {places:?}");
+        }
+    }
+
+    #[test]
+    fn gone_slots_are_those_no_route_names() {
+        let applied: BTreeMap<String, Option<String>> = [
+            ("a".to_string(), Some("a".to_string())),
+            ("b".to_string(), None),
+            ("c".to_string(), Some("a".to_string())),
+        ]
+        .into();
+        let routes: BTreeMap<String, Route> = [
+            ("a".to_string(), Route::To("a".into())),
+            ("c".to_string(), Route::Refuse),
+        ]
+        .into();
+        assert_eq!(gone_slots(&applied, &routes), vec!["b".to_string()]);
+        assert!(gone_slots(&BTreeMap::new(), &routes).is_empty());
+    }
+
+    #[test]
+    fn slot_step_holds_a_slot_that_moves_to_another_follower() {
+        let (a, b) = (Some("a".to_string()), Some("b".to_string()));
+        let to_a = Route::To("a".into());
+        use SlotStep::*;
+        type Row<'a> = (bool, Option<&'a Option<String>>, &'a Route, bool, SlotStep);
+        let table: Vec<Row> = vec![
+            (true, Some(&a), &to_a, false, Keep),
+            (true, Some(&a), &to_a, true, Apply),
+            (false, Some(&a), &to_a, false, Apply),
+            (false, None, &to_a, false, Apply),
+            // Its follower went out (or came back): held, then routed.
+            (true, Some(&b), &to_a, false, Move),
+            // A new password or pool mode too: written in place.
+            (true, Some(&b), &to_a, true, Apply),
+            (true, None, &to_a, false, Apply),
+            (true, Some(&None), &to_a, false, ApplyAndUnblock),
+            (true, Some(&None), &to_a, true, ApplyAndUnblock),
+            (true, Some(&None), &Route::Refuse, false, Keep),
+            (
+                true,
+                Some(&a),
+                &Route::Refuse,
+                false,
+                Refuse { apply_first: false },
+            ),
+            (
+                true,
+                Some(&None),
+                &Route::Refuse,
+                true,
+                Refuse { apply_first: true },
+            ),
+            (
+                false,
+                None,
+                &Route::Refuse,
+                false,
+                Refuse { apply_first: true },
+            ),
+        ];
+        for (running, was, route, rewrite, want) in table {
+            assert_eq!(
+                slot_step(running, was, route, rewrite),
+                want,
+                "running {running} was {was:?} route {route:?} rewrite {rewrite}"
             );
         }
     }

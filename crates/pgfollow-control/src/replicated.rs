@@ -3,8 +3,8 @@
 //! that registers over HTTP, which any replica can reach); it shares one API
 //! token with the other replicas (kept in etcd), records its URL there,
 //! follows the agents' heartbeats, serves the API, and runs the executor,
-//! the HA monitor and the backups loop only while it leads
-//! (`replica.rs`).
+//! the HA monitor, the read endpoint's loop and the backups loop only while
+//! it leads (`replica.rs`).
 
 use std::sync::Arc;
 
@@ -145,11 +145,18 @@ pub async fn serve_replicated(
                     Arc::new(move || me.leads_now())
                 }),
             );
+            // The read endpoint's loop too: its memory of what each slot
+            // was written with belongs to the term.
+            let reads = Arc::new(crate::read_endpoint::ReadEndpoints::new(
+                store.clone(),
+                hosts.clone(),
+            ));
             let cancel = CancellationToken::new();
             LeaderTasks {
                 cancel: cancel.clone(),
                 tasks: vec![
                     tokio::spawn(executor.run(cancel.clone())),
+                    tokio::spawn(reads.run(cancel.clone())),
                     tokio::spawn(backups.clone().run(cancel)),
                 ],
             }

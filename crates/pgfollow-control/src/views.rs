@@ -126,19 +126,41 @@ pub fn database_url(state: &State, app: &AppRecord, db: &DatabaseRecord) -> Stri
 pub const FOLLOWER_URL_VAR: &str = "DATABASE_FOLLOWER_URL";
 
 /// `DATABASE_FOLLOWER_URL`: the read endpoint, once the app's main
-/// database has followers and the endpoint has its port. Followers log in
-/// with their leader's role, so the URL carries its credentials.
+/// database has followers and the endpoint has its places, one on the host
+/// of each of the app's endpoints, in the same order. With several it is
+/// libpq's multi-host form, each host given 2 s to answer before the next
+/// is tried (as `DATABASE_URL`). Followers log in with their leader's role,
+/// so the URL carries its credentials.
 pub fn follower_url(state: &State, app: &AppRecord) -> Option<String> {
     let db = crate::endpoints::main_database(state, app)?;
-    let (host, port) = (app.read.host.as_ref()?, app.read.port?);
     if crate::read_endpoint::read_followers(state, &db.id).is_empty() {
         return None;
     }
+    let hosts: Vec<String> = app
+        .endpoints
+        .iter()
+        .filter_map(|ep| app.read.place_on(&ep.host))
+        .map(|p| {
+            format!(
+                "{}:{}",
+                url_host(&crate::provision::host_address(state, &p.host)),
+                p.port
+            )
+        })
+        .collect();
+    if hosts.is_empty() {
+        return None;
+    }
+    let attrs = if hosts.len() > 1 {
+        "?connect_timeout=2"
+    } else {
+        ""
+    };
     Some(format!(
-        "postgres://{}:{}@{}:{port}/{}",
+        "postgres://{}:{}@{}/{}{attrs}",
         db.owner.name,
         db.owner.password,
-        url_host(&crate::provision::host_address(state, host)),
+        hosts.join(","),
         db.database
     ))
 }

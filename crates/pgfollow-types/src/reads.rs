@@ -59,35 +59,90 @@ impl FromStr for MaxLag {
 /// The read endpoint of an app, on its app record. Catalogs written before
 /// there was one load with the defaults.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "ReadEndpointWire")]
 pub struct ReadEndpointRecord {
     /// None: [`DEFAULT_MAX_LAG`].
-    #[serde(default)]
     pub max_lag: Option<MaxLag>,
     /// With no follower serving, route reads to the leader instead of
     /// refusing connections.
-    #[serde(default)]
     pub fallback_to_leader: bool,
-    /// The host its PgBouncers run on and the port they share
-    /// (`SO_REUSEPORT`), once it has them.
-    #[serde(default)]
-    pub host: Option<String>,
-    #[serde(default)]
-    pub port: Option<u16>,
+    /// Where its PgBouncers run: one place on the host of each of the app's
+    /// endpoints, in the order `DATABASE_FOLLOWER_URL` lists them.
+    pub places: Vec<ReadPlace>,
+    /// The followers that served reads at the last decision (ids), and why
+    /// each other follower did not.
+    pub serving: Vec<String>,
+    pub out: BTreeMap<String, String>,
+}
+
+/// The read endpoint on one host: its PgBouncers share one port there
+/// (`SO_REUSEPORT`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadPlace {
+    pub host: String,
+    pub port: u16,
     /// One PgBouncer ("slot") per follower, by the follower's id: where it
     /// was last routed (a database id), `None` while it refuses.
     #[serde(default)]
     pub applied: BTreeMap<String, Option<String>>,
-    /// The followers that served reads at the last decision (ids), and why
-    /// each other follower did not.
+}
+
+/// [`ReadEndpointRecord`] as catalogs hold it, also those written while the
+/// read endpoint had one host (`host`, `port` and `applied` beside the
+/// rest), which load as its only place.
+#[derive(Deserialize)]
+struct ReadEndpointWire {
     #[serde(default)]
-    pub serving: Vec<String>,
+    max_lag: Option<MaxLag>,
     #[serde(default)]
-    pub out: BTreeMap<String, String>,
+    fallback_to_leader: bool,
+    #[serde(default)]
+    places: Vec<ReadPlace>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    applied: BTreeMap<String, Option<String>>,
+    #[serde(default)]
+    serving: Vec<String>,
+    #[serde(default)]
+    out: BTreeMap<String, String>,
+}
+
+impl From<ReadEndpointWire> for ReadEndpointRecord {
+    fn from(w: ReadEndpointWire) -> Self {
+        let mut places = w.places;
+        if let (true, Some(host), Some(port)) = (places.is_empty(), w.host, w.port) {
+            places.push(ReadPlace {
+                host,
+                port,
+                applied: w.applied,
+            });
+        }
+        Self {
+            max_lag: w.max_lag,
+            fallback_to_leader: w.fallback_to_leader,
+            places,
+            serving: w.serving,
+            out: w.out,
+        }
+    }
 }
 
 impl ReadEndpointRecord {
     pub fn limit(&self) -> MaxLag {
         self.max_lag.unwrap_or(DEFAULT_MAX_LAG)
+    }
+
+    /// Its place on `host`, if it has one.
+    pub fn place_on(&self, host: &str) -> Option<&ReadPlace> {
+        self.places.iter().find(|p| p.host == host)
+    }
+
+    /// Whether some slot has been started somewhere.
+    pub fn has_slots(&self) -> bool {
+        self.places.iter().any(|p| !p.applied.is_empty())
     }
 }
 
@@ -130,6 +185,30 @@ pub struct ServesReads {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_catalog_of_one_host_loads_as_one_place_and_is_written_as_places() {
+        let old = r#"{"max_lag":{"commits":1000},"host":"local","port":15893,
+            "applied":{"db-a":"db-a","db-b":null},"serving":["db-a"],"out":{"db-b":"preparing"}}"#;
+        let rec: ReadEndpointRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(rec.max_lag, Some(MaxLag::Commits(1000)));
+        assert_eq!(
+            rec.places,
+            vec![ReadPlace {
+                host: "local".into(),
+                port: 15893,
+                applied: [("db-a".into(), Some("db-a".into())), ("db-b".into(), None)].into(),
+            }]
+        );
+        assert!(rec.has_slots());
+        let written = serde_json::to_value(&rec).unwrap();
+        assert!(written.get("host").is_none(), "{written}");
+        let again: ReadEndpointRecord = serde_json::from_value(written).unwrap();
+        assert_eq!(again, rec);
+        // Never given a port: no place.
+        let none: ReadEndpointRecord = serde_json::from_str(r#"{"host":"local"}"#).unwrap();
+        assert!(none.places.is_empty() && !none.has_slots());
+    }
 
     #[test]
     fn max_lag_reads_commits_and_seconds() {

@@ -235,3 +235,176 @@ fn ha_the_first_endpoints_host_cut_off_leaves_database_url_working() {
         || psql_url(&direct, "select count(*) from t").status.success(),
     );
 }
+
+/// The read endpoint on a control plane on etcd (the leading replica runs
+/// its loop) has a place beside each of the app's endpoints, so
+/// `DATABASE_FOLLOWER_URL` lists two hosts, and every slot at either reads
+/// from a follower. Losing the host of the first place, a follower's host
+/// too (its link down), leaves reads working: psql goes on to the second
+/// host after the URL's connect timeout, the follower cut off is taken out,
+/// and the slot that routed to it moves to the one that serves. When the
+/// link returns, both serve again.
+#[test]
+fn ha_the_read_endpoint_has_a_place_beside_each_endpoint_and_outlives_a_host() {
+    let st = setup_with(&["h1", "h2", "h3"]);
+    let b = &st.b;
+    // As in the test above: sushi's database goes to h2, its endpoints to
+    // h3 (first) and h1, and its followers to h3 and h1.
+    b.cli(&["apps:create", "other"]).ok();
+    add_database(b, "other", "hobby-dev");
+    b.cli(&["apps:create", "sushi"]).ok();
+    add_database(b, "sushi", "standard-0");
+    add_follower(b, "sushi", "standard-0", "WHITE");
+    add_follower(b, "sushi", "standard-0", "WHITE");
+    b.cli(&["pg:wait", "--app", "sushi", "--timeout", "180"])
+        .ok();
+    let infos = info(b, "sushi");
+    let host_of = |color: &str| -> String {
+        infos.iter().find(|i| i["color"] == color).unwrap()["host"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let serving = || -> Vec<String> {
+        let white = b
+            .cli(&["pg:info", "WHITE", "--app", "sushi", "--json"])
+            .ok()
+            .json();
+        let mut v: Vec<String> = white["serving_reads"]
+            .as_array()
+            .map(|a| a.iter().map(|c| c.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let mut followers: Vec<String> = infos
+        .iter()
+        .filter(|i| i["color"] != "WHITE" && i["app"] == "sushi")
+        .map(|i| i["color"].as_str().unwrap().to_string())
+        .collect();
+    followers.sort();
+    assert_eq!(followers.len(), 2, "{infos:?}");
+    eventually(
+        Duration::from_secs(30),
+        "both followers serve reads",
+        || serving() == followers,
+    );
+
+    let url = config_get(b, "sushi", "DATABASE_FOLLOWER_URL");
+    let places = crate::hosts::listed(&url);
+    let app_url = config_get(b, "sushi", "DATABASE_URL");
+    let endpoints = crate::hosts::listed(&app_url);
+    let place_hosts: Vec<String> = places
+        .iter()
+        .map(|p| p.split(':').next().unwrap().to_string())
+        .collect();
+    let endpoint_hosts: Vec<String> = endpoints
+        .iter()
+        .map(|p| p.split(':').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        place_hosts, endpoint_hosts,
+        "a place beside each endpoint, in the same order: {url} / {app_url}"
+    );
+    assert!(url.ends_with("?connect_timeout=2"), "{url}");
+    // Every slot at either place reads from a follower.
+    for place in &places {
+        let direct = crate::hosts::only(&url, place);
+        for _ in 0..6 {
+            let out = psql_url(&direct, "select pg_is_in_recovery()").ok().stdout;
+            assert_eq!(
+                out.trim(),
+                "t",
+                "a read through {place} came from a follower"
+            );
+        }
+    }
+
+    let first = st
+        .hosts
+        .iter()
+        .find(|h| h.address == place_hosts[0])
+        .expect("the first place is on an agent's host");
+    let first_name = st
+        .hosts
+        .iter()
+        .zip(&st.agents)
+        .find(|(h, _)| h.address == first.address)
+        .map(|(_, a)| a.name.clone())
+        .unwrap();
+    let cut_follower = followers
+        .iter()
+        .find(|c| host_of(c) == first_name)
+        .cloned()
+        .expect("a follower runs on the first place's host");
+    assert_ne!(host_of("WHITE"), first_name, "the leader is elsewhere");
+    let kept: Vec<String> = followers
+        .iter()
+        .filter(|c| **c != cut_follower)
+        .cloned()
+        .collect();
+
+    st.net.cut(first).unwrap();
+    let cut = Instant::now();
+    eventually(
+        Duration::from_secs(30),
+        "only the follower on a host with its link up serves",
+        || serving() == kept,
+    );
+    eprintln!(
+        "read endpoint: {cut_follower} out {:.1} s after its host was cut off",
+        cut.elapsed().as_secs_f64()
+    );
+    // Then every new connection through the URL reads from that follower,
+    // by the second place.
+    let kept_port = crate::hosts::listed(&config_get(
+        b,
+        "sushi",
+        &format!("PGFOLLOW_POSTGRESQL_{}_URL", kept[0]),
+    ))[0]
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let mut tries = 0;
+    eventually(
+        Duration::from_secs(30),
+        "reads through DATABASE_FOLLOWER_URL all land on the follower that serves",
+        || {
+            tries += 1;
+            (0..4).all(|_| {
+                let start = Instant::now();
+                let out = psql_url(
+                    &url,
+                    "select pg_is_in_recovery()::text || inet_server_port()",
+                );
+                let took = start.elapsed();
+                assert!(took < Duration::from_secs(20), "a read took {took:?}");
+                out.status.success() && out.stdout.trim() == format!("true{kept_port}")
+            })
+        },
+    );
+    eprintln!(
+        "read endpoint: reads all on {} {:.1} s after the cut ({tries} rounds)",
+        kept[0],
+        cut.elapsed().as_secs_f64()
+    );
+
+    st.net.heal(first).unwrap();
+    eventually(
+        Duration::from_secs(40),
+        "both followers serve reads again",
+        || serving() == followers,
+    );
+    let direct = crate::hosts::only(&url, &places[0]);
+    eventually(
+        Duration::from_secs(20),
+        "the first place answers again",
+        || {
+            psql_url(&direct, "select pg_is_in_recovery()")
+                .stdout
+                .trim()
+                == "t"
+        },
+    );
+}

@@ -123,12 +123,12 @@ pub async fn destroy(
             let backups = crate::backups::forget_app(state, &app);
             let mut eps = rec.endpoints.clone();
             // The read endpoint's slots go too.
-            if let (Some(host), Some(port)) = (&rec.read.host, rec.read.port) {
-                eps.extend(rec.read.applied.keys().map(|slot| {
+            for place in &rec.read.places {
+                eps.extend(place.applied.keys().map(|slot| {
                     pgfollow_types::model::EndpointRecord {
                         id: crate::read_endpoint::slot_id(slot),
-                        host: host.clone(),
-                        port,
+                        host: place.host.clone(),
+                        port: place.port,
                         applied: None,
                         held_by: None,
                     }

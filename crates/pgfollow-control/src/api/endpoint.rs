@@ -78,7 +78,7 @@ fn read_view(
         app: app.to_string(),
         max_lag: a.read.limit(),
         fallback_to_leader: a.read.fallback_to_leader,
-        on_leader: serving.is_empty() && a.read.fallback_to_leader && !a.read.applied.is_empty(),
+        on_leader: serving.is_empty() && a.read.fallback_to_leader && a.read.has_slots(),
         serving,
         out: a
             .read

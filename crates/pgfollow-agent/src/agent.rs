@@ -418,11 +418,6 @@ impl Agent {
         Ok(self.cluster(id)?.checkpoint().await?)
     }
 
-    /// Leader side: ends the WAL segment; where its switch record ends.
-    pub async fn switch_wal(&self, id: &str) -> Result<Lsn, AgentError> {
-        Ok(self.cluster(id)?.switch_wal().await?)
-    }
-
     /// Ends recovery: the follower becomes writable.
     pub async fn promote(&self, id: &str) -> Result<(), AgentError> {
         Ok(self.cluster(id)?.promote().await?)

@@ -111,7 +111,6 @@ pub async fn dispatch(agent: &Agent, call: AgentCall) -> Result<serde_json::Valu
                 .await?,
         ),
         AgentCall::Checkpoint { id } => json(agent.checkpoint(&id).await?),
-        AgentCall::SwitchWal { id } => json(agent.switch_wal(&id).await?),
         AgentCall::Rewind { spec } => json(agent.rewind(&spec).await?),
         AgentCall::SetUpstream { spec } => json(agent.set_upstream(&spec).await?),
         AgentCall::Fence { id } => json(agent.fence(&id).await?),

@@ -497,11 +497,6 @@ impl AgentHandle {
         self.call(AgentCall::Checkpoint { id: id.into() }).await
     }
 
-    /// `pg_switch_wal()` on a leader: where its switch record ends.
-    pub async fn switch_wal(&self, id: &str) -> Result<Lsn, AgentError> {
-        self.call(AgentCall::SwitchWal { id: id.into() }).await
-    }
-
     /// Kills the cluster so it can take no write.
     pub async fn fence(&self, id: &str) -> Result<(), AgentError> {
         self.call(AgentCall::Fence { id: id.into() }).await

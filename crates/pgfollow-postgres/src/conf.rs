@@ -141,14 +141,6 @@ pub fn render_conf(spec: &ClusterSpec, socket_dir: &Path, passfile: &Path) -> St
             // on a follower delays replay instead (up to
             // max_standby_streaming_delay), as users of followers expect.
             ("hot_standby_feedback", "off".into()),
-            // A changeover promotes a follower where the old primary ended
-            // its WAL segment (`pg_switch_wal()`), so its new timeline
-            // starts with a new segment: zero-filling that (16 MB written
-            // and flushed) was most of the promotion (a median of 45 ms
-            // with it on, 13 ms off, on PostgreSQL 15 here). Off, new WAL files are
-            // sparse; a full disk then stops the follower at a WAL write
-            // (a PANIC) instead of at the file's creation.
-            ("wal_init_zero", "off".into()),
         ] {
             out.push_str(&format!("{name} = {value}\n"));
         }
@@ -548,7 +540,6 @@ mod tests {
             "primary_conninfo",
             "primary_slot_name",
             "hot_standby_feedback",
-            "wal_init_zero",
         ] {
             assert_eq!(setting(&conf, name), None, "{name}");
         }
@@ -566,7 +557,6 @@ mod tests {
             Some("'follower_charcoal_1'")
         );
         assert_eq!(setting(&conf, "hot_standby_feedback"), Some("off"));
-        assert_eq!(setting(&conf, "wal_init_zero"), Some("off"));
         assert_eq!(setting(&conf, "hot_standby"), Some("on"));
         let raw = guc_unquote(setting(&conf, "primary_conninfo").unwrap());
         for part in [

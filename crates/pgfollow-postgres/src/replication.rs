@@ -262,22 +262,6 @@ impl Cluster {
     /// directory that is not a standby's: that needs a new base backup.
     /// Runs `CHECKPOINT`: after a promotion, makes the new timeline durable
     /// in the control file, so the fork can be copied and followed.
-    /// `pg_switch_wal()`: ends the current WAL segment (the switch record
-    /// is flushed at once) and answers where the switch record ends; a
-    /// follower that has replayed it reports the start of the next segment.
-    /// With nothing written since the last switch it answers the current
-    /// position.
-    pub async fn switch_wal(&self) -> Result<Lsn, PgError> {
-        let row = self
-            .connect("postgres")
-            .await?
-            .query_one("SELECT pg_switch_wal()::text", &[])
-            .await
-            .map_err(PgError::sql("switching WAL segments"))?;
-        let text: String = row.try_get(0).map_err(PgError::sql("reading an LSN"))?;
-        parse_lsn(&text)
-    }
-
     pub async fn checkpoint(&self) -> Result<(), PgError> {
         self.connect("postgres")
             .await?

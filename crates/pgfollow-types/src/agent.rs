@@ -433,13 +433,6 @@ pub enum AgentCall {
     Checkpoint {
         id: String,
     },
-    /// A leader ends its WAL segment (`pg_switch_wal()`) and answers where
-    /// the switch record ends: a follower that has replayed to there has
-    /// every commit, and a promotion there starts its timeline in a fresh
-    /// segment (nothing to copy).
-    SwitchWal {
-        id: String,
-    },
     Rewind {
         spec: ClusterSpec,
     },
@@ -680,7 +673,6 @@ impl AgentCall {
             AgentCall::Promote { .. } => "promote",
             AgentCall::PromoteAt { .. } => "promote_at",
             AgentCall::Checkpoint { .. } => "checkpoint",
-            AgentCall::SwitchWal { .. } => "switch_wal",
             AgentCall::Rewind { .. } => "rewind",
             AgentCall::SetUpstream { .. } => "set_upstream",
             AgentCall::Fence { .. } => "fence",

@@ -190,17 +190,14 @@ impl Job {
         })
     }
 
-    /// Has the old primary end its WAL segment (`pg_switch_wal()`: every
-    /// commit it acknowledged is before the switch, and the freeze lets no
-    /// new one through the endpoint), and the follower's agent promote it
-    /// the moment it has replayed to where the next segment starts: one
-    /// call, looking every millisecond. Promoted at a segment boundary, the
-    /// follower starts its new timeline in a fresh segment (which followers
-    /// do not zero-fill, `wal_init_zero = off`) instead of copying the last
-    /// one (WAL written after the switch, as a checkpoint's, only costs
-    /// that copy again). A follower that does not get there within
-    /// [`FAST_CATCH_UP`] (far behind) is waited for by counting the commits
-    /// it lacks until there are none, then promoted. Records the "catch up" and "promote" steps; an
+    /// Reads where the old primary has flushed its WAL (every commit it
+    /// acknowledged is before it, and the freeze lets no new one through
+    /// the endpoint), and has the follower's agent promote it the moment it
+    /// has replayed that far: one call, looking every millisecond. A
+    /// follower that does not get there within [`FAST_CATCH_UP`] (far
+    /// behind, or the primary's WAL ends in a record flushed only in part)
+    /// is waited for by counting the commits it lacks until there are
+    /// none, then promoted. Records the "catch up" and "promote" steps; an
     /// `Err` is why the changeover gives up.
     async fn catch_up_and_promote(
         &mut self,
@@ -214,17 +211,14 @@ impl Job {
             (Ok(l), Ok(f)) => (l, f),
             (Err(e), _) | (_, Err(e)) => return Err(e.message),
         };
-        // The old primary ends its WAL segment: every commit it took is
-        // before the switch, and a follower promoted right there starts
-        // its timeline in a new segment, with no copy of the last one
-        // (writing and flushing 16 MB was most of a promotion).
-        let switched = leader
-            .switch_wal(&old.id)
+        let flushed = leader
+            .commits_since(&old.id, crate::lag::PAST_THE_END, 0)
             .await
-            .map_err(|e| format!("cannot end {}'s WAL segment: {e}", old.color))?;
+            .map_err(|e| format!("cannot read where {} has flushed: {e}", old.color))?
+            .current;
         let read_at = Instant::now();
         let fast = follower
-            .promote_at(&target.id, switched, FAST_CATCH_UP)
+            .promote_at(&target.id, flushed, FAST_CATCH_UP)
             .await
             .map_err(|e| format!("promoting {} failed: {e}", target.color))?;
         if fast.promoted {
@@ -234,7 +228,7 @@ impl Job {
                 name: "catch up".into(),
                 millis: catch_up,
                 detail: format!(
-                    "{} replayed to {switched}, where {} ended its WAL segment ({} looks)",
+                    "{} replayed to {flushed}, where {} had flushed ({} looks)",
                     target.color, old.color, fast.catch_up_polls
                 ),
             });

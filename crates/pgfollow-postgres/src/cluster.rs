@@ -26,6 +26,17 @@ use crate::pidfile::{self, PostmasterPid};
 use crate::process;
 use crate::user::OsUser;
 
+/// The WAL segment size of new clusters, in MB (PostgreSQL's default is
+/// 16). A follower promoted where its leader's WAL ends mid-segment (every
+/// changeover and failover) starts its new timeline by copying that
+/// segment, all of it, and flushing it: with 16 MB that was most of a
+/// promotion here (a median of 85 ms of PostgreSQL 15's promotion on this
+/// disk, 17 ms with 1 MB). The price is sixteen times as many WAL files,
+/// each archived on its own once the database is protected. A follower's
+/// base backup keeps its leader's size, and `pg:upgrade` the old
+/// cluster's; clusters made with 16 MB keep it.
+pub const WAL_SEGMENT_MB: u32 = 1;
+
 /// How long `pg_ctl` may wait for the server to start or stop.
 const PG_CTL_WAIT_SECS: u64 = 60;
 /// How long `initdb` may take.
@@ -186,7 +197,8 @@ impl Cluster {
         files::ensure_dir(&self.root.join("log"), 0o700, &self.user)
     }
 
-    /// `initdb` into `pgdata.init`, then rename it to `pgdata`.
+    /// `initdb` into `pgdata.init` (WAL segments of [`WAL_SEGMENT_MB`]),
+    /// then rename it to `pgdata`.
     async fn initdb(&self) -> Result<(), PgError> {
         self.clear_leftovers()?;
         let pgdata = self.pgdata();
@@ -201,7 +213,8 @@ impl Cluster {
                 "--auth-local=trust",
                 "--auth-host=scram-sha-256",
             ])
-            .args(["-E", "UTF8", &locale, "--no-instructions"]);
+            .args(["-E", "UTF8", &locale, "--no-instructions"])
+            .arg(format!("--wal-segsize={WAL_SEGMENT_MB}"));
         tracing::info!(root = %self.root.display(), "initdb");
         if let Err(e) = process::run(cmd, "initdb", INITDB_TIMEOUT).await {
             let _ = remove_tree(&init);

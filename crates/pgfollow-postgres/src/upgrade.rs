@@ -48,8 +48,16 @@ fn major_of(pgdata: &Path) -> Option<u32> {
 }
 
 impl Cluster {
-    /// `initdb` of `new` into `dir`, like the cluster's own.
-    async fn initdb_into(&self, new: &PgBinaries, dir: &Path) -> Result<(), PgError> {
+    /// `initdb` of `new` into `dir`, like the cluster's own, with the WAL
+    /// segment size of `old_dir` (pg_upgrade needs both alike; clusters
+    /// made before [`crate::cluster::WAL_SEGMENT_MB`] have 16 MB).
+    async fn initdb_into(
+        &self,
+        new: &PgBinaries,
+        dir: &Path,
+        old_dir: &Path,
+    ) -> Result<(), PgError> {
+        let segment_mb = self.wal_segment_mb(old_dir).await?;
         remove_tree(dir)?;
         let locale = format!("--locale={}", process::locale());
         let mut cmd = process::command(new, self.user(), "initdb", self.root());
@@ -61,7 +69,8 @@ impl Cluster {
                 "--auth-local=trust",
                 "--auth-host=scram-sha-256",
             ])
-            .args(["-E", "UTF8", &locale, "--no-instructions"]);
+            .args(["-E", "UTF8", &locale, "--no-instructions"])
+            .arg(format!("--wal-segsize={segment_mb}"));
         // pg_upgrade needs both sides alike: clusters before 18 were made
         // without data checksums, which PostgreSQL 18's initdb turns on.
         if new.major >= 18 && self.binaries().major < 18 {
@@ -70,6 +79,21 @@ impl Cluster {
         process::run(cmd, "initdb (for pg_upgrade)", Duration::from_secs(300))
             .await
             .map(|_| ())
+    }
+
+    /// The WAL segment size of the (stopped) data directory `pgdata`, in
+    /// MB, as `pg_controldata` reads it from its control file.
+    async fn wal_segment_mb(&self, pgdata: &Path) -> Result<u32, PgError> {
+        let mut cmd = process::command(self.binaries(), self.user(), "pg_controldata", self.root());
+        cmd.arg("-D").arg(pgdata).env("LC_ALL", "C");
+        let out = process::run(cmd, "pg_controldata", Duration::from_secs(60)).await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        segment_mb_of(&text).ok_or_else(|| {
+            PgError::Unexpected(format!(
+                "pg_controldata of {} names no WAL segment size",
+                pgdata.display()
+            ))
+        })
     }
 
     /// `pg_upgrade --copy` from `old_dir` (stopped cleanly, binaries of
@@ -143,10 +167,19 @@ impl Cluster {
         // tool itself, then the servers it started (the old one is this
         // cluster's postmaster, which `stop` ends).
         process::kill_leftovers(&["pg_upgrade", "initdb"], self.root());
-        if self.postmaster().is_none() {
+        // The column stamps go over the cluster's own socket. A postmaster
+        // that does not answer there is the old server an interrupted
+        // pg_upgrade started (on a socket of its own): stopped, then the
+        // cluster is started as itself.
+        let stripped = match self.postmaster() {
+            Some(_) => strip_column_stamps(&self.socket_dir(), port).await,
+            None => Err(PgError::Unexpected("not running".into())),
+        };
+        if stripped.is_err() {
+            self.stop(StopMode::Fast).await?;
             self.start().await?;
+            strip_column_stamps(&self.socket_dir(), port).await?;
         }
-        strip_column_stamps(&self.socket_dir(), port).await?;
         self.stop(StopMode::Fast).await?;
         process::kill_leftovers(&["postgres", "pg_ctl"], &staged);
         // No archiving while pg_upgrade runs the old server: the upgraded
@@ -155,7 +188,7 @@ impl Cluster {
         if archive.exists() {
             fs::remove_file(&archive).map_err(|e| PgError::io("removing", &archive, e))?;
         }
-        self.initdb_into(new, &staged).await?;
+        self.initdb_into(new, &staged, &pgdata).await?;
         let took = self
             .pg_upgrade(new, &pgdata, &staged, &self.root().join(WORK_DIR), port)
             .await?;
@@ -242,7 +275,7 @@ impl Cluster {
             .await?;
         let copy = started.elapsed();
         let new_dir = dir.join("new");
-        self.initdb_into(new, &new_dir).await?;
+        self.initdb_into(new, &new_dir, &old_copy).await?;
         let upgrade = self
             .pg_upgrade(new, &old_copy, &new_dir, &dir.join("work"), port)
             .await?;
@@ -332,4 +365,36 @@ fn pg_upgrade_log_tail(new_dir: &Path, work: &Path) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `Bytes per WAL segment:  16777216` of `pg_controldata`'s output, in MB.
+fn segment_mb_of(controldata: &str) -> Option<u32> {
+    let bytes: u64 = controldata
+        .lines()
+        .find_map(|l| l.strip_prefix("Bytes per WAL segment:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    u32::try_from(bytes / (1024 * 1024))
+        .ok()
+        .filter(|mb| *mb > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_segment_size_is_read_from_pg_controldata() {
+        let out = "pg_control version number:            1300\n\
+                   Bytes per WAL segment:                16777216\n\
+                   Maximum data alignment:               8\n";
+        assert_eq!(segment_mb_of(out), Some(16));
+        assert_eq!(
+            segment_mb_of("Bytes per WAL segment:                1048576\n"),
+            Some(1)
+        );
+        assert_eq!(segment_mb_of("Maximum data alignment: 8\n"), None);
+        assert_eq!(segment_mb_of("Bytes per WAL segment: many\n"), None);
+    }
 }

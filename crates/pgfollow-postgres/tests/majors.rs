@@ -106,10 +106,20 @@ async fn an_18_cluster_runs_as_the_os_user_with_pg_walinspect() {
         .get(0);
     assert!(v.starts_with("18."), "{v}");
     // The commit count behind followers needs pg_walinspect (contrib).
+    let from: pgfollow_types::Lsn = c
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap();
+    c.batch_execute("CREATE TABLE counted (id int); INSERT INTO counted VALUES (1)")
+        .await
+        .unwrap();
     let n = r
         .cluster
         .commits_since(
-            pgfollow_types::Lsn(0x0100_0000),
+            from,
             1 << 20,
             &pgfollow_postgres::CommitCache::default(),
         )

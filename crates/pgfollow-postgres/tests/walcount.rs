@@ -17,7 +17,8 @@ use pgfollow_postgres::{Cluster, CommitCache, PgError};
 use pgfollow_types::Lsn;
 use tempfile::TempDir;
 
-const SEGMENT: u64 = 16 * 1024 * 1024;
+/// The WAL segment size of the clusters the tests make.
+const SEGMENT: u64 = pgfollow_postgres::cluster::WAL_SEGMENT_MB as u64 * 1024 * 1024;
 
 struct Leader {
     cluster: Cluster,
@@ -141,7 +142,7 @@ async fn commits_are_counted_exactly_across_segments_cold_and_warm() {
     expected += 1;
     let end = flush_lsn(&su).await;
     assert!(
-        end.bytes_since(start) > 3 * 16 * 1024 * 1024,
+        end.bytes_since(start) > 3 * SEGMENT,
         "the load spans several segments: {start}..{end}"
     );
     assert_eq!(truth(&su, start, end).await, expected);

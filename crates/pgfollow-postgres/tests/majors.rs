@@ -118,11 +118,7 @@ async fn an_18_cluster_runs_as_the_os_user_with_pg_walinspect() {
         .unwrap();
     let n = r
         .cluster
-        .commits_since(
-            from,
-            1 << 20,
-            &pgfollow_postgres::CommitCache::default(),
-        )
+        .commits_since(from, 1 << 20, &pgfollow_postgres::CommitCache::default())
         .await
         .unwrap();
     assert!(n.commits > 0, "{n:?}");

@@ -43,7 +43,27 @@ impl AgentProcess {
             &server.token(),
             Some(ports),
             name,
-            zone,
+            zone_args(zone),
+            None,
+        )
+    }
+
+    /// [`AgentProcess::start`] with only the PostgreSQL of `pg_bin`
+    /// (`--pg-bin`): a host that has one major.
+    pub fn start_with_pg_bin(
+        bin: &Path,
+        server: &Server,
+        name: &str,
+        pg_bin: &Path,
+    ) -> anyhow::Result<Self> {
+        let ports = server.ports();
+        Self::start_full(
+            bin,
+            &server.url,
+            &server.token(),
+            Some(ports),
+            name,
+            vec!["--pg-bin".into(), pg_bin.display().to_string()],
             None,
         )
     }
@@ -63,7 +83,7 @@ impl AgentProcess {
             &server.token(),
             None,
             name,
-            zone,
+            zone_args(zone),
             Some(host.clone()),
         )
     }
@@ -77,7 +97,7 @@ impl AgentProcess {
         name: &str,
         zone: Option<&str>,
     ) -> anyhow::Result<Self> {
-        Self::start_full(bin, control, token, None, name, zone, None)
+        Self::start_full(bin, control, token, None, name, zone_args(zone), None)
     }
 
     /// [`AgentProcess::start_with_control`] on `host` (a network namespace).
@@ -88,18 +108,26 @@ impl AgentProcess {
         name: &str,
         host: &crate::NetHost,
     ) -> anyhow::Result<Self> {
-        Self::start_full(bin, control, token, None, name, None, Some(host.clone()))
+        Self::start_full(
+            bin,
+            control,
+            token,
+            None,
+            name,
+            Vec::new(),
+            Some(host.clone()),
+        )
     }
 
     /// `ports`: the agent's `--pg-ports` (agents on loopback share its
-    /// ports: a test gives them its own range).
+    /// ports: a test gives them its own range); `extra`: more arguments.
     fn start_full(
         bin: &Path,
         control: &str,
         token: &str,
         ports: Option<(u16, u16)>,
         name: &str,
-        zone: Option<&str>,
+        extra: Vec<String>,
         host: Option<crate::NetHost>,
     ) -> anyhow::Result<Self> {
         let root = tempfile::Builder::new()
@@ -125,9 +153,7 @@ impl AgentProcess {
         if let Some((lo, hi)) = ports {
             args.extend(["--pg-ports".to_string(), format!("{lo}-{hi}")]);
         }
-        if let Some(z) = zone {
-            args.extend(["--zone".to_string(), z.to_string()]);
-        }
+        args.extend(extra);
         let mut agent = Self {
             bin: bin.to_path_buf(),
             host,
@@ -227,6 +253,12 @@ impl AgentProcess {
             .filter(|pid| kill(Pid::from_raw(*pid), None).is_ok())
             .collect()
     }
+}
+
+/// `--zone ZONE`, when there is one.
+fn zone_args(zone: Option<&str>) -> Vec<String> {
+    zone.map(|z| vec!["--zone".to_string(), z.to_string()])
+        .unwrap_or_default()
 }
 
 impl Drop for AgentProcess {

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::common::*;
-use pgfollow_testkit::Server;
+use pgfollow_testkit::{AgentProcess, Server};
 
 pub const PG15_BIN: &str = "/usr/lib/postgresql/15/bin";
 pub const PG18_BIN: &str = "/opt/pgfollow/postgresql/18/bin";
@@ -186,39 +186,9 @@ fn versions_a_follower_is_refused_when_no_host_up_has_its_leaders_major() {
         Path::new(PG18_BIN).join("postgres").is_file(),
         "run scripts/install-deps: {PG18_BIN} is missing"
     );
-    let mut agent = std::process::Command::new(bin());
-    let dir = tempfile::Builder::new()
-        .prefix("pgfollow-agent-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    }
-    let child = agent
-        .args([
-            "agent",
-            "--name",
-            "h18",
-            "--control",
-            &s.url,
-            "--token",
-            &token(&s),
-        ])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--pg-bin",
-            PG18_BIN,
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut guard = AgentGuard { child, dir };
+    // Its PostgreSQL and PgBouncer go with it, also when the test fails.
+    let mut agent = AgentProcess::start_with_pg_bin(bin(), &s, "h18", Path::new(PG18_BIN))
+        .expect("the 18 host's agent starts");
     eventually(
         std::time::Duration::from_secs(30),
         "the 18 host registers",
@@ -239,8 +209,7 @@ fn versions_a_follower_is_refused_when_no_host_up_has_its_leaders_major() {
         .json();
     assert_eq!(i["host"], "h18", "{i}");
     // The 18 host goes away: local (15 only) may not take the follower.
-    let _ = guard.child.kill(); // SIGKILL
-    let _ = guard.child.wait();
+    agent.signal(nix::sys::signal::Signal::SIGKILL);
     eventually(
         std::time::Duration::from_secs(30),
         "the 18 host is down",
@@ -269,46 +238,5 @@ fn versions_a_follower_is_refused_when_no_host_up_has_its_leaders_major() {
         "{}",
         e.stderr
     );
-    drop(guard);
-}
-
-/// Stops what the hand-started agent left behind (its postgres outlives a
-/// killed agent), also when the test fails; then its directory goes.
-struct AgentGuard {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for AgentGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let clusters = self.dir.path().join("data/clusters");
-        for entry in std::fs::read_dir(&clusters).into_iter().flatten().flatten() {
-            let pgdata = entry.path().join("pgdata");
-            if pgdata.join("postmaster.pid").exists() {
-                let _ = std::process::Command::new(Path::new(PG18_BIN).join("pg_ctl"))
-                    .args(["stop", "-m", "immediate", "-w", "-D"])
-                    .arg(&pgdata)
-                    .uid_postgres()
-                    .status();
-            }
-        }
-    }
-}
-
-trait AsPostgres {
-    fn uid_postgres(&mut self) -> &mut Self;
-}
-
-impl AsPostgres for std::process::Command {
-    fn uid_postgres(&mut self) -> &mut Self {
-        use std::os::unix::process::CommandExt;
-        if nix::unistd::geteuid().is_root() {
-            if let Ok(Some(u)) = nix::unistd::User::from_name("postgres") {
-                self.uid(u.uid.as_raw()).gid(u.gid.as_raw());
-            }
-        }
-        self.current_dir("/")
-    }
+    drop(agent);
 }

@@ -167,21 +167,19 @@ impl Cluster {
         // tool itself, then the servers it started (the old one is this
         // cluster's postmaster, which `stop` ends).
         process::kill_leftovers(&["pg_upgrade", "initdb"], self.root());
+        process::kill_leftovers(&["postgres", "pg_ctl"], &staged);
         // The column stamps go over the cluster's own socket. A postmaster
         // that does not answer there is the old server an interrupted
-        // pg_upgrade started (on a socket of its own): stopped, then the
-        // cluster is started as itself.
-        let stripped = match self.postmaster() {
-            Some(_) => strip_column_stamps(&self.socket_dir(), port).await,
-            None => Err(PgError::Unexpected("not running".into())),
-        };
-        if stripped.is_err() {
+        // pg_upgrade started on a socket of its own: it is stopped and the
+        // cluster started as itself.
+        if self.postmaster().is_none()
+            || strip_column_stamps(&self.socket_dir(), port).await.is_err()
+        {
             self.stop(StopMode::Fast).await?;
             self.start().await?;
             strip_column_stamps(&self.socket_dir(), port).await?;
         }
         self.stop(StopMode::Fast).await?;
-        process::kill_leftovers(&["postgres", "pg_ctl"], &staged);
         // No archiving while pg_upgrade runs the old server: the upgraded
         // database is a new lineage with a stanza of its own.
         let archive = self.root().join(conf::ARCHIVE_CONF);

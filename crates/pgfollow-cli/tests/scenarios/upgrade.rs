@@ -207,12 +207,20 @@ fn an_upgrade_interrupted_by_a_killed_serve_finishes_after_the_restart() {
         "sushi",
     ])
     .failed();
-    // pg_upgrade is running once its working directory is there.
+    // Killed while pg_upgrade's own server runs (the old one, on the data
+    // directory, listening only in pg_upgrade's working directory): the
+    // restart must stop it before it can use the cluster.
     let dir = cluster_dir_of(&s, "sushi", "WHITE");
     eventually(
         std::time::Duration::from_secs(60),
-        "pg_upgrade has started",
-        || dir.join("upgrade").exists(),
+        "pg_upgrade has started the old server",
+        || {
+            std::fs::read_dir(dir.join("upgrade"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".s.PGSQL."))
+        },
     );
     s.kill9();
     s.restart().unwrap();

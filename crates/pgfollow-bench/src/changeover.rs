@@ -30,6 +30,8 @@ use crate::writers::{self, median, ms, Seen, Writers};
 
 /// The issue's target for the longest pause of `pg:changeover`.
 const PAUSE_MAX: Duration = Duration::from_millis(300);
+/// The issue's target for the median pause of `pg:changeover`.
+const PAUSE_MEDIAN: Duration = Duration::from_millis(45);
 /// The issue's target for the longest pause of a major-version changeover.
 const MAJOR_PAUSE_MAX: Duration = Duration::from_millis(500);
 /// Where the two majors of the major-version runs are.
@@ -62,6 +64,10 @@ pub struct Options {
     /// Runs of `pg:changeover` from PostgreSQL 15 to a logical follower on 18
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=50))]
     pub major_runs: u32,
+    /// PostgreSQL major of the ordinary runs' databases (default: the
+    /// server's default major; 15 with --major-runs)
+    #[arg(long, value_name = "MAJOR", value_parser = ["15", "18"])]
+    pub pg_version: Option<String>,
     /// Concurrent writers, each on its own connection
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub writers: u32,
@@ -152,7 +158,10 @@ async fn pgfollow_runs(
     runs: &mut Vec<Run>,
 ) -> anyhow::Result<()> {
     pf.cli(&["apps:create", APP]).await?;
-    let version = (opts.major_runs > 0).then_some("15");
+    let version = match &opts.pg_version {
+        Some(v) => Some(v.as_str()),
+        None => (opts.major_runs > 0).then_some("15"),
+    };
     let (mut primary, _) = pf.create_version(&opts.plan, None, version).await?;
     pf.wait(&primary).await?;
     let mut main_url = config_var(api, "DATABASE_URL").await?;
@@ -162,12 +171,12 @@ async fn pgfollow_runs(
         (Method::Manual, opts.manual_runs),
         (Method::Major, opts.major_runs),
     ];
-    // Whether the primary runs 18 (after a major run): the next major run
-    // needs a 15 one again.
-    let mut on_18 = false;
+    // Whether the primary runs 18 (asked for, or after a major run): a
+    // major run needs a 15 one again.
+    let mut on_18 = version == Some("18");
     for (method, count) in plan {
         for n in 1..=count {
-            if on_18 {
+            if on_18 && method == Method::Major {
                 primary = fresh_15_primary(pf, api, opts, &primary).await?;
                 // Its owner is another role: DATABASE_URL changed with it.
                 main_url = config_var(api, "DATABASE_URL").await?;
@@ -271,6 +280,7 @@ fn route_parts(detail: &str) -> String {
         ("config write ", "config"),
         ("RELOAD ", "RELOAD"),
         ("RESUME ", "RESUME"),
+        ("is writable: ", "pg_promote() until writable"),
     ]
     .iter()
     .filter_map(|(key, label)| Some(format!("{label} {}", after(key)?)))
@@ -387,13 +397,18 @@ fn describe(r: &Run, seen: &Seen) -> String {
 fn render(opts: &Options, runs: &[Run], took: Duration) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut out = format!(
-        "pgfollow changeover benchmark: {} databases, {} writers committing single-row inserts \
+        "pgfollow changeover benchmark: {} databases on PostgreSQL {}, {} writers committing single-row inserts \
          through DATABASE_URL (PgBouncer, transaction mode, simple protocol), {cores} cores, {:.0} s in all\n\
          longest pause = the longest time in which no writer got a commit acknowledged, from {} s \
          before the switch to {} s after it\n\
          failed = attempts that got an error (writers reconnect after {} ms); lost = acknowledged \
          inserts missing on the new primary (read directly)\n\n",
         opts.plan,
+        match (&opts.pg_version, opts.major_runs) {
+            (Some(v), _) => v.as_str(),
+            (None, 0) => "the server's default major",
+            (None, _) => "15",
+        },
         opts.writers,
         took.as_secs_f64(),
         WARM_UP.as_secs(),
@@ -458,6 +473,15 @@ fn render(opts: &Options, runs: &[Run], took: Duration) -> String {
             ours.len(),
             PAUSE_MAX.as_millis()
         ));
+        if let Some(m) = median(&ours.iter().map(|r| r.pause).collect::<Vec<_>>()) {
+            out.push_str(&format!(
+                "{} pg:changeover median pause: {} ms over {} runs, target ≤ {} ms\n",
+                verdict(m <= PAUSE_MEDIAN),
+                ms(m),
+                ours.len(),
+                PAUSE_MEDIAN.as_millis()
+            ));
+        }
         out.push_str(&format!(
             "{} pg:changeover failed transactions: {failed}, target 0\n",
             verdict(failed == 0)

@@ -53,8 +53,9 @@ const COMMIT_RECORDS: &str = "('Transaction/COMMIT', 'Transaction/COMMIT_PREPARE
 /// on where this one stopped. About 2.5 GB of WAL at 0.6 ms per MB.
 pub const COUNT_BUDGET: Duration = Duration::from_millis(1500);
 
-/// Entries the cache holds at most (two per 16 MB segment: 100k entries
-/// cover 800 GB of WAL in a few megabytes of memory).
+/// Entries the cache holds at most (two per segment: 100k entries cover
+/// 50 GB of WAL in 1 MB segments, 800 GB in 16 MB ones, in a few megabytes
+/// of memory).
 pub const MAX_ENTRIES: usize = 100_000;
 
 /// The first window searched for the oldest commit; each next one is 8x.

@@ -179,7 +179,8 @@ pub fn info_block(db: &DatabaseInfo) -> String {
     }
     if let Some(r) = &db.serves_reads {
         let label = match (&r.serves, &r.why) {
-            (true, _) => "Yes".to_string(),
+            (true, Some(why)) => format!("Yes ({why})"),
+            (true, None) => "Yes".to_string(),
             (false, Some(why)) => format!("No ({why})"),
             (false, None) => "No".to_string(),
         };

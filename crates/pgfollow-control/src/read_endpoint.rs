@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hosts::{AgentError, AgentHandle, Hosts};
 use crate::provision::host_address;
-use crate::reads::{decide, gone_slots, layout, slot_step, Decision, FollowerSeen, LagSeen};
+use crate::reads::{
+    decide, gone_slots, layout, slot_step, Decision, FollowerSeen, LagSeen, Unmeasured,
+};
 use crate::reads::{Route, SlotStep, MOVE_HOLD};
 use crate::store::Store;
 
@@ -155,6 +157,7 @@ impl ReadEndpoints {
             app.read.limit(),
             &leader.id,
             app.read.fallback_to_leader,
+            &app.read.serving,
         );
         self.log_decision(state, app, &d);
         let runs = app.read.places.iter().map(|place| {
@@ -205,14 +208,17 @@ impl ReadEndpoints {
                         more_than: l.more_than,
                         seconds: l.seconds,
                     }),
-                    Ok(Err(e)) => Err(e.message),
-                    Err(_) => Err(format!(
-                        "Behind By not measured within {} s",
-                        MEASURE_LIMIT.as_secs()
-                    )),
+                    Ok(Err(e)) => Err(self.whose_silence(f, e.message).await),
+                    Err(_) => {
+                        let why = format!(
+                            "Behind By not measured within {} s",
+                            MEASURE_LIMIT.as_secs()
+                        );
+                        Err(self.whose_silence(f, why).await)
+                    }
                 }
             } else {
-                Err("not measured".into())
+                Err(Unmeasured::Down("not measured".into()))
             };
             FollowerSeen {
                 id: f.id.clone(),
@@ -221,6 +227,19 @@ impl ReadEndpoints {
             }
         });
         futures_util::future::join_all(runs).await
+    }
+
+    /// Behind By of `f` failed (`why`): asks the follower alone whether it
+    /// answers, which makes it the leader that did not.
+    async fn whose_silence(&self, f: &DatabaseRecord, why: String) -> Unmeasured {
+        let asked = async {
+            let agent = self.hosts.agent(&f.host).map_err(|e| e.message)?;
+            agent.replay_status(&f.id).await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(MEASURE_LIMIT, asked).await {
+            Ok(Ok(_)) => Unmeasured::LeaderSilent(why),
+            Ok(Err(_)) | Err(_) => Unmeasured::Down(why),
+        }
     }
 
     fn log_decision(&self, state: &State, app: &AppRecord, d: &Decision) {
@@ -233,7 +252,12 @@ impl ReadEndpoints {
         let sentence =
             crate::reads::sentence(app.name.as_str(), d, &names, app.read.fallback_to_leader);
         // The same set with other numbers is no news.
-        let key = format!("{:?} {:?}", d.serving, d.out.keys().collect::<Vec<_>>());
+        let key = format!(
+            "{:?} {:?} {:?}",
+            d.serving,
+            d.unmeasured.keys().collect::<Vec<_>>(),
+            d.out.keys().collect::<Vec<_>>()
+        );
         let mut said = crate::executor::lock(&self.said);
         if said.get(app.name.as_str()) != Some(&key) {
             said.insert(app.name.to_string(), key);
@@ -342,10 +366,10 @@ impl ReadEndpoints {
             now.get(&p.host)
                 .is_none_or(|a| *a == p.applied && !retiring.contains(&p.host))
         });
-        if unchanged && d.serving == r.serving && d.out == r.out {
+        if unchanged && d.serving == r.serving && d.out == r.out && d.unmeasured == r.unmeasured {
             return;
         }
-        let (serving, out) = (d.serving.clone(), d.out.clone());
+        let (serving, out, unmeasured) = (d.serving.clone(), d.out.clone(), d.unmeasured.clone());
         if let Err(e) = self.store.update(|s| {
             if let Some(a) = s.apps.get_mut(app.name.as_str()) {
                 for p in &mut a.read.places {
@@ -358,6 +382,7 @@ impl ReadEndpoints {
                     .retain(|p| !(retiring.contains(&p.host) && p.applied.is_empty()));
                 a.read.serving = serving.clone();
                 a.read.out = out.clone();
+                a.read.unmeasured = unmeasured.clone();
             }
             Ok(())
         }) {
@@ -405,7 +430,7 @@ async fn take_step(
         SlotStep::Apply => {
             agent.endpoint_apply(spec).await?;
         }
-        SlotStep::Move => {
+        SlotStep::Move { and_apply } => {
             let moved = async {
                 agent
                     .endpoint_hold(&spec.id, &spec.dbname, MOVE_HOLD)
@@ -419,6 +444,9 @@ async fn take_step(
                 let _ = agent.endpoint_resume(&spec.id, &spec.dbname).await;
             }
             moved?;
+            if and_apply {
+                agent.endpoint_apply(spec).await?;
+            }
         }
         SlotStep::ApplyAndUnblock => {
             agent.endpoint_apply(spec).await?;
@@ -477,10 +505,10 @@ pub fn serves_reads(
     }
     let app = app_reading_from(state, leader)?;
     let serves = app.read.serving.contains(&db.id);
-    let why = match app.read.out.get(&db.id) {
-        Some(w) => Some(w.clone()),
-        None if !serves => Some("not judged yet".into()),
-        None => None,
+    let why = match (app.read.out.get(&db.id), app.read.unmeasured.get(&db.id)) {
+        (Some(w), _) => Some(w.clone()),
+        (None, _) if !serves => Some("not judged yet".into()),
+        (None, w) => w.cloned(),
     };
     Some(pgfollow_types::reads::ServesReads { serves, why })
 }

@@ -1,7 +1,8 @@
 //! What the read endpoint (`DATABASE_FOLLOWER_URL`) should do, decided
 //! purely: which of an app's followers serve reads ([`judge`]: preparing,
-//! down, or past the lag limit is out; back in once within it again), and
-//! where each of its PgBouncers routes ([`routes`]). The loop in
+//! down, or past the lag limit is out; back in once within it again; one
+//! whose leader does not answer keeps its last verdict), and where each of
+//! its PgBouncers routes ([`routes`]). The loop in
 //! `read_endpoint.rs` measures, calls these and applies the answer.
 //!
 //! Why several PgBouncers: PgBouncer (1.24, and its master today) takes a
@@ -27,8 +28,19 @@ use pgfollow_types::reads::{MaxLag, ReadPlace};
 pub struct FollowerSeen {
     pub id: String,
     pub state: DatabaseState,
-    /// The measurement of Behind By, or why it failed (it is down).
-    pub lag: Result<LagSeen, String>,
+    /// The measurement of Behind By, or why there is none.
+    pub lag: Result<LagSeen, Unmeasured>,
+}
+
+/// Why a follower's Behind By could not be measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unmeasured {
+    /// The follower itself did not answer (or is not available).
+    Down(String),
+    /// The follower answered but its leader did not (its host cut off, its
+    /// postmaster hung or gone): nothing says the follower fell behind,
+    /// and the leader takes no new commits that anyone can see.
+    LeaderSilent(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,11 +56,15 @@ pub struct LagSeen {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Serves,
+    /// Serves without a fresh measurement (its leader is silent), as it did
+    /// at the last one: why, for `pg:info`.
+    ServesUnmeasured(String),
     Out(String),
 }
 
-/// Whether `f` may serve reads under `limit`.
-pub fn judge(f: &FollowerSeen, limit: MaxLag) -> Verdict {
+/// Whether `f` may serve reads under `limit`; `served`: whether it served
+/// at the last decision (what a silent leader leaves in place).
+pub fn judge(f: &FollowerSeen, limit: MaxLag, served: bool) -> Verdict {
     match f.state {
         DatabaseState::Available => {}
         DatabaseState::Preparing => return Verdict::Out("preparing".into()),
@@ -56,7 +72,17 @@ pub fn judge(f: &FollowerSeen, limit: MaxLag) -> Verdict {
     }
     let lag = match &f.lag {
         Ok(l) => l,
-        Err(why) => return Verdict::Out(format!("down: {why}")),
+        Err(Unmeasured::Down(why)) => return Verdict::Out(format!("down: {why}")),
+        Err(Unmeasured::LeaderSilent(why)) if served => {
+            return Verdict::ServesUnmeasured(format!(
+                "Behind By unknown, its leader does not answer: {why}"
+            ))
+        }
+        Err(Unmeasured::LeaderSilent(why)) => {
+            return Verdict::Out(format!(
+                "Behind By unknown, its leader does not answer: {why}"
+            ))
+        }
     };
     match is_lag_over(lag, limit) {
         None => Verdict::Serves,
@@ -128,21 +154,36 @@ pub fn routes(
         .collect()
 }
 
-/// The decision for one app: which followers serve, why the others do
-/// not, and each slot's route.
+/// The decision for one app: which followers serve (and which of them
+/// with no fresh measurement, and why), why the others do not, and each
+/// slot's route.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub serving: Vec<String>,
+    pub unmeasured: BTreeMap<String, String>,
     pub out: BTreeMap<String, String>,
     pub routes: BTreeMap<String, Route>,
 }
 
-pub fn decide(seen: &[FollowerSeen], limit: MaxLag, leader: &str, fallback: bool) -> Decision {
+/// Judges every follower in `seen`; `served`: the followers that served at
+/// the last decision.
+pub fn decide(
+    seen: &[FollowerSeen],
+    limit: MaxLag,
+    leader: &str,
+    fallback: bool,
+    served: &[String],
+) -> Decision {
     let mut serving = Vec::new();
+    let mut unmeasured = BTreeMap::new();
     let mut out = BTreeMap::new();
     for f in seen {
-        match judge(f, limit) {
+        match judge(f, limit, served.contains(&f.id)) {
             Verdict::Serves => serving.push(f.id.clone()),
+            Verdict::ServesUnmeasured(why) => {
+                serving.push(f.id.clone());
+                unmeasured.insert(f.id.clone(), why);
+            }
             Verdict::Out(why) => {
                 out.insert(f.id.clone(), why);
             }
@@ -152,6 +193,7 @@ pub fn decide(seen: &[FollowerSeen], limit: MaxLag, leader: &str, fallback: bool
     let routes = routes(&slots, &serving, leader, fallback);
     Decision {
         serving,
+        unmeasured,
         out,
         routes,
     }
@@ -199,8 +241,10 @@ pub enum SlotStep {
     /// It routed to another follower, which may be gone silent (a host cut
     /// off answers nothing, so a PAUSE could wait for its queries forever):
     /// hold it for at most [`MOVE_HOLD`], ending the connections still busy
-    /// then, and route it anew.
-    Move,
+    /// then, and route it anew (its whole configuration written). With
+    /// `and_apply` (a new password or pool mode too), then retarget it in
+    /// place, now that its PAUSE waits only for a follower that serves.
+    Move { and_apply: bool },
     /// It refused: route it, then let clients in again.
     ApplyAndUnblock,
     /// No follower serves: (start it if need be, then) refuse connections.
@@ -227,7 +271,7 @@ pub fn slot_step(
     match route {
         Route::To(_) if !running => SlotStep::Apply,
         Route::To(_) => match was {
-            Some(Some(_)) if !rewrite => SlotStep::Move,
+            Some(Some(_)) if was != Some(&route.applied()) => SlotStep::Move { and_apply: rewrite },
             Some(None) => SlotStep::ApplyAndUnblock,
             _ => SlotStep::Apply,
         },
@@ -239,7 +283,15 @@ pub fn slot_step(
 
 /// The sentence logged when the serving set changes.
 pub fn sentence(app: &str, d: &Decision, names: &dyn Fn(&str) -> String, fallback: bool) -> String {
-    let list = |ids: &[String]| ids.iter().map(|i| names(i)).collect::<Vec<_>>().join(", ");
+    let list = |ids: &[String]| {
+        ids.iter()
+            .map(|i| match d.unmeasured.get(i) {
+                Some(why) => format!("{} ({why})", names(i)),
+                None => names(i),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let outs: Vec<String> = d
         .out
         .iter()
@@ -279,7 +331,15 @@ mod tests {
                     more_than: false,
                     seconds,
                 })
-                .map_err(str::to_string),
+                .map_err(|why| Unmeasured::Down(why.to_string())),
+        }
+    }
+
+    /// `id` answers, its leader does not.
+    fn silent_leader(id: &str) -> FollowerSeen {
+        FollowerSeen {
+            lag: Err(Unmeasured::LeaderSilent("timed out".into())),
+            ..seen(id, Available, Ok((0, 0.0)))
         }
     }
 
@@ -335,8 +395,52 @@ mod tests {
             (seen("a", Available, Ok((999, 0.0))), c1000, serves),
         ];
         for (f, limit, want) in table {
-            assert_eq!(judge(&f, limit), want, "{f:?} under {limit}");
+            assert_eq!(judge(&f, limit, true), want, "{f:?} under {limit}");
+            assert_eq!(judge(&f, limit, false), want, "{f:?} under {limit}");
         }
+    }
+
+    #[test]
+    fn a_silent_leader_leaves_each_follower_as_it_was() {
+        let c5 = MaxLag::Commits(5);
+        let why = "Behind By unknown, its leader does not answer: timed out";
+        type Row = (FollowerSeen, bool, Verdict);
+        let table: Vec<Row> = vec![
+            // It served: it goes on serving, with the reason shown.
+            (
+                silent_leader("a"),
+                true,
+                Verdict::ServesUnmeasured(why.into()),
+            ),
+            // It was out (behind, or not judged yet): it stays out.
+            (silent_leader("a"), false, Verdict::Out(why.into())),
+            // The follower's own state still counts first.
+            (
+                FollowerSeen {
+                    state: Preparing,
+                    ..silent_leader("a")
+                },
+                true,
+                Verdict::Out("preparing".into()),
+            ),
+            // A follower that does not answer is down whatever it was.
+            (
+                seen("a", Available, Err("connection refused")),
+                true,
+                Verdict::Out("down: connection refused".into()),
+            ),
+        ];
+        for (f, served, want) in table {
+            assert_eq!(judge(&f, c5, served), want, "{f:?} served {served}");
+        }
+        let seen = [silent_leader("amber"), silent_leader("coral")];
+        let d = decide(&seen, c5, "white", false, &["amber".to_string()]);
+        assert_eq!(d.serving, vec!["amber".to_string()]);
+        assert_eq!(d.routes["coral"], Route::To("amber".into()));
+        assert_eq!(
+            sentence("sushi", &d, &|id: &str| id.to_uppercase(), false),
+            format!("sushi: reads are served by AMBER ({why}); out: CORAL ({why})")
+        );
     }
 
     #[test]
@@ -427,9 +531,11 @@ mod tests {
             (false, Some(&a), &to_a, false, Apply),
             (false, None, &to_a, false, Apply),
             // Its follower went out (or came back): held, then routed.
-            (true, Some(&b), &to_a, false, Move),
-            // A new password or pool mode too: written in place.
-            (true, Some(&b), &to_a, true, Apply),
+            (true, Some(&b), &to_a, false, Move { and_apply: false }),
+            // A new password or pool mode too (or a new control plane,
+            // which rewrites every slot): moved the same way first, so
+            // that no PAUSE waits on the follower it leaves.
+            (true, Some(&b), &to_a, true, Move { and_apply: true }),
             (true, None, &to_a, false, Apply),
             (true, Some(&None), &to_a, false, ApplyAndUnblock),
             (true, Some(&None), &to_a, true, ApplyAndUnblock),
@@ -472,7 +578,7 @@ mod tests {
             seen("amber", Available, Ok((0, 0.0))),
             seen("coral", Available, Ok((2000, 9.0))),
         ];
-        let d = decide(&both, MaxLag::Commits(1000), "white", false);
+        let d = decide(&both, MaxLag::Commits(1000), "white", false, &[]);
         assert_eq!(d.serving, vec!["amber".to_string()]);
         assert_eq!(d.routes["coral"], Route::To("amber".into()));
         assert_eq!(
@@ -480,13 +586,13 @@ mod tests {
             "sushi: reads are served by AMBER; out: CORAL (2000 commits behind, limit 1000)"
         );
         let none = [seen("amber", Preparing, Ok((0, 0.0)))];
-        let d = decide(&none, MaxLag::Commits(1000), "white", false);
+        let d = decide(&none, MaxLag::Commits(1000), "white", false, &[]);
         assert_eq!(d.routes["amber"], Route::Refuse);
         assert_eq!(
             sentence("sushi", &d, &name, false),
             "sushi: no follower serves reads (AMBER (preparing)): DATABASE_FOLLOWER_URL refuses connections"
         );
-        let d = decide(&none, MaxLag::Commits(1000), "white", true);
+        let d = decide(&none, MaxLag::Commits(1000), "white", true, &[]);
         assert_eq!(d.routes["amber"], Route::To("white".into()));
         assert!(sentence("sushi", &d, &name, true)
             .ends_with("they go to the leader (--fallback-to-leader)"));

@@ -73,6 +73,9 @@ pub struct ReadEndpointRecord {
     /// each other follower did not.
     pub serving: Vec<String>,
     pub out: BTreeMap<String, String>,
+    /// Of the serving ones, those that serve with no fresh measurement
+    /// (their leader does not answer), and why.
+    pub unmeasured: BTreeMap<String, String>,
 }
 
 /// The read endpoint on one host: its PgBouncers share one port there
@@ -108,6 +111,8 @@ struct ReadEndpointWire {
     serving: Vec<String>,
     #[serde(default)]
     out: BTreeMap<String, String>,
+    #[serde(default)]
+    unmeasured: BTreeMap<String, String>,
 }
 
 impl From<ReadEndpointWire> for ReadEndpointRecord {
@@ -126,6 +131,7 @@ impl From<ReadEndpointWire> for ReadEndpointRecord {
             places,
             serving: w.serving,
             out: w.out,
+            unmeasured: w.unmeasured,
         }
     }
 }
@@ -177,7 +183,7 @@ pub struct ReadEndpointChange {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServesReads {
     pub serves: bool,
-    /// Why not.
+    /// Why not; or, when it serves without a fresh measurement, why.
     #[serde(default)]
     pub why: Option<String>,
 }

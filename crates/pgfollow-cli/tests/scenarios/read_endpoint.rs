@@ -251,3 +251,119 @@ fn read_endpoint_spreads_reads_takes_out_a_lagging_follower_and_refuses_with_non
         || landings(&url).is_ok_and(|seen| seen.len() == 2 && seen.values().all(|(n, r)| n == r)),
     );
 }
+
+/// The postmaster of the cluster in `dir` and every process it started,
+/// stopped (SIGSTOP) until dropped, also when the test fails.
+struct FrozenCluster(Vec<i32>);
+
+impl FrozenCluster {
+    fn freeze(dir: &std::path::Path) -> FrozenCluster {
+        let pidfile = std::fs::read_to_string(dir.join("pgdata/postmaster.pid")).unwrap();
+        let postmaster: i32 = pidfile.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`: the parent is the second field
+            // after the command's closing parenthesis.
+            let parent = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        for p in &pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p),
+                nix::sys::signal::Signal::SIGSTOP,
+            );
+        }
+        FrozenCluster(pids)
+    }
+}
+
+impl Drop for FrozenCluster {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+    }
+}
+
+#[test]
+fn followers_keep_their_read_verdict_while_the_leader_does_not_answer() {
+    let s = server();
+    app_with_database(&s, "sushi", "standard-0");
+    add_follower(&s, "sushi", "standard-0", "WHITE");
+    add_follower(&s, "sushi", "standard-0", "WHITE");
+    s.cli(&["pg:wait", "--app", "sushi", "--timeout", "180"])
+        .ok();
+    psql(&s, "sushi", "WHITE", "create table t (id int)");
+    let followers: Vec<String> = info_of(&s, "WHITE")["followers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let (a, b) = (followers[0].clone(), followers[1].clone());
+    let port_a = server_port(&s, &a);
+    s.cli(&["pg:endpoint:read", "--app", "sushi", "--max-lag", "5"])
+        .ok();
+    eventually(
+        Duration::from_secs(30),
+        "both followers serve reads",
+        || serves(&s, &a) && serves(&s, &b),
+    );
+    let url = config_get(&s, "sushi", "DATABASE_FOLLOWER_URL");
+
+    // B falls behind and is out; A serves.
+    superuser_sql(&s, "sushi", &b, "select pg_wal_replay_pause()");
+    commit_on_leader(&s, 20);
+    eventually(Duration::from_secs(15), "B is taken out", || {
+        !serves(&s, &b)
+    });
+    eventually(Duration::from_secs(5), "reads land on A only", || {
+        landings(&url).is_ok_and(|seen| seen.keys().eq([port_a].iter()))
+    });
+
+    // The leader answers nothing (postmaster and backends stopped): Behind
+    // By cannot be measured, A keeps serving and says why, B stays out.
+    let leader = FrozenCluster::freeze(&cluster_dir_of(&s, "sushi", "WHITE"));
+    let silent = |color: &str| {
+        info_of(&s, color)["serves_reads"]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("its leader does not answer"))
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the read endpoint sees the leader silent",
+        || silent(&a) && silent(&b),
+    );
+    assert!(serves(&s, &a), "{}", info_of(&s, &a));
+    assert!(!serves(&s, &b), "{}", info_of(&s, &b));
+    let text = s.cli(&["pg:info", &a, "--app", "sushi"]).ok().stdout;
+    assert!(
+        text.contains("\nRead Pool:   Yes (Behind By unknown, its leader does not answer: "),
+        "{text}"
+    );
+    let seen = landings(&url).unwrap();
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), vec![port_a]);
+    assert!(seen.values().all(|(n, r)| n == r), "{seen:?}");
+
+    // The leader answers again: measured as before, A serves with no note.
+    drop(leader);
+    eventually(Duration::from_secs(30), "A is measured again", || {
+        !silent(&a) && serves(&s, &a)
+    });
+    superuser_sql(&s, "sushi", &b, "select pg_wal_replay_resume()");
+    eventually(Duration::from_secs(15), "B is back", || serves(&s, &b));
+}

@@ -80,23 +80,29 @@ fn commit_on_leader(s: &Server, n: u32) {
     );
 }
 
-#[test]
-fn read_endpoint_spreads_reads_takes_out_a_lagging_follower_and_refuses_with_none() {
-    let s = server();
-    app_with_database(&s, "sushi", "standard-0");
-    add_follower(&s, "sushi", "standard-0", "WHITE");
-    add_follower(&s, "sushi", "standard-0", "WHITE");
+/// App `sushi` with a standard-0 leader WHITE (a table `t`) and two
+/// available followers: their colours.
+fn leader_with_two_followers(s: &Server) -> (String, String) {
+    app_with_database(s, "sushi", "standard-0");
+    add_follower(s, "sushi", "standard-0", "WHITE");
+    add_follower(s, "sushi", "standard-0", "WHITE");
     s.cli(&["pg:wait", "--app", "sushi", "--timeout", "180"])
         .ok();
-    psql(&s, "sushi", "WHITE", "create table t (id int)");
-    let followers: Vec<String> = info_of(&s, "WHITE")["followers"]
+    psql(s, "sushi", "WHITE", "create table t (id int)");
+    let followers: Vec<String> = info_of(s, "WHITE")["followers"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
     assert_eq!(followers.len(), 2, "{followers:?}");
-    let (a, b) = (followers[0].clone(), followers[1].clone());
+    (followers[0].clone(), followers[1].clone())
+}
+
+#[test]
+fn read_endpoint_spreads_reads_takes_out_a_lagging_follower_and_refuses_with_none() {
+    let s = server();
+    let (a, b) = leader_with_two_followers(&s);
     let (port_a, port_b) = (server_port(&s, &a), server_port(&s, &b));
 
     // Bad input: one clear line, non-zero exit.
@@ -302,19 +308,7 @@ impl Drop for FrozenCluster {
 #[test]
 fn followers_keep_their_read_verdict_while_the_leader_does_not_answer() {
     let s = server();
-    app_with_database(&s, "sushi", "standard-0");
-    add_follower(&s, "sushi", "standard-0", "WHITE");
-    add_follower(&s, "sushi", "standard-0", "WHITE");
-    s.cli(&["pg:wait", "--app", "sushi", "--timeout", "180"])
-        .ok();
-    psql(&s, "sushi", "WHITE", "create table t (id int)");
-    let followers: Vec<String> = info_of(&s, "WHITE")["followers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    let (a, b) = (followers[0].clone(), followers[1].clone());
+    let (a, b) = leader_with_two_followers(&s);
     let port_a = server_port(&s, &a);
     s.cli(&["pg:endpoint:read", "--app", "sushi", "--max-lag", "5"])
         .ok();

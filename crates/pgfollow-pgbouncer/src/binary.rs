@@ -48,6 +48,17 @@ impl Version {
     }
 }
 
+/// The signal that makes PgBouncer `version` shut down at once, cutting
+/// its clients off: SIGQUIT since 1.23, whose SIGTERM waits for every
+/// client to disconnect (`SHUTDOWN WAIT_FOR_CLIENTS`); SIGTERM before.
+pub fn immediate_shutdown_signal(version: &str) -> nix::sys::signal::Signal {
+    use nix::sys::signal::Signal;
+    match Version::parse(version) {
+        Some(v) if v < Version(1, 23, 0) => Signal::SIGTERM,
+        _ => Signal::SIGQUIT,
+    }
+}
+
 /// The `pgbouncer` program and its version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BouncerBinary {
@@ -151,6 +162,20 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn the_immediate_shutdown_signal_follows_the_version() {
+        use nix::sys::signal::Signal;
+        for (version, want) in [
+            ("1.21.0", Signal::SIGTERM),
+            ("1.22.1", Signal::SIGTERM),
+            ("1.23.0", Signal::SIGQUIT),
+            ("1.24.1", Signal::SIGQUIT),
+            ("2.0", Signal::SIGQUIT),
+        ] {
+            assert_eq!(immediate_shutdown_signal(version), want, "{version}");
+        }
+    }
 
     #[test]
     fn parses_debian_version_output() {

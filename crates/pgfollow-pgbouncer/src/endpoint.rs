@@ -17,7 +17,7 @@ use pgfollow_postgres::{files, OsUser};
 use rand::RngCore;
 
 use crate::admin::AdminSession;
-use crate::binary::BouncerBinary;
+use crate::binary::{immediate_shutdown_signal, BouncerBinary};
 use crate::config::{self, EndpointSpec, Layout, PoolMode};
 use crate::error::BouncerError;
 use crate::process;
@@ -26,7 +26,7 @@ use crate::process;
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a started PgBouncer may take to answer on its admin console.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long PgBouncer may take to exit after SIGTERM, and then SIGKILL.
+/// How long PgBouncer may take to exit after its shutdown signal, and then SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default bound on PAUSE (in-flight transactions must finish within it).
@@ -338,16 +338,18 @@ impl Endpoint {
         }
     }
 
-    /// Idempotent: SIGTERM (PgBouncer's immediate shutdown: connected
-    /// clients are cut off), then SIGKILL if it does not exit in time.
+    /// Idempotent: PgBouncer's immediate shutdown (connected clients are
+    /// cut off; [`immediate_shutdown_signal`]), then SIGKILL if it does not
+    /// exit in time.
     pub async fn stop(&self) -> Result<(), BouncerError> {
         let Some(pid) = self.pid() else {
             return remove_file(&self.layout.pidfile);
         };
         tracing::info!(root = %self.root.display(), pid, "stopping pgbouncer");
-        process::signal(pid, Signal::SIGTERM)?;
+        let signal = immediate_shutdown_signal(&self.bin.version);
+        process::signal(pid, signal)?;
         if !self.wait_gone(pid, STOP_TIMEOUT).await {
-            tracing::warn!(pid, "pgbouncer ignored SIGTERM; sending SIGKILL");
+            tracing::warn!(pid, "pgbouncer ignored {signal}; sending SIGKILL");
             process::signal(pid, Signal::SIGKILL)?;
             if !self.wait_gone(pid, KILL_TIMEOUT).await {
                 return Err(BouncerError::StopTimeout {

@@ -75,7 +75,7 @@ pub enum BouncerError {
     StartFailed { detail: String },
 
     #[error(
-        "pgbouncer (pid {pid}) did not exit within {secs} s of SIGTERM and SIGKILL: \
+        "pgbouncer (pid {pid}) did not exit within {secs} s of its shutdown signal and SIGKILL: \
          look at the process (`ps -p {pid}`) and the endpoint's log"
     )]
     StopTimeout { pid: u32, secs: u64 },

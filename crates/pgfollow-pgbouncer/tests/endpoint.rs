@@ -316,3 +316,22 @@ async fn start_without_configuration_says_so() {
     ep.stop().await.unwrap();
     ep.destroy().await.unwrap();
 }
+
+/// Stopping an endpoint cuts its connected clients off at once: PgBouncer
+/// 1.23 and newer wait on SIGTERM until every client has gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stop_does_not_wait_for_connected_clients() {
+    let mut w = World::new();
+    let a = w.cluster("a", "A").await;
+    let target = w.target(a);
+    let (ep, spec) = w.endpoint("ep", Some(target)).await;
+    let idle = connect("127.0.0.1", spec.port).await.unwrap();
+    assert_eq!(marker(&idle).await, "A");
+    let started = Instant::now();
+    ep.stop().await.unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "stop took {took:?}");
+    assert!(!ep.status().running);
+    assert!(idle.simple_query("SELECT 1").await.is_err());
+    println!("stopped in {} ms with a client connected", took.as_millis());
+}

@@ -73,15 +73,12 @@ pub fn judge(f: &FollowerSeen, limit: MaxLag, served: bool) -> Verdict {
     let lag = match &f.lag {
         Ok(l) => l,
         Err(Unmeasured::Down(why)) => return Verdict::Out(format!("down: {why}")),
-        Err(Unmeasured::LeaderSilent(why)) if served => {
-            return Verdict::ServesUnmeasured(format!(
-                "Behind By unknown, its leader does not answer: {why}"
-            ))
-        }
         Err(Unmeasured::LeaderSilent(why)) => {
-            return Verdict::Out(format!(
-                "Behind By unknown, its leader does not answer: {why}"
-            ))
+            let why = format!("Behind By unknown, its leader does not answer: {why}");
+            return match served {
+                true => Verdict::ServesUnmeasured(why),
+                false => Verdict::Out(why),
+            };
         }
     };
     match is_lag_over(lag, limit) {

@@ -4,6 +4,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 pub use pgfollow_testkit::{CliOutput, Server};
 
 pub fn bin() -> &'static Path {
@@ -366,4 +369,58 @@ impl OpenTransaction {
 pub fn add_follower(s: &Server, app: &str, plan: &str, leader: &str) {
     s.cli(&["addons:create", plan, "--follow", leader, "--app", app])
         .ok();
+}
+
+/// The processes whose parent is `parent`.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        if rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Stopped processes, continued when dropped (also when a test fails).
+pub struct Frozen(Vec<i32>);
+
+impl Frozen {
+    pub fn stop(pids: Vec<i32>) -> Frozen {
+        for p in &pids {
+            let _ = kill(Pid::from_raw(*p), Signal::SIGSTOP);
+        }
+        Frozen(pids)
+    }
+
+    pub fn thaw(&mut self) {
+        for p in self.0.drain(..) {
+            let _ = kill(Pid::from_raw(p), Signal::SIGCONT);
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.thaw();
+    }
+}
+
+/// The postmaster of the cluster in `dir`, from its `postmaster.pid`.
+pub fn postmaster_of(dir: &Path) -> i32 {
+    let pidfile = std::fs::read_to_string(dir.join("pgdata/postmaster.pid")).unwrap();
+    pidfile.lines().next().unwrap().trim().parse().unwrap()
 }

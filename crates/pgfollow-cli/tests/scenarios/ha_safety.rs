@@ -7,60 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use pgfollow_testkit::AgentProcess;
 
 use crate::common::*;
 use crate::ha::{ha_status, host_of_white, lose_host, premium_on_h2, wait_ha_available};
-
-/// The processes whose parent is `parent`.
-fn children_of(parent: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        if rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Stopped processes, continued when dropped (also when a test fails).
-struct Frozen(Vec<i32>);
-
-impl Frozen {
-    fn stop(pids: Vec<i32>) -> Frozen {
-        for p in &pids {
-            let _ = kill(Pid::from_raw(*p), Signal::SIGSTOP);
-        }
-        Frozen(pids)
-    }
-
-    fn thaw(&mut self) {
-        for p in self.0.drain(..) {
-            let _ = kill(Pid::from_raw(p), Signal::SIGCONT);
-        }
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        self.thaw();
-    }
-}
 
 fn writes_back(main: &str, table: &str, limit: Duration) {
     eventually(limit, "writes work again through DATABASE_URL", || {

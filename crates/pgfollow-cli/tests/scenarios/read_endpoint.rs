@@ -258,53 +258,6 @@ fn read_endpoint_spreads_reads_takes_out_a_lagging_follower_and_refuses_with_non
     );
 }
 
-/// The postmaster of the cluster in `dir` and every process it started,
-/// stopped (SIGSTOP) until dropped, also when the test fails.
-struct FrozenCluster(Vec<i32>);
-
-impl FrozenCluster {
-    fn freeze(dir: &std::path::Path) -> FrozenCluster {
-        let pidfile = std::fs::read_to_string(dir.join("pgdata/postmaster.pid")).unwrap();
-        let postmaster: i32 = pidfile.lines().next().unwrap().trim().parse().unwrap();
-        let mut pids = vec![postmaster];
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // `pid (comm) state ppid ...`: the parent is the second field
-            // after the command's closing parenthesis.
-            let parent = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
-                .and_then(|p| p.parse::<i32>().ok());
-            if parent == Some(postmaster) {
-                pids.push(pid);
-            }
-        }
-        for p in &pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*p),
-                nix::sys::signal::Signal::SIGSTOP,
-            );
-        }
-        FrozenCluster(pids)
-    }
-}
-
-impl Drop for FrozenCluster {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*p),
-                nix::sys::signal::Signal::SIGCONT,
-            );
-        }
-    }
-}
-
 #[test]
 fn followers_keep_their_read_verdict_while_the_leader_does_not_answer() {
     let s = server();
@@ -331,7 +284,10 @@ fn followers_keep_their_read_verdict_while_the_leader_does_not_answer() {
 
     // The leader answers nothing (postmaster and backends stopped): Behind
     // By cannot be measured, A keeps serving and says why, B stays out.
-    let leader = FrozenCluster::freeze(&cluster_dir_of(&s, "sushi", "WHITE"));
+    let postmaster = postmaster_of(&cluster_dir_of(&s, "sushi", "WHITE"));
+    let mut pids = vec![postmaster];
+    pids.extend(children_of(postmaster));
+    let leader = Frozen::stop(pids);
     let silent = |color: &str| {
         info_of(&s, color)["serves_reads"]["why"]
             .as_str()

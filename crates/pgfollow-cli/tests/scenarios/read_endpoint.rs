@@ -305,6 +305,9 @@ fn followers_keep_their_read_verdict_while_the_leader_does_not_answer() {
         text.contains("\nRead Pool:   Yes (Behind By unknown, its leader does not answer: "),
         "{text}"
     );
+    println!("pg:info of A while the leader is stopped:\n{text}");
+    let text = s.cli(&["pg:info", &b, "--app", "sushi"]).ok().stdout;
+    println!("pg:info of B while the leader is stopped:\n{text}");
     let seen = landings(&url).unwrap();
     assert_eq!(seen.keys().copied().collect::<Vec<_>>(), vec![port_a]);
     assert!(seen.values().all(|(n, r)| n == r), "{seen:?}");
